@@ -32,7 +32,9 @@ def _raw(name: str, environ: Mapping[str, str]) -> str | None:
     return None
 
 
-def env_str(name: str, default: str | None = None, *, environ: Mapping[str, str] = os.environ) -> str | None:
+def env_str(
+    name: str, default: str | None = None, *, environ: Mapping[str, str] = os.environ
+) -> str | None:
     value = _raw(name, environ)
     return default if value is None else value
 
@@ -46,7 +48,9 @@ def env_bool(name: str, default: bool, *, environ: Mapping[str, str] = os.enviro
         return True
     if lowered in _FALSE:
         return False
-    raise ImproperlyConfigured(f"{name}: expected a boolean (1/0, true/false, yes/no, on/off), got {value!r}")
+    raise ImproperlyConfigured(
+        f"{name}: expected a boolean (1/0, true/false, yes/no, on/off), got {value!r}"
+    )
 
 
 def env_int(
@@ -89,7 +93,9 @@ def env_float(
     return parsed
 
 
-def env_list(name: str, default: list[str], *, environ: Mapping[str, str] = os.environ) -> list[str]:
+def env_list(
+    name: str, default: list[str], *, environ: Mapping[str, str] = os.environ
+) -> list[str]:
     value = _raw(name, environ)
     if value is None:
         return list(default)
@@ -119,7 +125,9 @@ def parse_database_url(name: str, url: str) -> dict[str, Any]:
         if path.startswith("/") and parts.netloc == "":
             path = path[1:] if path.startswith("//") else path
         if not path or path == "/":
-            raise ImproperlyConfigured(f"{name}: sqlite URL needs a file path, e.g. sqlite:///var/turnout.sqlite3")
+            raise ImproperlyConfigured(
+                f"{name}: sqlite URL needs a file path, e.g. sqlite:///var/turnout.sqlite3"
+            )
         if path == "/:memory:":
             path = ":memory:"
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": path}
@@ -129,9 +137,13 @@ def parse_database_url(name: str, url: str) -> dict[str, Any]:
         )
     database = unquote(parts.path.lstrip("/"))
     if not database or "/" in database:
-        raise ImproperlyConfigured(f"{name}: the URL must name one database, e.g. postgres://user@host:5432/turnout")
+        raise ImproperlyConfigured(
+            f"{name}: the URL must name one database, e.g. postgres://user@host:5432/turnout"
+        )
     if not parts.hostname:
-        raise ImproperlyConfigured(f"{name}: the URL must name a host, e.g. postgres://user@127.0.0.1:5432/turnout")
+        raise ImproperlyConfigured(
+            f"{name}: the URL must name a host, e.g. postgres://user@127.0.0.1:5432/turnout"
+        )
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": database,
@@ -152,5 +164,7 @@ def check_redis_url(name: str, url: str) -> str:
     if parts.scheme not in {"redis", "rediss", "unix"}:
         raise ImproperlyConfigured(f"{name}: expected redis://host:port/db, got {url!r}")
     if parts.scheme != "unix" and not parts.hostname:
-        raise ImproperlyConfigured(f"{name}: the URL must name a host, e.g. redis://127.0.0.1:6379/0")
+        raise ImproperlyConfigured(
+            f"{name}: the URL must name a host, e.g. redis://127.0.0.1:6379/0"
+        )
     return url

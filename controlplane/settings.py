@@ -29,7 +29,9 @@ DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY") or ""
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY: required when DEBUG is off (or set SECRET_KEY_FILE)")
+        raise ImproperlyConfigured(
+            "SECRET_KEY: required when DEBUG is off (or set SECRET_KEY_FILE)"
+        )
     SECRET_KEY = "insecure-development-key-do-not-use-in-production"
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
@@ -83,7 +85,10 @@ _database_url = env_str("DATABASE_URL")
 if _database_url:
     _default_db = parse_database_url("DATABASE_URL", _database_url)
 else:
-    _default_db = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(DATA_DIR / "turnout.sqlite3")}
+    _default_db = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(DATA_DIR / "turnout.sqlite3"),
+    }
 _default_db["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 60, minimum=0)
 _default_db["CONN_HEALTH_CHECKS"] = True
 if _default_db["ENGINE"].endswith("sqlite3"):
@@ -97,7 +102,9 @@ _redis_url = env_str("REDIS_URL")
 REDIS_URL = check_redis_url("REDIS_URL", _redis_url) if _redis_url else None
 
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
 else:
     CACHES = {
         "default": {
@@ -128,7 +135,9 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 
 # How often the rollback engine looks at every running plan.
-TURNOUT_EVALUATION_INTERVAL = env_float("TURNOUT_EVALUATION_INTERVAL", 15.0, minimum=0.5, maximum=3600)
+TURNOUT_EVALUATION_INTERVAL = env_float(
+    "TURNOUT_EVALUATION_INTERVAL", 15.0, minimum=0.5, maximum=3600
+)
 # Raw outcomes older than this are purged; per-window aggregates are kept.
 TURNOUT_RAW_RETENTION_DAYS = env_int("TURNOUT_RAW_RETENTION_DAYS", 30, minimum=1)
 # Most events one ingest request may carry (413 beyond).
@@ -171,7 +180,9 @@ REST_FRAMEWORK = {
 }
 
 EMAIL_BACKEND = env_str("EMAIL_BACKEND") or (
-    "django.core.mail.backends.console.EmailBackend" if DEBUG else "django.core.mail.backends.smtp.EmailBackend"
+    "django.core.mail.backends.console.EmailBackend"
+    if DEBUG
+    else "django.core.mail.backends.smtp.EmailBackend"
 )
 EMAIL_HOST = env_str("EMAIL_HOST") or "localhost"
 EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)

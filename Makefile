@@ -1,0 +1,31 @@
+# Two commands: `make run` starts the control plane, `make test` runs the whole suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# The suite runs against the real services; these are the defaults on this project's machines.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/turnout
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: install run test lint bench demo clean
+
+$(STAMP): pyproject.toml sdk/pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e './sdk[providers]'
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(PY) -m controlplane.launcher
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install lint
+	DEBUG=1 DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+		$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) var test-artifacts

@@ -1,0 +1,391 @@
+"""Turnout's domain: the model catalog, migration plans, their runs, the audit trail, SDK keys.
+
+Writes go through services (``plans.py``, ``catalog.py``, ``apikeys.py``); nothing here
+changes a plan's status by itself.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+
+ENV_VAR_NAME = RegexValidator(
+    r"^[A-Za-z_][A-Za-z0-9_]*$", "An environment variable name: letters, digits and underscores."
+)
+PLAN_KEY = RegexValidator(
+    r"^[a-z0-9][a-z0-9._-]{0,62}$",
+    "Lowercase letters, digits, '.', '_' and '-', starting with a letter or digit (at most 63).",
+)
+
+
+def new_salt() -> str:
+    return secrets.token_hex(8)
+
+
+class ProviderKind(models.TextChoices):
+    OPENAI = "openai", "OpenAI"
+    ANTHROPIC = "anthropic", "Anthropic"
+    GEMINI = "gemini", "Google Gemini"
+    OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible (vLLM, Ollama, Together, ...)"
+
+
+class ProviderConnection(models.Model):
+    """Where a provider is reached. The API key stays in the environment; only its name is here."""
+
+    name = models.SlugField(max_length=64, unique=True)
+    kind = models.CharField(max_length=32, choices=ProviderKind.choices)
+    base_url = models.URLField(blank=True, help_text="Empty: the vendor's default endpoint.")
+    api_key_env = models.CharField(
+        "API key environment variable",
+        max_length=128,
+        validators=[ENV_VAR_NAME],
+        help_text="The NAME of the environment variable holding the key, e.g. OPENAI_API_KEY. Never the key.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ModelSpec(models.Model):
+    """A pinned model at a provider, with the prices used to compute cost at ingest."""
+
+    provider = models.ForeignKey(
+        ProviderConnection, on_delete=models.PROTECT, related_name="models"
+    )
+    model_id = models.CharField(
+        max_length=200, help_text="Pinned model id, e.g. gpt-4o-2024-08-06."
+    )
+    display_name = models.CharField(max_length=200, blank=True)
+    input_price_per_mtok = models.DecimalField(
+        "input $ / 1M tokens", max_digits=12, decimal_places=4, validators=[MinValueValidator(0)]
+    )
+    output_price_per_mtok = models.DecimalField(
+        "output $ / 1M tokens", max_digits=12, decimal_places=4, validators=[MinValueValidator(0)]
+    )
+    context_window = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    max_output_tokens = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["provider__name", "model_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "model_id"], name="modelspec_unique_per_provider"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider.name}:{self.model_id}"
+
+
+class PlanStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    RUNNING = "running", "Running"
+    PAUSED = "paused", "Paused"
+    ROLLED_BACK = "rolled_back", "Rolled back"
+    COMPLETED = "completed", "Completed"
+    ARCHIVED = "archived", "Archived"
+
+
+class PromptMode(models.TextChoices):
+    NONE = "none", "Unchanged"
+    OVERRIDE = "override", "Replace the system prompt"
+    SUFFIX = "suffix", "Append to the system prompt"
+
+
+class AlertChannelKind(models.TextChoices):
+    SLACK = "slack", "Slack incoming webhook"
+    PAGERDUTY = "pagerduty", "PagerDuty Events API v2"
+    WEBHOOK = "webhook", "Generic webhook (signed)"
+    EMAIL = "email", "Email"
+
+
+class AlertChannel(models.Model):
+    """A destination for pages. URLs and keys are secrets: stored as environment-variable names."""
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=16, choices=AlertChannelKind.choices)
+    url_env = models.CharField(
+        "URL environment variable",
+        max_length=128,
+        blank=True,
+        validators=[ENV_VAR_NAME],
+        help_text="Name of the variable holding the Slack/webhook URL (PagerDuty: optional endpoint override).",
+    )
+    secret_env = models.CharField(
+        "secret environment variable",
+        max_length=128,
+        blank=True,
+        validators=[ENV_VAR_NAME],
+        help_text="Name of the variable holding the webhook signing secret or the PagerDuty routing key.",
+    )
+    recipients = models.CharField(
+        max_length=1000, blank=True, help_text="Email: comma-separated addresses."
+    )
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_kind_display()})"
+
+
+class MigrationPlan(models.Model):
+    """A planned move of one traffic stream (``key``) from a control model to a candidate model."""
+
+    key = models.CharField(
+        max_length=63, unique=True, validators=[PLAN_KEY], help_text="What SDKs ask for."
+    )
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    control_model = models.ForeignKey(ModelSpec, on_delete=models.PROTECT, related_name="+")
+    control_params = models.JSONField(default=dict, blank=True)
+    control_prompt_mode = models.CharField(
+        max_length=16, choices=PromptMode.choices, default=PromptMode.NONE
+    )
+    control_prompt_text = models.TextField(blank=True)
+    candidate_model = models.ForeignKey(ModelSpec, on_delete=models.PROTECT, related_name="+")
+    candidate_params = models.JSONField(default=dict, blank=True)
+    candidate_prompt_mode = models.CharField(
+        max_length=16, choices=PromptMode.choices, default=PromptMode.NONE
+    )
+    candidate_prompt_text = models.TextField(blank=True)
+
+    alpha = models.FloatField(
+        default=0.05,
+        validators=[MinValueValidator(0.001), MaxValueValidator(0.2)],
+        help_text="Family-wise false-rollback rate, split across the guardrails.",
+    )
+    circuit_breaker_error_rate = models.FloatField(
+        default=0.20,
+        validators=[MinValueValidator(0.01), MaxValueValidator(1.0)],
+        help_text="Candidate error rate that rolls back at once, without statistics.",
+    )
+    circuit_breaker_min_requests = models.PositiveIntegerField(
+        default=50, validators=[MinValueValidator(1)]
+    )
+    escalate_after_minutes = models.PositiveIntegerField(
+        default=10,
+        validators=[MinValueValidator(1)],
+        help_text="Re-page if a rollback has not fixed things by then.",
+    )
+    alert_channels = models.ManyToManyField(AlertChannel, blank=True, related_name="plans")
+    salt = models.CharField(
+        max_length=32, default=new_salt, help_text="Bucketing salt; new per plan."
+    )
+
+    status = models.CharField(max_length=16, choices=PlanStatus.choices, default=PlanStatus.DRAFT)
+    # Bumped by every change that affects routing; SDKs compare it, the CAS conditions on it.
+    version = models.PositiveIntegerField(default=1)
+    current_run = models.ForeignKey(
+        "PlanRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    phase_index = models.PositiveIntegerField(default=0)
+    step_index = models.PositiveIntegerField(default=0)
+    step_started_at = models.DateTimeField(null=True, blank=True)
+    # What archived plans keep serving (completed, rolled_back or draft).
+    final_status = models.CharField(max_length=16, choices=PlanStatus.choices, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["key"]
+        permissions = [
+            (
+                "operate_migrationplan",
+                "Can start, advance, pause, resume, roll back and complete plans",
+            )
+        ]
+        indexes = [
+            # The engine's beat task: "every running plan", every 15 s.
+            models.Index(fields=["status"], name="plan_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class PhaseKind(models.TextChoices):
+    SHADOW = "shadow", "Shadow"
+    AB_SPLIT = "ab_split", "A/B split"
+    ROLLOUT = "rollout", "Gradual rollout"
+
+
+class PlanPhase(models.Model):
+    """One phase of a plan, in order.
+
+    ``percent`` is the shadow sample rate (shadow) or the candidate share (A/B split);
+    a rollout walks ``steps`` (candidate percentages, strictly increasing).
+    """
+
+    plan = models.ForeignKey(MigrationPlan, on_delete=models.CASCADE, related_name="phases")
+    order = models.PositiveIntegerField(default=0)
+    kind = models.CharField(max_length=16, choices=PhaseKind.choices)
+    percent = models.FloatField(
+        null=True, blank=True, help_text="Shadow: sample %. A/B: candidate %."
+    )
+    steps = models.JSONField(
+        default=list, blank=True, help_text="Rollout: candidate % per step, e.g. [5, 25, 50, 100]."
+    )
+    min_duration_minutes = models.PositiveIntegerField(
+        default=30, help_text="Per step (rollout) or for the phase."
+    )
+    min_samples = models.PositiveIntegerField(
+        default=1000, help_text="Requests per arm before moving on."
+    )
+    auto_advance = models.BooleanField(
+        default=True, help_text="Off: wait for a person to approve each move."
+    )
+
+    class Meta:
+        ordering = ["plan", "order", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.order}"
+
+
+class GuardrailMetric(models.TextChoices):
+    ERROR_RATE = "error_rate", "Error rate"
+    LATENCY_P95 = "latency_p95", "p95 latency"
+    LATENCY_P99 = "latency_p99", "p99 latency"
+    TTFT_P95 = "ttft_p95", "p95 time to first token"
+    SATISFACTION = "satisfaction", "User satisfaction"
+    COST_PER_REQUEST = "cost_per_request", "Cost per request"
+
+
+class ToleranceKind(models.TextChoices):
+    RELATIVE = "relative", "Relative (candidate / control)"
+    ABSOLUTE = "absolute", "Absolute (candidate - control)"
+
+
+class GuardrailAction(models.TextChoices):
+    ROLLBACK = "rollback", "Roll back"
+    PAUSE = "pause", "Pause"
+    ALERT = "alert", "Alert only"
+
+
+class Guardrail(models.Model):
+    plan = models.ForeignKey(MigrationPlan, on_delete=models.CASCADE, related_name="guardrails")
+    metric = models.CharField(max_length=32, choices=GuardrailMetric.choices)
+    tolerance_kind = models.CharField(
+        max_length=16, choices=ToleranceKind.choices, default=ToleranceKind.RELATIVE
+    )
+    tolerance = models.FloatField(
+        help_text="Relative: e.g. 1.5 = at most 1.5x control. Absolute: the allowed difference."
+    )
+    action = models.CharField(
+        max_length=16, choices=GuardrailAction.choices, default=GuardrailAction.ROLLBACK
+    )
+    min_samples = models.PositiveIntegerField(
+        default=0, help_text="Per arm, before this guardrail may act."
+    )
+
+    class Meta:
+        ordering = ["plan", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "metric"], name="guardrail_one_per_metric"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_metric_display()} {self.tolerance_kind} {self.tolerance}"
+
+
+class PlanRun(models.Model):
+    """One attempt at a plan. Outcomes, statistics and alerts belong to a run; a rollback ends it."""
+
+    plan = models.ForeignKey(MigrationPlan, on_delete=models.CASCADE, related_name="runs")
+    number = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    started_by = models.CharField(max_length=200)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_status = models.CharField(max_length=16, choices=PlanStatus.choices, blank=True)
+
+    class Meta:
+        ordering = ["plan", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "number"], name="planrun_unique_number")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plan.key} run {self.number}"
+
+
+class ActorKind(models.TextChoices):
+    USER = "user", "Person"
+    ENGINE = "engine", "Rollback engine"
+    API = "api", "API key"
+
+
+class AuditEvent(models.Model):
+    """Who did what to a plan, why, and on what evidence. Written in the same transaction as the change."""
+
+    plan = models.ForeignKey(MigrationPlan, on_delete=models.CASCADE, related_name="audit_events")
+    run = models.ForeignKey(
+        PlanRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    action = models.CharField(max_length=32)
+    from_status = models.CharField(max_length=16, choices=PlanStatus.choices, blank=True)
+    to_status = models.CharField(max_length=16, choices=PlanStatus.choices, blank=True)
+    plan_version = models.PositiveIntegerField()
+    actor_kind = models.CharField(max_length=16, choices=ActorKind.choices)
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_label = models.CharField(max_length=200)
+    reason = models.TextField(blank=True)
+    evidence = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [
+            # The plan's timeline (admin inline, dashboard), newest first.
+            models.Index(fields=["plan", "-created_at"], name="audit_plan_timeline_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plan.key}: {self.action} by {self.actor_label}"
+
+
+class ApiKeyScope(models.TextChoices):
+    DECIDE = "decide", "Decide (config, stream, decide, OFREP)"
+    REPORT = "report", "Report (outcomes, feedback, shadow samples)"
+    ADMIN = "admin", "Admin (roll back, pause, resume, advance)"
+
+
+class ApiKey(models.Model):
+    """An SDK key. Only a SHA-256 of the secret is stored; the key is shown once, at creation.
+
+    A fast hash (not PBKDF2) is right here: the secret is 256 random bits, so there is
+    nothing to brute-force, and it is checked on every SDK request.
+    """
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    hashed_secret = models.CharField(max_length=64, editable=False)
+    scopes = models.JSONField(default=list)
+    plans = models.ManyToManyField(
+        MigrationPlan, blank=True, related_name="api_keys", help_text="Empty: every plan."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
