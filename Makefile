@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/turnout
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run test lint bench demo clean
+.PHONY: install system-deps run test lint bench demo clean
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,7 +23,13 @@ run: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-test: install lint
+# System packages the suite needs: Debian's docker-compose (validates docker/compose.yml).
+system-deps:
+	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; } || \
+		echo "warning: docker-compose missing and not root: the compose check will fail"
+
+test: install system-deps lint
 	DEBUG=1 DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
 		$(VENV)/bin/pytest
 

@@ -1,1 +1,7 @@
-urlpatterns: list = []  # type: ignore[type-arg]
+from django.urls import path
+
+from migrations_app import views
+
+urlpatterns = [
+    path("healthz", views.healthz, name="healthz"),
+]
