@@ -145,18 +145,9 @@ TURNOUT_INGEST_MAX_BATCH = env_int("TURNOUT_INGEST_MAX_BATCH", 1000, minimum=1, 
 # Decisions per second one SDK key may ask of the server (429 beyond); 0 disables.
 TURNOUT_RATE_LIMIT_PER_KEY = env_int("TURNOUT_RATE_LIMIT_PER_KEY", 2000, minimum=0)
 
-CELERY_BEAT_SCHEDULE = {
-    "evaluate-running-plans": {
-        "task": "turnout.evaluate_running_plans",
-        "schedule": TURNOUT_EVALUATION_INTERVAL,
-        "options": {"expires": TURNOUT_EVALUATION_INTERVAL},
-    },
-    "purge-raw-outcomes": {
-        "task": "turnout.purge_raw_outcomes",
-        "schedule": 3600.0,
-        "options": {"expires": 3600.0},
-    },
-}
+# One schedule for the whole project; each entry expires with its period so a stalled
+# worker never works through a backlog of stale evaluations.
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
 
 # --- Auth, i18n, static ---------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -485,7 +485,8 @@ def record_edit(
     reason: str,
     evidence: Mapping[str, Any] | None = None,
 ) -> None:
-    """Audit a change that does not move the plan's status (creation, an edit in the admin)."""
+    """Audit a change that does not move the plan's status (creation, an edit in the admin).
+    The snapshot changes with it (a new plan, a draft's arms), so SDKs are told."""
     AuditEvent.objects.create(
         plan=plan,
         run=plan.current_run,
@@ -499,3 +500,4 @@ def record_edit(
         reason=reason,
         evidence=dict(evidence or {}),
     )
+    transaction.on_commit(lambda: changes.publish_routing_change(plan.key, plan.version))
