@@ -22,7 +22,7 @@ def main() -> int:
     port = env.get("TURNOUT_PORT", "8000")
     python = sys.executable
     data = Path(env.get("TURNOUT_DATA_DIR", ROOT / "var"))
-    for sub in ("celery-queue", "celery-processed", "cache"):
+    for sub in ("celery-queue", "celery-processed", "celery-control", "cache"):
         (data / sub).mkdir(parents=True, exist_ok=True)
     print(
         "database:",

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from django.test import Client
+
+from migrations_app.api.auth import forget_keys
+from migrations_app.apikeys import apikey_create
+from migrations_app.snapshots import forget_served
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches() -> Iterator[None]:
+    forget_keys()
+    forget_served()
+    yield
+    forget_keys()
+    forget_served()
+
+
+@pytest.fixture
+def sdk_key(transactional_db: None) -> str:
+    return apikey_create(name="sdk", scopes=["decide", "report"])[1]
+
+
+@pytest.fixture
+def api(sdk_key: str) -> Client:
+    return Client(HTTP_AUTHORIZATION=f"Bearer {sdk_key}")
