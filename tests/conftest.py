@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,35 +97,57 @@ def celery_worker_process(transactional_db: None) -> Iterator[subprocess.Popen[b
         log.close()
 
 
+class LiveServer:
+    """The production server stack (uvicorn, ASGI) in a subprocess, against the test database."""
+
+    def __init__(self, extra_env: dict[str, str] | None = None) -> None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(ARTIFACTS / "web.log", "ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "controlplane.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env=subprocess_env(extra_env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, self.proc)
+
+    def stop(self) -> None:
+        stop(self.proc)
+        self._log.close()
+
+
 @pytest.fixture
-def live_server_process(transactional_db: None) -> Iterator[str]:
-    """The production server stack (uvicorn, ASGI) on a free port, against the test database."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    port = free_port()
-    log = open(ARTIFACTS / "web.log", "ab")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "controlplane.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-        ],
-        cwd=ROOT,
-        env=subprocess_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+def live_server_factory(transactional_db: None) -> Iterator[Any]:
+    servers: list[LiveServer] = []
+
+    def start(extra_env: dict[str, str] | None = None) -> LiveServer:
+        servers.append(LiveServer(extra_env))
+        return servers[-1]
+
     try:
-        wait_for_port(port, proc)
-        yield f"http://127.0.0.1:{port}"
+        yield start
     finally:
-        stop(proc)
-        log.close()
+        for server in servers:
+            if server.proc.poll() is None:
+                server.stop()
+
+
+@pytest.fixture
+def live_server_process(live_server_factory: Any) -> str:
+    return str(live_server_factory().url)
 
 
 @pytest.fixture(autouse=True)
