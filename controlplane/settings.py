@@ -149,6 +149,15 @@ TURNOUT_RATE_LIMIT_PER_KEY = env_int("TURNOUT_RATE_LIMIT_PER_KEY", 2000, minimum
 # One schedule for the whole project; each entry expires with its period so a stalled
 # worker never works through a backlog of stale evaluations.
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+# A mounted copy of the community price map (model_prices_and_context_window.json), refreshed daily.
+TURNOUT_PRICE_MAP_PATH = env_str("TURNOUT_PRICE_MAP_PATH")
+if TURNOUT_PRICE_MAP_PATH:
+    CELERY_BEAT_SCHEDULE["import-prices"] = {
+        "task": "turnout.import_prices",
+        "schedule": 24 * 3600.0,
+        "args": [TURNOUT_PRICE_MAP_PATH],
+        "options": {"expires": 3600.0},
+    }
 
 # --- Auth, i18n, static ---------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
