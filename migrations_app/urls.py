@@ -5,6 +5,7 @@ from migrations_app.api import ofrep, sdk
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
+    path("api/v1/ping", sdk.PingView.as_view(), name="ping"),
     path("api/v1/sdk/config", sdk.ConfigView.as_view(), name="sdk-config"),
     path("api/v1/sdk/stream", sdk.stream, name="sdk-stream"),
     path("api/v1/decide", sdk.DecideView.as_view(), name="decide"),

@@ -63,6 +63,17 @@ class ConfigView(APIView):
         return HttpResponse(served.body, content_type="application/json", headers=headers)
 
 
+class PingView(APIView):
+    """``GET /api/v1/ping``: a constant answer through the full stack (no database, no Redis).
+    A liveness probe, and the ceiling the decision endpoints are benchmarked against."""
+
+    authentication_classes: list[type] = []
+    permission_classes: list[type] = []
+
+    def get(self, request: Request) -> Response:
+        return Response({"status": "ok"})
+
+
 class DecideInput(serializers.Serializer):
     plan = serializers.CharField(max_length=63)
     unit = serializers.CharField(max_length=256, trim_whitespace=False)
