@@ -1,6 +1,7 @@
 """Server decisions under load, and change propagation to 100 connected SDKs.
 
-Starts the production server stack (gunicorn with 2 uvicorn workers, DEBUG off) against
+Starts the production server stack (gunicorn WSGI workers for the API, uvicorn for the SSE
+stream, DEBUG off) against
 PostgreSQL and Redis, then drives it from a separate process with wrk:
   - GET  /api/v1/ping                      the ceiling: constant JSON through the same stack
   - POST /api/v1/decide                    thin-client decisions (unit varies per request)
@@ -38,7 +39,9 @@ ENV = {
     "LOG_LEVEL": "WARNING",
 }
 PORT = 8391
+STREAM_PORT = 8392
 BASE = f"http://127.0.0.1:{PORT}"
+STREAM = f"http://127.0.0.1:{STREAM_PORT}"
 
 
 def ensure_database() -> None:
@@ -89,17 +92,19 @@ LUA = """
 counter = 0
 request = function()
   counter = counter + 1
-  local body = string.format(BODY, counter)
+  local body = string.format([[BODY]], counter)
   return wrk.format("POST", nil, {["Content-Type"] = "application/json", ["Authorization"] = "Bearer KEY"}, body)
 end
 """
 
 
-def wrk(path: str, key: str, body: str | None, seconds: int = 10) -> tuple[float, float, float]:
-    args = ["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency"]
+def wrk(
+    path: str, key: str, body: str | None, connections: int, seconds: int = 10
+) -> tuple[float, float, float]:
+    args = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         if body is not None:
-            script.write(LUA.replace("BODY", repr(body).replace("'", '"')).replace("KEY", key))
+            script.write(LUA.replace("BODY", body).replace("KEY", key))
         else:
             script.write("")
     if body is not None:
@@ -124,7 +129,10 @@ def propagation(key: str, clients_count: int = 100, flips: int = 5) -> list[floa
     from migrations_app import plans
 
     actor = plans.Actor.for_user(get_user_model().objects.get(username="bench"))
-    clients = [turnout.Client(BASE, key, poll_interval=3600) for _ in range(clients_count)]
+    clients = [
+        turnout.Client(BASE, key, poll_interval=3600, stream_url=STREAM)
+        for _ in range(clients_count)
+    ]
     time.sleep(2.0)  # every stream connected
     delays: list[float] = []
     try:
@@ -153,18 +161,35 @@ def main() -> None:
     ensure_database()
     setup_django()
     key = make_plan_and_key()
+    # The production shape of `make run` and docker/compose.yml: WSGI workers for the API, an ASGI
+    # server for the long-lived SSE streams.
     server = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "gunicorn",
-            "controlplane.asgi:application",
-            "-k",
-            "uvicorn_worker.UvicornWorker",
+            "controlplane.wsgi:application",
             "-w",
             "2",
+            "--threads",
+            "4",
             "-b",
             f"127.0.0.1:{PORT}",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=ENV,
+    )
+    stream = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "controlplane.asgi:application",
+            "--port",
+            str(STREAM_PORT),
+            "--no-access-log",
             "--log-level",
             "warning",
         ],
@@ -174,21 +199,13 @@ def main() -> None:
     try:
         time.sleep(4)
         print(
-            "server: gunicorn + 2 uvicorn workers, DEBUG off, PostgreSQL + Redis; load: wrk -t2 -c32, 10 s each"
+            "API: gunicorn, 2 WSGI workers x 4 threads; stream: uvicorn (ASGI); DEBUG off; PostgreSQL + Redis"
         )
-        ceiling = wrk("/api/v1/ping", key, None)
-        decide = wrk("/api/v1/decide", key, '{"plan": "bench-chat", "unit": "user-%d"}')
-        ofrep = wrk(
-            "/ofrep/v1/evaluate/flags/bench-chat", key, '{"context": {"targetingKey": "user-%d"}}'
-        )
-        for name, (rate, p50, p99) in (
-            ("ping (ceiling)", ceiling),
-            ("POST /api/v1/decide", decide),
-            ("OFREP single flag", ofrep),
-        ):
+        for connections in (32, 8):
             print(
-                f"{name:22s} {rate:8.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   {rate / ceiling[0]:.0%} of ceiling"
+                f"load: wrk -t2 -c{connections}, 10 s per endpoint, from a separate process on loopback"
             )
+            measure_endpoints(key, connections)
         delays = sorted(propagation(key))
         if delays:
             p50 = statistics.median(delays)
@@ -197,8 +214,28 @@ def main() -> None:
                 f"propagation to 100 SDK clients over SSE: {len(delays)} deliveries, p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {delays[-1]:.0f} ms"
             )
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        for proc in (server, stream):
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def measure_endpoints(key: str, connections: int) -> None:
+    ceiling = wrk("/api/v1/ping", key, None, connections)
+    decide = wrk("/api/v1/decide", key, '{"plan": "bench-chat", "unit": "user-%d"}', connections)
+    ofrep = wrk(
+        "/ofrep/v1/evaluate/flags/bench-chat",
+        key,
+        '{"context": {"targetingKey": "user-%d"}}',
+        connections,
+    )
+    for name, (rate, p50, p99) in (
+        ("ping (ceiling)", ceiling),
+        ("POST /api/v1/decide", decide),
+        ("OFREP single flag", ofrep),
+    ):
+        print(
+            f"{name:22s} {rate:8.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   {rate / ceiling[0]:.0%} of ceiling"
+        )
 
 
 if __name__ == "__main__":

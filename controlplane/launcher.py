@@ -1,5 +1,5 @@
-"""``make run``: migrate, create the demo data, then run web, Celery worker and Celery beat in the
-foreground. Ctrl-C (or SIGTERM) stops all three; if one dies, the others are stopped too.
+"""``make run``: migrate, create the demo data, then run web (WSGI), the SDK stream server (ASGI),
+Celery worker and Celery beat in the foreground. Ctrl-C (or SIGTERM) stops them all; if one dies, the others are stopped too.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ def main() -> int:
     env.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
     host = env.get("TURNOUT_HOST", "127.0.0.1")
     port = env.get("TURNOUT_PORT", "8000")
+    stream_port = env.get("TURNOUT_STREAM_PORT", str(int(port) + 1))
     python = sys.executable
     data = Path(env.get("TURNOUT_DATA_DIR", ROOT / "var"))
     for sub in ("celery-queue", "celery-processed", "celery-control", "cache"):
@@ -35,8 +36,23 @@ def main() -> int:
         ["turnout_setup"],
     ):
         subprocess.run([python, "manage.py", *step], cwd=ROOT, env=env, check=True)
+    celery = [python, "-m", "celery", "-A", "controlplane"]
     commands = {
+        # Request/response traffic on WSGI workers: Django's ASGI path costs ~1 ms a request in
+        # middleware thread hops. The SSE stream holds connections open, so it runs on ASGI.
         "web": [
+            python,
+            "-m",
+            "gunicorn",
+            "controlplane.wsgi:application",
+            "-b",
+            f"{host}:{port}",
+            "-w",
+            env.get("WEB_CONCURRENCY", "2"),
+            "--threads",
+            "4",
+        ],
+        "stream": [
             python,
             "-m",
             "uvicorn",
@@ -44,27 +60,12 @@ def main() -> int:
             "--host",
             host,
             "--port",
-            port,
+            stream_port,
             "--no-access-log",
         ],
-        "worker": [
-            python,
-            "-m",
-            "celery",
-            "-A",
-            "controlplane",
-            "worker",
-            "--loglevel",
-            "INFO",
-            "--concurrency",
-            "2",
-        ],
+        "worker": [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2"],
         "beat": [
-            python,
-            "-m",
-            "celery",
-            "-A",
-            "controlplane",
+            *celery,
             "beat",
             "--loglevel",
             "INFO",
@@ -74,8 +75,9 @@ def main() -> int:
     }
     children = {name: subprocess.Popen(cmd, cwd=ROOT, env=env) for name, cmd in commands.items()}
     print(
-        f"Turnout is up: admin at http://{host}:{port}/admin/  (Ctrl-C stops web, worker and beat)"
+        f"Turnout is up: admin at http://{host}:{port}/admin/, SDK stream at http://{host}:{stream_port}"
     )
+    print("Ctrl-C stops web, stream, worker and beat.")
     stopping = False
 
     def stop(*_: object) -> None:

@@ -110,19 +110,27 @@ class DecideView(APIView):
         return Response(decision.to_dict())
 
 
-def _sse(event: str, data: dict[str, Any], event_id: int) -> bytes:
-    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+def _config_event(served: Served, event_id: int) -> bytes:
+    """One ``config`` event carrying the snapshot itself (already serialised once per change)."""
+    version = served.data["version"]
+    return b'id: %d\nevent: config\ndata: {"version":"%s","snapshot":%s}\n\n' % (
+        event_id,
+        version.encode(),
+        served.body,
+    )
 
 
 async def stream(request: HttpRequest) -> HttpResponse:
     """``GET /api/v1/sdk/stream``: Server-Sent Events, one ``config`` event per routing change.
 
-    An async view under ASGI: an idle stream is a suspended coroutine, not a thread.
+    An async view under ASGI: an idle stream is a suspended coroutine, not a thread. Its few
+    blocking calls run on the event loop's bounded executor (``thread_sensitive=False``): the
+    default, one thread per request, would hold a database connection per open stream.
     """
     raw = raw_key(request.headers)
     if raw is None:
         return JsonResponse(error_body("unauthenticated", "An API key is required."), status=401)
-    identity = await sync_to_async(identify)(raw)
+    identity = await sync_to_async(identify, thread_sensitive=False)(raw)
     if identity is None:
         return JsonResponse(
             error_body("unauthenticated", "Unknown or revoked API key."), status=401
@@ -150,10 +158,12 @@ async def _events(identity: KeyIdentity) -> AsyncIterator[bytes]:
             pubsub = client.pubsub()
             # Subscribe before reading the current version: a change in between is then not missed.
             await pubsub.subscribe(changes.CHANNEL)
-        sequence = await sync_to_async(changes.current_sequence)()
-        served = await sync_to_async(served_snapshot)(identity.plan_ids, sequence)
+        sequence = await sync_to_async(changes.current_sequence, thread_sensitive=False)()
+        served = await sync_to_async(served_snapshot, thread_sensitive=False)(
+            identity.plan_ids, sequence
+        )
         version = served.data["version"]
-        yield _sse("config", {"version": version}, sequence)
+        yield _config_event(served, sequence)
         while True:
             if pubsub is not None:
                 message = await pubsub.get_message(
@@ -167,17 +177,19 @@ async def _events(identity: KeyIdentity) -> AsyncIterator[bytes]:
                 # Embedded mode has no pub/sub: look at the sequence twice a second.
                 for _ in range(int(HEARTBEAT_SECONDS * 2)):
                     await asyncio.sleep(0.5)
-                    latest = await sync_to_async(changes.current_sequence)()
+                    latest = await sync_to_async(changes.current_sequence, thread_sensitive=False)()
                     if latest != sequence:
                         sequence = latest
                         break
                 else:
                     yield b": heartbeat\n\n"
                     continue
-            served = await sync_to_async(served_snapshot)(identity.plan_ids, sequence)
+            served = await sync_to_async(served_snapshot, thread_sensitive=False)(
+                identity.plan_ids, sequence
+            )
             if served.data["version"] != version:
                 version = served.data["version"]
-                yield _sse("config", {"version": version}, sequence)
+                yield _config_event(served, sequence)
     finally:
         if pubsub is not None:
             await pubsub.aclose()

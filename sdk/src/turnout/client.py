@@ -77,8 +77,11 @@ class Client:
         flush_interval: float = 1.0,
         buffer_size: int = 10_000,
         max_backoff: float = 30.0,
+        stream_url: str | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
+        # Streams may be served apart from the API (a long-lived-connection server); default: the same.
+        self._stream_url = (stream_url or base_url).rstrip("/")
         self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": SDK_NAME}
         self._timeout = timeout
         self._lkg_path = Path(lkg_path) if lkg_path else None
@@ -228,16 +231,17 @@ class Client:
             if response.status_code != 200:
                 log.warning("turnout: config fetch answered %s", response.status_code)
                 return
-            data = response.json()
-            snapshot = routing.parse_snapshot(data)
+            self._install(response.json(), response.headers.get("ETag"), response.content)
         except Exception as exc:  # down, or a bad snapshot: keep serving the last good one
             log.debug("turnout: config fetch failed: %s", exc)
-            return
         finally:
             self._ready.set()
-        self._snapshot = snapshot
-        self._etag = response.headers.get("ETag")
-        self._save_lkg(response.content)
+
+    def _install(self, data: Any, etag: str | None, body: bytes) -> None:
+        """Swap in a new snapshot whole (raises on a bad one, leaving the old in place)."""
+        self._snapshot = routing.parse_snapshot(data)
+        self._etag = etag
+        self._save_lkg(body)
 
     def _save_lkg(self, body: bytes) -> None:
         if self._lkg_path is None:
@@ -272,9 +276,8 @@ class Client:
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
         timeout = httpx.Timeout(self._timeout, read=60.0)  # heartbeats come every 15 s
-        with self._http.stream(
-            "GET", "/api/v1/sdk/stream", headers=headers, timeout=timeout
-        ) as response:
+        url = f"{self._stream_url}/api/v1/sdk/stream"
+        with self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
             if response.status_code != 200:
                 raise RuntimeError(f"stream answered {response.status_code}")
             self._stream_response = response
@@ -288,9 +291,15 @@ class Client:
                     elif line.startswith("data:"):
                         data += line[5:].strip()
                     elif line == "" and data:
-                        version = json.loads(data).get("version")
-                        data = ""
-                        if version != self._snapshot.version:
+                        payload, data = json.loads(data), ""
+                        version = payload.get("version")
+                        if version == self._snapshot.version:
+                            continue
+                        # The event carries the snapshot: no refetch, no burst of requests per change.
+                        if isinstance(payload.get("snapshot"), dict):
+                            snapshot = payload["snapshot"]
+                            self._install(snapshot, f'"{version}"', json.dumps(snapshot).encode())
+                        else:
                             self._fetch()
             finally:
                 self._stream_response = None

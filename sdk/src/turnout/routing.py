@@ -8,6 +8,11 @@ every user and must not ship).
 - bucket(unit) = murmur3_32(f"{salt}:{unit}") % 10000; the candidate when bucket < weight_bp.
   Raising the weight only moves units from control to candidate, never back.
 - Shadow sampling hashes ``f"{salt}:shadow:{unit}"``: independent of the split.
+
+Everything a decision needs is parsed and validated once, when a snapshot arrives, into
+immutable objects; :func:`decide` then does one hash (two when shadowing) and builds one
+:class:`Decision`. Parameters are deep-frozen so that no caller can change, through the
+decision it was given, what every other request in the process is routed with.
 """
 
 from __future__ import annotations
@@ -24,17 +29,39 @@ from turnout.errors import SnapshotError
 BASIS_POINTS = 10_000
 STATUSES = frozenset({"running", "paused", "rolled_back", "completed", "draft"})
 PROMPT_MODES = frozenset({"none", "override", "suffix"})
+CONTROL = "control"
+CANDIDATE = "candidate"
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+_hash = mmh3.hash
 
 
 def bucket(salt: str, unit: str) -> int:
     """The unit's sticky bucket in [0, 10000) for the split."""
-    return int(mmh3.hash(f"{salt}:{unit}", 0, False)) % BASIS_POINTS
+    return int(_hash(f"{salt}:{unit}", 0, False)) % BASIS_POINTS
 
 
 def shadow_bucket(salt: str, unit: str) -> int:
     """The unit's bucket for shadow sampling, independent of :func:`bucket`."""
-    return int(mmh3.hash(f"{salt}:shadow:{unit}", 0, False)) % BASIS_POINTS
+    return int(_hash(f"{salt}:shadow:{unit}", 0, False)) % BASIS_POINTS
+
+
+def freeze(value: Any) -> Any:
+    """A deep read-only copy of JSON data: objects become mapping proxies, arrays tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({str(k): freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """The JSON-serialisable twin of :func:`freeze`'s output (plain dicts and lists)."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [thaw(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,40 +72,60 @@ class Prompt:
     text: str = ""
 
     def apply(self, system: str | None) -> str | None:
+        """The system prompt to send, given the application's own."""
         if self.mode == "override":
             return self.text
         if self.mode == "suffix":
             return f"{system}\n\n{self.text}" if system else self.text
         return system
 
+    def to_dict(self) -> dict[str, str]:
+        return {"mode": self.mode, "text": self.text}
 
-@dataclass(frozen=True, slots=True)
+
+NO_PROMPT = Prompt()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ArmSpec:
-    """One side of a plan: a model at a provider, its call params and its prompt adjustment."""
+    """One side of a plan: a model at a provider, its call params and its prompt adjustment.
+
+    ``kind`` names the wire protocol (``openai``, ``anthropic``, ``gemini``,
+    ``openai_compatible``); left empty it is the provider's name. ``api_key_env`` names the
+    environment variable that holds the provider key: keys never travel in snapshots.
+    """
 
     provider: str
-    model: str
-    kind: str = "openai"
+    kind: str = ""
     base_url: str = ""
     api_key_env: str = ""
+    model: str
     params: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
-    prompt: Prompt = Prompt()
+    prompt: Prompt = NO_PROMPT
+
+    def __post_init__(self) -> None:
+        # Runs once per arm (at snapshot load or for a default arm), never per decision.
+        if not self.kind:
+            object.__setattr__(self, "kind", self.provider)
+        if not isinstance(self.params, MappingProxyType):
+            object.__setattr__(self, "params", freeze(self.params))
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-safe, in the snapshot's shape."""
         return {
             "provider": self.provider,
             "kind": self.kind,
             "base_url": self.base_url,
             "api_key_env": self.api_key_env,
             "model": self.model,
-            "params": dict(self.params),
-            "prompt": {"mode": self.prompt.mode, "text": self.prompt.text},
+            "params": thaw(self.params),
+            "prompt": self.prompt.to_dict(),
         }
 
 
 @dataclass(frozen=True, slots=True)
 class PlanSnapshot:
-    """One plan as the SDK evaluates it, precomputed at snapshot load."""
+    """One plan as the SDK evaluates it, validated and frozen at snapshot load."""
 
     key: str
     version: int
@@ -94,6 +141,8 @@ class PlanSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    """A whole ``/api/v1/sdk/config`` body: its version (the ETag) and the plans by key."""
+
     version: str
     plans: Mapping[str, PlanSnapshot]
 
@@ -103,11 +152,22 @@ EMPTY_SNAPSHOT = Snapshot(version="", plans=_EMPTY)
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """Which model to call for this request, and everything needed to report on it."""
+    """Which model to call for this request, and everything needed to report on it.
+
+    ``spec`` is the arm to call (``None`` only for an unknown plan without a ``default``);
+    ``provider``, ``model``, ``params`` and ``prompt`` are its fields, copied for convenience.
+    ``fallback`` is the control arm, to retry on when the candidate fails. When ``shadow`` is
+    true the application may also send the request to ``shadow_spec`` (the candidate) and
+    must show the user only the control's answer.
+    """
 
     plan: str
     unit: str
     arm: str
+    provider: str | None
+    model: str | None
+    params: Mapping[str, Any]
+    prompt: Prompt
     spec: ArmSpec | None
     fallback: ArmSpec | None
     shadow: bool
@@ -118,35 +178,23 @@ class Decision:
     reason: str
     decision_id: str
 
-    @property
-    def provider(self) -> str | None:
-        return self.spec.provider if self.spec else None
-
-    @property
-    def model(self) -> str | None:
-        return self.spec.model if self.spec else None
-
-    @property
-    def params(self) -> Mapping[str, Any]:
-        return self.spec.params if self.spec else _EMPTY
-
-    @property
-    def prompt(self) -> Prompt:
-        return self.spec.prompt if self.spec else Prompt()
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: the body of ``/api/v1/decide`` and the OFREP object value."""
         spec = self.spec
         return {
             "plan": self.plan,
+            "unit": self.unit,
             "arm": self.arm,
-            "provider": spec.provider if spec else None,
+            "provider": self.provider,
             "kind": spec.kind if spec else None,
-            "model": spec.model if spec else None,
-            "params": dict(spec.params) if spec else {},
-            "prompt": {"mode": spec.prompt.mode, "text": spec.prompt.text} if spec else None,
+            "base_url": spec.base_url if spec else None,
+            "api_key_env": spec.api_key_env if spec else None,
+            "model": self.model,
+            "params": thaw(self.params),
+            "prompt": self.prompt.to_dict(),
             "shadow": self.shadow,
             "shadow_model": self.shadow_spec.model if self.shadow_spec else None,
+            "shadow_spec": self.shadow_spec.to_dict() if self.shadow_spec else None,
             "fallback": self.fallback.to_dict() if self.fallback else None,
             "plan_version": self.plan_version,
             "run": self.run,
@@ -159,131 +207,168 @@ class Decision:
 def decide(
     plan: PlanSnapshot | None, unit: str, *, decision_id: str, default: ArmSpec | None = None
 ) -> Decision:
-    """The decision for ``unit`` (see docs/contracts.md for the rules per status)."""
+    """The decision for ``unit`` under ``plan`` (the rules per status are in docs/contracts.md).
+
+    ``plan`` is ``None`` for a plan the snapshot does not hold: the caller's ``default`` arm
+    (or none), reason ``DEFAULT``.
+    """
     if plan is None:
+        if default is None:
+            return Decision(
+                "", unit, CONTROL, None, None, _EMPTY, NO_PROMPT, None, None, False, None,
+                0, 0, None, "DEFAULT", decision_id,
+            )  # fmt: skip
         return Decision(
-            "", unit, "control", default, default, False, None, 0, 0, None, "DEFAULT", decision_id
-        )
-    if plan.status == "running":
-        candidate = bucket(plan.salt, unit) < plan.weight_bp
-        shadow = (
-            not candidate and plan.shadow_bp > 0 and shadow_bucket(plan.salt, unit) < plan.shadow_bp
-        )
+            "", unit, CONTROL, default.provider, default.model, default.params, default.prompt,
+            default, default, False, None, 0, 0, None, "DEFAULT", decision_id,
+        )  # fmt: skip
+    status = plan.status
+    if status == "running":
+        salt = plan.salt
+        if int(_hash(f"{salt}:{unit}", 0, False)) % BASIS_POINTS < plan.weight_bp:
+            spec = plan.candidate
+            arm = CANDIDATE
+            shadow = False
+        else:
+            spec = plan.control
+            arm = CONTROL
+            shadow = (
+                plan.shadow_bp > 0
+                and int(_hash(f"{salt}:shadow:{unit}", 0, False)) % BASIS_POINTS < plan.shadow_bp
+            )
         return Decision(
-            plan.key,
-            unit,
-            "candidate" if candidate else "control",
-            plan.candidate if candidate else plan.control,
-            plan.control,
-            shadow,
-            plan.candidate if shadow else None,
-            plan.version,
-            plan.run,
-            plan.phase,
-            "SPLIT",
-            decision_id,
-        )
-    if plan.status == "completed":
-        return Decision(
-            plan.key,
-            unit,
-            "candidate",
-            plan.candidate,
-            plan.control,
-            False,
-            None,
-            plan.version,
-            plan.run,
-            None,
-            "STATIC",
-            decision_id,
-        )
+            plan.key, unit, arm, spec.provider, spec.model, spec.params, spec.prompt, spec,
+            plan.control, shadow, plan.candidate if shadow else None, plan.version, plan.run,
+            plan.phase, "SPLIT", decision_id,
+        )  # fmt: skip
+    if status == "completed":
+        spec, arm, reason = plan.candidate, CANDIDATE, "STATIC"
+    else:  # paused, rolled_back, draft
+        spec, arm, reason = plan.control, CONTROL, "DISABLED"
     return Decision(
-        plan.key,
-        unit,
-        "control",
-        plan.control,
-        plan.control,
-        False,
-        None,
-        plan.version,
-        plan.run,
-        None,
-        "DISABLED",
-        decision_id,
-    )
+        plan.key, unit, arm, spec.provider, spec.model, spec.params, spec.prompt, spec,
+        plan.control, False, None, plan.version, plan.run, plan.phase, reason, decision_id,
+    )  # fmt: skip
+
+
+# --- parsing: strict, so that a bad snapshot is refused whole and the last good one stays ---
+
+
+def _string(data: Mapping[str, Any], name: str, where: str, *, required: bool = False) -> str:
+    value = data.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value):
+        raise SnapshotError(
+            f"{where}.{name}: expected a {'non-empty ' if required else ''}string, got {value!r}",
+            details={"field": f"{where}.{name}"},
+        )
+    return value
+
+
+def _integer(value: Any, where: str, low: int, high: int | None = None) -> int:
+    # bool is an int in Python, but True is not a weight.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise SnapshotError(
+            f"{where}: expected an integer {bounds}, got {value!r}", details={"field": where}
+        )
+    return value
 
 
 def _arm(data: Any, where: str) -> ArmSpec:
     if not isinstance(data, Mapping):
-        raise SnapshotError(f"{where}: expected an object")
-    prompt = data.get("prompt") or {}
-    params = data.get("params") or {}
-    if not isinstance(prompt, Mapping) or not isinstance(params, Mapping):
-        raise SnapshotError(f"{where}: prompt and params must be objects")
-    mode = str(prompt.get("mode", "none"))
+        raise SnapshotError(f"{where}: expected an object", details={"field": where})
+    prompt = data.get("prompt")
+    if prompt is None:
+        prompt = {}
+    params = data.get("params")
+    if params is None:
+        params = {}
+    if not isinstance(prompt, Mapping):
+        raise SnapshotError(f"{where}.prompt: expected an object", details={"field": where})
+    if not isinstance(params, Mapping):
+        raise SnapshotError(f"{where}.params: expected an object", details={"field": where})
+    mode = prompt.get("mode", "none")
     if mode not in PROMPT_MODES:
-        raise SnapshotError(f"{where}.prompt.mode: unknown mode {mode!r}")
-    try:
-        return ArmSpec(
-            provider=str(data["provider"]),
-            model=str(data["model"]),
-            kind=str(data.get("kind", "openai")),
-            base_url=str(data.get("base_url") or ""),
-            api_key_env=str(data.get("api_key_env") or ""),
-            params=MappingProxyType(dict(params)),
-            prompt=Prompt(mode, str(prompt.get("text", ""))),
+        raise SnapshotError(
+            f"{where}.prompt.mode: unknown mode {mode!r}", details={"field": f"{where}.prompt"}
         )
-    except KeyError as exc:
-        raise SnapshotError(f"{where}: missing {exc.args[0]}") from None
-
-
-def _basis_points(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= BASIS_POINTS:
-        raise SnapshotError(f"{where}: expected an integer from 0 to {BASIS_POINTS}, got {value!r}")
-    return value
+    provider = _string(data, "provider", where, required=True)
+    # Unknown kinds are accepted: refusing them would pin an older SDK to a stale snapshot for
+    # every plan; the provider adapters are where an unsupported kind is an error.
+    return ArmSpec(
+        provider=provider,
+        kind=_string(data, "kind", where) or provider,
+        base_url=_string(data, "base_url", where),
+        api_key_env=_string(data, "api_key_env", where),
+        model=_string(data, "model", where, required=True),
+        params=freeze(params),
+        prompt=Prompt(mode, _string(prompt, "text", f"{where}.prompt")),
+    )
 
 
 def parse_plan(data: Any) -> PlanSnapshot:
-    """One snapshot entry; raises :class:`SnapshotError` naming the field at fault."""
+    """One snapshot entry; raises :class:`~turnout.errors.SnapshotError` naming the field at fault."""
     if not isinstance(data, Mapping):
-        raise SnapshotError("plan: expected an object")
-    key = data.get("key")
-    if not isinstance(key, str) or not key:
-        raise SnapshotError("plan.key: expected a non-empty string")
+        raise SnapshotError("plan: expected an object", details={"field": "plans"})
+    key = _string(data, "key", "plan", required=True)
     status = data.get("status")
     if status not in STATUSES:
-        raise SnapshotError(f"{key}.status: unknown status {status!r}")
+        raise SnapshotError(
+            f"{key}.status: unknown status {status!r}", details={"field": f"{key}.status"}
+        )
     salt = data.get("salt")
     if not isinstance(salt, str):
-        raise SnapshotError(f"{key}.salt: expected a string")
-    version, run = data.get("version", 0), data.get("run", 0)
-    if not isinstance(version, int) or not isinstance(run, int):
-        raise SnapshotError(f"{key}.version and run must be integers")
+        raise SnapshotError(f"{key}.salt: expected a string", details={"field": f"{key}.salt"})
     phase = data.get("phase")
+    if phase is not None and not isinstance(phase, str):
+        raise SnapshotError(
+            f"{key}.phase: expected a string or null", details={"field": f"{key}.phase"}
+        )
     return PlanSnapshot(
         key=key,
-        version=version,
-        run=run,
+        version=_integer(data.get("version", 0), f"{key}.version", 0),
+        run=_integer(data.get("run", 0), f"{key}.run", 0),
         status=status,
-        phase=phase if isinstance(phase, str) else None,
+        phase=phase,
         salt=salt,
-        weight_bp=_basis_points(data.get("weight_bp", 0), f"{key}.weight_bp"),
-        shadow_bp=_basis_points(data.get("shadow_bp", 0), f"{key}.shadow_bp"),
+        weight_bp=_integer(data.get("weight_bp", 0), f"{key}.weight_bp", 0, BASIS_POINTS),
+        shadow_bp=_integer(data.get("shadow_bp", 0), f"{key}.shadow_bp", 0, BASIS_POINTS),
         control=_arm(data.get("control"), f"{key}.control"),
         candidate=_arm(data.get("candidate"), f"{key}.candidate"),
     )
 
 
 def parse_snapshot(data: Any) -> Snapshot:
-    """A whole ``/api/v1/sdk/config`` body. All or nothing: one bad plan rejects the snapshot,
-    so a client keeps its last good one rather than serving half a configuration."""
+    """A whole ``/api/v1/sdk/config`` body, validated and frozen.
+
+    All or nothing: one bad plan rejects the snapshot (:class:`~turnout.errors.SnapshotError`),
+    so a client keeps its last good one rather than serving half a configuration.
+    """
     if not isinstance(data, Mapping) or not isinstance(data.get("plans"), list):
-        raise SnapshotError("snapshot: expected an object with a 'plans' list")
-    if data.get("schema", 1) != 1:
-        raise SnapshotError(f"snapshot: unsupported schema {data.get('schema')!r}")
-    plans = {}
+        raise SnapshotError(
+            "snapshot: expected an object with a 'plans' list", details={"field": "plans"}
+        )
+    schema = data.get("schema", 1)
+    if schema != 1 or isinstance(schema, bool):
+        raise SnapshotError(
+            f"snapshot: unsupported schema {schema!r}", details={"field": "schema"}
+        )
+    version = data.get("version", "")
+    if not isinstance(version, str):
+        raise SnapshotError("snapshot.version: expected a string", details={"field": "version"})
+    plans: dict[str, PlanSnapshot] = {}
     for entry in data["plans"]:
         plan = parse_plan(entry)
+        if plan.key in plans:
+            raise SnapshotError(
+                f"snapshot: plan {plan.key!r} appears twice", details={"field": "plans"}
+            )
         plans[plan.key] = plan
-    return Snapshot(version=str(data.get("version", "")), plans=MappingProxyType(plans))
+    return Snapshot(version=version, plans=MappingProxyType(plans))
