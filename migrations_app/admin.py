@@ -41,15 +41,7 @@ from migrations_app.phases import (
     validate_phase,
 )
 
-ACTIONS = {
-    "start": plans.plan_start,
-    "advance": plans.plan_advance,
-    "pause": plans.plan_pause,
-    "resume": plans.plan_resume,
-    "rollback": plans.plan_rollback,
-    "complete": plans.plan_complete,
-    "archive": plans.plan_archive,
-}
+ACTIONS = plans.LIFECYCLE
 OPERATE_PERMISSION = "migrations_app.operate_migrationplan"
 # Fields that decide where traffic goes: frozen while a run is live, so its statistics mean something.
 ROUTING_FIELDS = (

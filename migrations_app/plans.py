@@ -501,3 +501,15 @@ def record_edit(
         evidence=dict(evidence or {}),
     )
     transaction.on_commit(lambda: changes.publish_routing_change(plan.key, plan.version))
+
+
+# Each lifecycle action's service, for the callers that dispatch on the action's name (the admin).
+LIFECYCLE: dict[str, Callable[..., MigrationPlan]] = {
+    "start": plan_start,
+    "advance": plan_advance,
+    "pause": plan_pause,
+    "resume": plan_resume,
+    "rollback": plan_rollback,
+    "complete": plan_complete,
+    "archive": plan_archive,
+}

@@ -16,15 +16,7 @@ from tests.factories import make_plan, person
 
 pytestmark = pytest.mark.django_db
 
-SERVICES: dict[str, Any] = {
-    "start": plans.plan_start,
-    "advance": plans.plan_advance,
-    "pause": plans.plan_pause,
-    "resume": plans.plan_resume,
-    "rollback": plans.plan_rollback,
-    "complete": plans.plan_complete,
-    "archive": plans.plan_archive,
-}
+SERVICES = plans.LIFECYCLE
 
 
 def _act(action: str, plan: MigrationPlan, **kwargs: Any) -> MigrationPlan:
