@@ -4,18 +4,26 @@ outcome / feedback reporting that never slows the request.
 The host application must never break because of Turnout:
 
 - ``decide()`` never raises and never touches the network: it reads an immutable snapshot
-  that a background thread swaps in whole.
+  that a background thread swaps in whole (one reference assignment, atomic under the GIL),
+  so the hot path takes no lock.
 - At start the client waits at most ``start_wait`` seconds for the server; if it is down it
   serves the last-known-good snapshot from ``lkg_path``, and with nothing at all, the
   ``default`` arm the caller names in code.
+- Changes arrive over Server-Sent Events (``GET /api/v1/sdk/stream``, reconnecting with
+  backoff and ``Last-Event-ID``); while the stream is down the same thread polls
+  ``/api/v1/sdk/config`` with ``If-None-Match`` every ``poll_interval`` seconds.
 - ``report()`` and ``feedback()`` append to a bounded buffer and return; a background thread
-  sends batches. If the buffer is full the oldest events are dropped and counted, and the
-  count is sent to the server with the next batch.
+  sends gzip batches (every ``flush_interval`` seconds, or sooner once ``batch_size`` are
+  waiting), retrying 5xx, 429 and connection errors with backoff, never other 4xx. If the
+  buffer is full the oldest events are dropped and counted, and the count goes to the server
+  in the next batch (``client.dropped``). Every event gets its id before the first attempt,
+  so a retried batch is never counted twice by the server.
 
 Forking (gunicorn ``--preload``, Celery prefork): threads do not survive ``fork()``. The
-client registers an ``after_in_child`` hook that gives the child its own HTTP connection,
-its own decision-id prefix and fresh background threads, and drops the parent's unsent
-events in the child (the parent still owns and sends them).
+client registers an ``os.register_at_fork(after_in_child=...)`` hook that gives the child its
+own HTTP connection pool, its own decision-id prefix and fresh background threads; the child
+keeps serving the parent's snapshot meanwhile, and starts with empty report buffers (the
+parent still owns and sends what it had buffered, so nothing is sent twice).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import gzip
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import secrets
@@ -33,13 +42,15 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from turnout import routing
+from turnout.routing import ArmSpec, Decision
 
 log = logging.getLogger("turnout")
 
@@ -57,67 +68,128 @@ ERROR_KINDS = frozenset(
         "empty_output",
     }
 )
+FEEDBACK_SCALES = frozenset({"thumbs", "five"})
 SDK_NAME = "turnout-python/0.1.0"
+CONFIG_PATH = "/api/v1/sdk/config"
+STREAM_PATH = "/api/v1/sdk/stream"
+OUTCOMES_PATH = "/api/v1/outcomes"
+FEEDBACK_PATH = "/api/v1/feedback"
+# A server asking for a longer pause than this is treated as asking for this: the buffer
+# would overflow anyway, and a stuck sender cannot be told apart from a dead one.
+MAX_RETRY_AFTER = 120.0
+
+_time = time.time
+_Event = tuple[Any, ...]
+
+
+class _LogOnce:
+    """Warn the first time a given problem happens, then stay quiet: a bad call in a hot loop
+    must not flood the host's logs."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def warning(self, key: str, message: str, *args: Any) -> None:
+        if key in self._seen or len(self._seen) > 1000:
+            return
+        self._seen.add(key)
+        log.warning(message, *args)
 
 
 class Client:
-    """One per process. See the module docstring for what it promises the host application."""
+    """A Turnout client: one per process (it survives ``fork()``), shared by all threads.
+
+    :param base_url: the control plane, e.g. ``https://turnout.example.com``.
+    :param api_key: an SDK API key (scopes ``decide`` and ``report``).
+    :param timeout: per-request timeout in seconds for background HTTP calls.
+    :param start_wait: the longest the constructor waits for the first snapshot.
+    :param lkg_path: a file for the last-known-good snapshot, written atomically on every
+        change and read at start when the server cannot be reached.
+    :param poll_interval: seconds between ``If-None-Match`` polls while the stream is down
+        (or always, with ``stream=False``).
+    :param stream: follow the change stream (Server-Sent Events).
+    :param stream_url: where the stream is served, if not at ``base_url``.
+    :param batch_size: events per POST; also the buffer level that triggers an early flush.
+    :param flush_interval: seconds between flushes.
+    :param buffer_size: events buffered per kind before the oldest are dropped (and counted).
+    :param max_backoff: cap in seconds of the exponential backoff (stream and reports).
+    :param close_timeout: how long ``close()`` (and interpreter exit) may spend flushing.
+
+    The constructor does not raise for an unreachable, slow or misbehaving server: it waits
+    at most ``start_wait`` and then answers from the last-known-good snapshot or the caller's
+    ``default`` until a snapshot arrives.
+    """
+
+    _deadline: float | None  # set by close(): the final flush must end by then
 
     def __init__(
         self,
         base_url: str,
         api_key: str,
         *,
-        start_wait: float = 2.0,
         timeout: float = 5.0,
+        start_wait: float = 2.0,
         lkg_path: str | os.PathLike[str] | None = None,
         poll_interval: float = 15.0,
         stream: bool = True,
+        stream_url: str | None = None,
         batch_size: int = 500,
         flush_interval: float = 1.0,
         buffer_size: int = 10_000,
         max_backoff: float = 30.0,
-        stream_url: str | None = None,
+        close_timeout: float = 5.0,
     ) -> None:
-        self._base_url = base_url.rstrip("/")
-        # Streams may be served apart from the API (a long-lived-connection server); default: the same.
-        self._stream_url = (stream_url or base_url).rstrip("/")
-        self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": SDK_NAME}
-        self._timeout = timeout
-        self._lkg_path = Path(lkg_path) if lkg_path else None
-        self._poll_interval = poll_interval
-        self._stream_enabled = stream
-        self._batch_size = batch_size
-        self._flush_interval = flush_interval
-        self._buffer_size = buffer_size
-        self._max_backoff = max_backoff
         self._snapshot: routing.Snapshot = routing.EMPTY_SNAPSHOT
         self._etag: str | None = None
         self._closed = False
-        self._start_threads()
+        self._started = False
+        self._log = _LogOnce()
+        self._base_url = str(base_url).rstrip("/")
+        # Streams may be served apart from the API (a long-lived-connection server).
+        self._stream_url = str(stream_url or base_url).rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": SDK_NAME}
+        self._timeout = float(timeout)
+        self._lkg_path = Path(lkg_path) if lkg_path else None
+        self._poll_interval = max(0.05, float(poll_interval))
+        self._stream_enabled = bool(stream)
+        self._batch_size = max(1, int(batch_size))
+        self._flush_interval = max(0.01, float(flush_interval))
+        self._buffer_size = max(1, int(buffer_size))
+        self._max_backoff = max(0.1, float(max_backoff))
+        self._close_timeout = max(0.0, float(close_timeout))
+        self._reset_process_state()
+        # Before the threads start, so a fresh fetch can never be overwritten by the older file.
         self._load_lkg()
-        self._ready.wait(max(0.0, start_wait))
-        atexit.register(self.close)
         _live_clients.add(self)
+        try:
+            self._start_threads()
+        except Exception as exc:  # e.g. a base_url httpx refuses: serve LKG / defaults
+            log.error("turnout: client could not start, serving defaults: %s", exc)
+            return
+        self._ready.wait(max(0.0, float(start_wait)))
 
     # --- the hot path ----------------------------------------------------------------
 
-    def decide(
-        self, plan: str, unit: str, *, default: routing.ArmSpec | None = None
-    ) -> routing.Decision:
-        """Which model to call for ``unit`` under ``plan``. Never raises, never blocks on I/O."""
-        decision_id = f"{self._id_prefix}{next(self._ids):x}"
+    def decide(self, plan: str, unit: str, *, default: ArmSpec | None = None) -> Decision:
+        """Which model to call for ``unit`` (a user or session id) under ``plan``.
+
+        Never raises, never blocks on I/O. A plan the snapshot does not hold (or no snapshot
+        at all) gives ``default`` with reason ``DEFAULT``; build one with :func:`arm`.
+        """
         try:
+            decision_id = f"{self._id_prefix}{next(self._ids):x}"
+            if unit.__class__ is not str:
+                unit = str(unit)
             return routing.decide(
                 self._snapshot.plans.get(plan), unit, decision_id=decision_id, default=default
             )
-        except Exception:  # the host's request must go on, whatever happened here
-            log.exception("turnout: decide failed; answering with the default")
-            return routing.decide(None, str(unit), decision_id=decision_id, default=default)
+        except Exception as exc:  # the host's request must go on, whatever happened here
+            self._log.warning("decide", "turnout: decide failed, answering the default: %r", exc)
+            return _fallback_decision(unit, default)
 
     def report(
         self,
-        decision: routing.Decision,
+        decision: Decision,
         *,
         latency_ms: float,
         ttft_ms: float | None = None,
@@ -125,20 +197,44 @@ class Client:
         input_tokens: int | None = None,
         output_tokens: int | None = None,
     ) -> None:
-        """Record how the call went. Returns at once; a background thread sends it."""
-        if len(self._outcomes) >= self._buffer_size:
-            self._dropped += 1  # deque(maxlen) is about to push out the oldest
-        self._outcomes.append(
-            (time.time(), decision, latency_ms, ttft_ms, error, input_tokens, output_tokens)
-        )
+        """Record how the call for ``decision`` went. Returns at once; never raises.
+
+        ``error`` is ``None`` or one of :data:`ERROR_KINDS`; tokens are ``None`` when the
+        provider did not say (unknown usage is unknown cost, not zero). Bad values are
+        dropped (counted in :attr:`dropped`, logged once), off the request path.
+        """
+        try:
+            buffer = self._outcomes
+            if len(buffer) >= self._buffer_size:
+                self._count_dropped(1)  # deque(maxlen) is about to push out the oldest
+            buffer.append(
+                (_time(), decision, latency_ms, ttft_ms, error, input_tokens, output_tokens)
+            )
+            if len(buffer) >= self._batch_size and not self._wake.is_set():
+                self._wake.set()
+        except Exception as exc:
+            self._log.warning("report", "turnout: report failed: %r", exc)
 
     def feedback(self, decision_id: str, score: float, *, scale: str = "thumbs") -> None:
-        """A user's rating of a decision's answer (``thumbs``: -1 or 1; ``five``: 1 to 5). Returns at once."""
-        if len(self._feedback) >= self._buffer_size:
-            self._dropped += 1
-        self._feedback.append((time.time(), decision_id, score, scale))
+        """A user's rating of the answer given under ``decision_id`` (a :class:`Decision` is
+        accepted too). ``scale``: ``thumbs`` (score -1 or 1) or ``five`` (1 to 5).
+        Returns at once; never raises."""
+        try:
+            buffer = self._feedback
+            if len(buffer) >= self._buffer_size:
+                self._count_dropped(1)
+            buffer.append((_time(), decision_id, score, scale))
+            if len(buffer) >= self._batch_size and not self._wake.is_set():
+                self._wake.set()
+        except Exception as exc:
+            self._log.warning("feedback", "turnout: feedback failed: %r", exc)
 
     # --- state -----------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> routing.Snapshot:
+        """The snapshot ``decide()`` reads now (empty until one arrives)."""
+        return self._snapshot
 
     @property
     def snapshot_version(self) -> str:
@@ -146,33 +242,60 @@ class Client:
 
     @property
     def dropped(self) -> int:
-        """Events dropped since start: buffer overflow, or rejected by the server."""
+        """Events lost since start (or fork): buffer overflow, invalid values, a batch the
+        server refused with a 4xx, or still unsent at close."""
         return self._dropped
 
+    @property
+    def rejected(self) -> int:
+        """Events the server received but rejected one by one (its ``rejected`` list)."""
+        return self._rejected
+
     def flush(self, timeout: float = 5.0) -> bool:
-        """Send everything buffered now; True if the buffers emptied within ``timeout``."""
-        deadline = time.monotonic() + timeout
-        self._flush_now.set()
-        while time.monotonic() < deadline:
+        """Send everything buffered now; True if it was all handed over within ``timeout``."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        self._wake.set()
+        while True:
             if not self._outcomes and not self._feedback and not self._sending:
                 return True
-            time.sleep(0.01)
-        return False
+            if time.monotonic() >= deadline or not self._sender.is_alive():
+                return False
+            time.sleep(0.005)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop the background threads after a final flush bounded by ``timeout``."""
+    def close(self, timeout: float | None = None) -> None:
+        """Flush (for at most ``timeout`` seconds, default ``close_timeout``) and stop.
+
+        Called at interpreter exit too. Events still unsent at the deadline are counted in
+        :attr:`dropped`. After ``close()``, ``decide()`` keeps answering from the last
+        snapshot and ``report()`` is a no-op.
+        """
         if self._closed:
             return
-        self.flush(timeout)
         self._closed = True
-        self._stop.set()
-        self._flush_now.set()
-        response = self._stream_response
-        if response is not None:
-            response.close()
-        for thread in (self._refresher, self._sender):
-            thread.join(timeout=1.0)
-        self._http.close()
+        budget = self._close_timeout if timeout is None else max(0.0, timeout)
+        self._deadline = time.monotonic() + budget
+        try:
+            if self._started:
+                self.flush(budget)
+            self._stop.set()
+            self._wake.set()
+            response = self._stream_response
+            if response is not None:
+                response.close()  # unblocks the refresher's read
+            if self._started:
+                remaining = max(0.1, self._deadline - time.monotonic())
+                self._sender.join(remaining)
+                self._refresher.join(0.5)
+            lost = len(self._outcomes) + len(self._feedback)
+            self._outcomes.clear()
+            self._feedback.clear()
+            self._count_dropped(lost)
+            if self._started and not self._sender.is_alive():
+                self._http.close()
+        except Exception as exc:
+            log.debug("turnout: close: %r", exc)
+        if self._dropped:
+            log.info("turnout: closed; %d events were dropped in this process", self._dropped)
 
     def __enter__(self) -> Client:
         return self
@@ -180,206 +303,296 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- background ------------------------------------------------------------------
+    # --- process state and threads ---------------------------------------------------
+
+    def _reset_process_state(self) -> None:
+        """Everything that must not be shared across ``fork()``: locks, events, buffers,
+        the id prefix. Called at construction and in a forked child."""
+        self._id_prefix = secrets.token_hex(6)
+        self._ids = itertools.count(1)
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._stream_response: httpx.Response | None = None
+        self._outcomes: deque[_Event] = deque(maxlen=self._buffer_size)
+        self._feedback: deque[_Event] = deque(maxlen=self._buffer_size)
+        self._dropped = 0
+        self._unreported = 0  # dropped events the server has not yet been told about
+        self._rejected = 0
+        self._sending = False
+        self._deadline = None
+        self._refresher = threading.Thread(
+            target=self._refresh_loop, name="turnout-refresh", daemon=True
+        )
+        self._sender = threading.Thread(target=self._send_loop, name="turnout-report", daemon=True)
 
     def _start_threads(self) -> None:
         self._http = httpx.Client(
             base_url=self._base_url, headers=self._headers, timeout=self._timeout
         )
-        self._id_prefix = secrets.token_hex(6)
-        self._ids = itertools.count(1)
-        self._ready = threading.Event()
-        self._stop = threading.Event()
-        self._flush_now = threading.Event()
-        self._stream_response: httpx.Response | None = None
-        self._outcomes: deque[tuple[Any, ...]] = deque(maxlen=self._buffer_size)
-        self._feedback: deque[tuple[Any, ...]] = deque(maxlen=self._buffer_size)
-        self._dropped = 0
-        self._reported_dropped = 0
-        self._sending = False
-        self._refresher = threading.Thread(
-            target=self._refresh_loop, name="turnout-refresh", daemon=True
-        )
-        self._sender = threading.Thread(target=self._send_loop, name="turnout-report", daemon=True)
         self._refresher.start()
         self._sender.start()
+        self._started = True
 
     def _after_fork_in_child(self) -> None:
-        if not self._closed:
+        if self._closed:
+            return
+        # The parent's connection pool is left alone, not closed: its sockets are shared with
+        # the parent, and closing them here would cut the parent's connections.
+        self._started = False
+        self._reset_process_state()
+        self._ready.set()  # the child inherited the parent's snapshot: serve it at once
+        try:
             self._start_threads()
-            self._ready.set()  # the child inherited the parent's snapshot: serve it at once
+        except Exception as exc:
+            log.error("turnout: could not restart after fork: %r", exc)
+
+    def _count_dropped(self, n: int) -> None:
+        if n:
+            with self._lock:
+                self._dropped += n
+                self._unreported += n
+
+    # --- snapshot: last-known-good file, fetch, stream -------------------------------
 
     def _load_lkg(self) -> None:
-        if self._lkg_path is None or not self._lkg_path.exists() or self._snapshot.plans:
+        if self._lkg_path is None:
             return
         try:
-            snapshot = routing.parse_snapshot(json.loads(self._lkg_path.read_text()))
-        except Exception as exc:
+            body = self._lkg_path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("turnout: cannot read the last-known-good snapshot: %s", exc)
+            return
+        try:
+            self._snapshot = routing.parse_snapshot(json.loads(body))
+        except Exception as exc:  # a corrupt file must not stop the host from starting
             log.warning(
                 "turnout: ignoring unreadable last-known-good snapshot %s: %s", self._lkg_path, exc
             )
-            return
-        if not self._snapshot.plans:
-            self._snapshot = snapshot
-
-    def _fetch(self) -> None:
-        headers = {"If-None-Match": self._etag} if self._etag else {}
-        try:
-            response = self._http.get("/api/v1/sdk/config", headers=headers)
-            if response.status_code == 304:
-                return
-            if response.status_code != 200:
-                log.warning("turnout: config fetch answered %s", response.status_code)
-                return
-            self._install(response.json(), response.headers.get("ETag"), response.content)
-        except Exception as exc:  # down, or a bad snapshot: keep serving the last good one
-            log.debug("turnout: config fetch failed: %s", exc)
-        finally:
-            self._ready.set()
 
     def _install(self, data: Any, etag: str | None, body: bytes) -> None:
-        """Swap in a new snapshot whole (raises on a bad one, leaving the old in place)."""
-        self._snapshot = routing.parse_snapshot(data)
-        self._etag = etag
+        """Swap in a new snapshot whole; raises on a bad one, leaving the old in place."""
+        snapshot = routing.parse_snapshot(data)
+        self._snapshot = snapshot
+        self._etag = etag or (f'"{snapshot.version}"' if snapshot.version else None)
         self._save_lkg(body)
 
     def _save_lkg(self, body: bytes) -> None:
         if self._lkg_path is None:
             return
+        tmp = self._lkg_path.with_name(
+            f".{self._lkg_path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        )
         try:
-            tmp = self._lkg_path.with_name(f".{self._lkg_path.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(body)
-            os.replace(tmp, self._lkg_path)  # atomic: a reader never sees half a file
+            with open(tmp, "wb") as handle:
+                handle.write(body)
+                handle.flush()
+                os.fsync(handle.fileno())
+            # Atomic: a reader (another process starting now) never sees half a file.
+            os.replace(tmp, self._lkg_path)
         except OSError as exc:
-            log.warning("turnout: cannot write the last-known-good snapshot: %s", exc)
+            self._log.warning("lkg-write", "turnout: cannot write %s: %s", self._lkg_path, exc)
+            tmp.unlink(missing_ok=True)
+
+    def _fetch(self) -> None:
+        headers = {"If-None-Match": self._etag} if self._etag else {}
+        try:
+            response = self._http.get(CONFIG_PATH, headers=headers)
+            if response.status_code == 304:
+                return
+            if response.status_code != 200:
+                self._log.warning(
+                    f"fetch-{response.status_code}",
+                    "turnout: %s answered %s",
+                    CONFIG_PATH,
+                    response.status_code,
+                )
+                return
+            self._install(response.json(), response.headers.get("ETag"), response.content)
+        except Exception as exc:  # down, or a bad snapshot: keep serving the last good one
+            log.debug("turnout: config fetch failed: %r", exc)
+        finally:
+            self._ready.set()
 
     def _refresh_loop(self) -> None:
         backoff = 1.0
         last_event_id: str | None = None
         while not self._stop.is_set():
-            self._fetch()
+            try:
+                self._fetch()
+                if self._stream_enabled and not self._stop.is_set():
+                    last_event_id, delivered, retry = self._follow_stream(last_event_id)
+                    if delivered:
+                        backoff = retry  # it was up: reconnect soon, as the server asked
+            except Exception as exc:
+                log.debug("turnout: change stream unavailable: %r", exc)
             if self._stream_enabled:
-                try:
-                    last_event_id = self._follow_stream(last_event_id)
-                    backoff = 1.0  # the stream was up: reconnect quickly
-                except Exception as exc:
-                    log.debug("turnout: change stream unavailable: %s", exc)
+                # While the stream is down this loop is the poll: fetch (ETag), wait, retry.
                 wait = min(backoff, self._poll_interval)
                 backoff = min(backoff * 2, self._max_backoff)
             else:
                 wait = self._poll_interval
-            # While the stream is down this loop is the poll: fetch (with ETag), wait, retry.
-            self._stop.wait(wait + random.uniform(0, wait * 0.1))
+            self._stop.wait(wait * random.uniform(0.9, 1.1))
 
-    def _follow_stream(self, last_event_id: str | None) -> str | None:
-        headers = {"Accept": "text/event-stream"}
+    def _follow_stream(self, last_event_id: str | None) -> tuple[str | None, bool, float]:
+        """Read the stream until it ends; returns the last event id, whether any event came,
+        and the reconnection delay the server asked for (its ``retry:`` field)."""
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
-        timeout = httpx.Timeout(self._timeout, read=60.0)  # heartbeats come every 15 s
-        url = f"{self._stream_url}/api/v1/sdk/stream"
+        # Heartbeats come every 15 s: a minute of silence means the connection is dead.
+        timeout = httpx.Timeout(self._timeout, read=60.0)
+        url = f"{self._stream_url}{STREAM_PATH}"
+        delivered, retry = False, 1.0
         with self._http.stream("GET", url, headers=headers, timeout=timeout) as response:
             if response.status_code != 200:
                 raise RuntimeError(f"stream answered {response.status_code}")
             self._stream_response = response
             try:
-                data = ""
+                event = ""
+                data: list[str] = []
                 for line in response.iter_lines():
                     if self._stop.is_set():
                         break
-                    if line.startswith("id:"):
-                        last_event_id = line[3:].strip()
-                    elif line.startswith("data:"):
-                        data += line[5:].strip()
-                    elif line == "" and data:
-                        payload, data = json.loads(data), ""
-                        version = payload.get("version")
-                        if version == self._snapshot.version:
-                            continue
-                        # The event carries the snapshot: no refetch, no burst of requests per change.
-                        if isinstance(payload.get("snapshot"), dict):
-                            snapshot = payload["snapshot"]
-                            self._install(snapshot, f'"{version}"', json.dumps(snapshot).encode())
-                        else:
-                            self._fetch()
+                    if not line:
+                        if data:
+                            self._on_event(event or "message", "\n".join(data))
+                            delivered = True
+                        event, data = "", []
+                        continue
+                    if line.startswith(":"):
+                        continue  # heartbeat
+                    name, _, value = line.partition(":")
+                    value = value.removeprefix(" ")
+                    if name == "data":
+                        data.append(value)
+                    elif name == "event":
+                        event = value
+                    elif name == "id" and "\0" not in value:
+                        last_event_id = value
+                    elif name == "retry" and value.isdigit():
+                        retry = max(0.1, int(value) / 1000)
             finally:
                 self._stream_response = None
-        return last_event_id
+        return last_event_id, delivered, retry
+
+    def _on_event(self, event: str, data: str) -> None:
+        if event != "config":
+            return
+        try:
+            payload = json.loads(data)
+            version = payload["version"]
+        except (ValueError, TypeError, KeyError):
+            self._fetch()
+            return
+        if version == self._snapshot.version:
+            return
+        snapshot = payload.get("snapshot")
+        if not isinstance(snapshot, dict):
+            self._fetch()
+            return
+        # The event carries the snapshot: no refetch, no burst of requests per change.
+        try:
+            self._install(snapshot, f'"{version}"', json.dumps(snapshot).encode())
+        except Exception as exc:
+            log.debug("turnout: streamed snapshot unusable (%r); fetching", exc)
+            self._fetch()
+
+    # --- reporting -------------------------------------------------------------------
 
     def _send_loop(self) -> None:
         while not self._stop.is_set():
-            self._flush_now.wait(self._flush_interval)
-            self._flush_now.clear()
-            while (self._outcomes or self._feedback) and not self._stop.is_set():
-                self._sending = True
-                try:
-                    self._send_batch(
-                        "/api/v1/outcomes", self._drain(self._outcomes, _outcome_event)
-                    )
-                    self._send_batch(
-                        "/api/v1/feedback", self._drain(self._feedback, _feedback_event)
-                    )
-                finally:
-                    self._sending = False
-                if (
-                    len(self._outcomes) < self._batch_size
-                    and len(self._feedback) < self._batch_size
-                ):
-                    break
+            self._wake.wait(self._flush_interval)
+            self._wake.clear()
+            try:
+                self._send_pending()
+            except Exception as exc:  # a bug here must not end reporting for the process
+                self._log.warning("send-loop", "turnout: reporting failed: %r", exc)
+            finally:
+                self._sending = False
 
-    def _drain(self, buffer: deque[tuple[Any, ...]], make: Any) -> list[dict[str, Any]]:
+    def _send_pending(self) -> None:
+        while not self._stop.is_set() and (self._outcomes or self._feedback):
+            self._sending = True
+            outcomes = self._drain(self._outcomes, self._outcome_event)
+            if outcomes:
+                self._send_batch(OUTCOMES_PATH, outcomes)
+            feedback = self._drain(self._feedback, self._feedback_event)
+            if feedback:
+                self._send_batch(FEEDBACK_PATH, feedback)
+            self._sending = False
+
+    def _drain(
+        self, buffer: deque[_Event], make: Callable[[_Event], dict[str, Any] | None]
+    ) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
-        while buffer and len(events) < self._batch_size:
+        invalid = 0
+        while len(events) < self._batch_size:
             try:
                 item = buffer.popleft()
             except IndexError:
                 break
-            event = make(item)
+            try:
+                event = make(item)
+            except Exception as exc:
+                self._log.warning("bad-event", "turnout: dropping an unusable event: %r", exc)
+                event = None
             if event is None:
-                self._dropped += 1
+                invalid += 1
             else:
                 events.append(event)
+        self._count_dropped(invalid)
         return events
 
+    def _body(self, path: str, events: list[dict[str, Any]]) -> tuple[bytes, int]:
+        payload: dict[str, Any] = {"events": events}
+        dropped = 0
+        # The contract gives the feedback body no "client" object: drop counts ride on
+        # outcome batches, which every reporting application sends.
+        if path == OUTCOMES_PATH:
+            dropped = self._unreported
+            payload = {"client": {"sdk": SDK_NAME, "dropped": dropped}, "events": events}
+        body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+        return gzip.compress(body, compresslevel=5), dropped
+
+    def _request_timeout(self) -> float:
+        if self._deadline is None:
+            return self._timeout
+        return max(0.05, min(self._timeout, self._deadline - time.monotonic()))
+
     def _send_batch(self, path: str, events: list[dict[str, Any]]) -> None:
-        """Send one batch until it is accepted, retrying only what may succeed later. The event
-        ids were made before the first attempt, so a retry can never be counted twice."""
-        if not events:
-            return
+        """Send one batch until it is accepted, retrying only what may succeed later."""
         backoff = 0.5
         while True:
-            dropped = self._dropped - self._reported_dropped
-            body = gzip.compress(
-                json.dumps(
-                    {"client": {"sdk": SDK_NAME, "dropped": dropped}, "events": events}
-                ).encode()
-            )
-            retry_after: float | None = None
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                self._count_dropped(len(events))  # closing, and out of time
+                return
+            body, dropped = self._body(path, events)
+            delay: float | None = None
             try:
                 response = self._http.post(
                     path,
                     content=body,
                     headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+                    timeout=self._request_timeout(),
                 )
                 status = response.status_code
                 if status < 300:
-                    self._reported_dropped += dropped
-                    rejected = response.json().get("rejected", [])
-                    if rejected:
-                        self._dropped += len(rejected)
-                        self._reported_dropped += len(rejected)
-                        log.warning(
-                            "turnout: server rejected %d events, e.g. %s",
-                            len(rejected),
-                            rejected[0],
-                        )
+                    with self._lock:
+                        self._unreported -= dropped
+                    self._note_rejected(path, response)
                     return
                 if status == 429 or status >= 500:
-                    retry_after = _retry_after(response.headers.get("Retry-After"))
+                    delay = _retry_after(response.headers.get("Retry-After"))
                 else:
-                    self._dropped += len(events)
-                    self._reported_dropped += len(events)
-                    log.warning(
-                        "turnout: %s refused a batch of %d: %s %s",
+                    # A 4xx will not change by sending it again: drop it, say so once.
+                    self._count_dropped(len(events))
+                    self._log.warning(
+                        f"refused-{path}-{status}",
+                        "turnout: %s refused a batch of %d events with %s: %s",
                         path,
                         len(events),
                         status,
@@ -387,55 +600,147 @@ class Client:
                     )
                     return
             except httpx.HTTPError as exc:
-                log.debug("turnout: sending to %s failed: %s", path, exc)
-            if self._stop.is_set():
-                self._dropped += len(events)
+                log.debug("turnout: sending to %s failed: %r", path, exc)
+            if delay is None:
+                delay = backoff * random.uniform(0.5, 1.0)
+                backoff = min(backoff * 2, self._max_backoff)
+            if self._deadline is not None and time.monotonic() + delay > self._deadline:
+                self._count_dropped(len(events))  # closing: no time left to retry
                 return
-            delay = retry_after if retry_after is not None else backoff * random.uniform(0.5, 1.0)
-            backoff = min(backoff * 2, self._max_backoff)
-            self._stop.wait(delay)
+            if self._stop.wait(delay):
+                self._count_dropped(len(events))
+                return
+
+    def _note_rejected(self, path: str, response: httpx.Response) -> None:
+        try:
+            rejected = response.json().get("rejected") or []
+        except Exception:
+            return
+        if rejected:
+            with self._lock:
+                self._rejected += len(rejected)
+            self._log.warning(
+                f"rejected-{path}",
+                "turnout: %s rejected %d events, e.g. %s",
+                path,
+                len(rejected),
+                rejected[0],
+            )
+
+    def _outcome_event(self, item: _Event) -> dict[str, Any] | None:
+        ts, decision, latency_ms, ttft_ms, error, input_tokens, output_tokens = item
+        problem = (
+            _check_ms("latency_ms", latency_ms, required=True)
+            or _check_ms("ttft_ms", ttft_ms)
+            or _check_tokens("input_tokens", input_tokens)
+            or _check_tokens("output_tokens", output_tokens)
+        )
+        if error is not None and error not in ERROR_KINDS:
+            problem = f"error {error!r} is not one of {sorted(ERROR_KINDS)}"
+        if not isinstance(decision, Decision):
+            problem = f"report() needs the Decision from decide(), got {type(decision).__name__}"
+        if problem:
+            self._log.warning(f"outcome:{problem}", "turnout: dropping an outcome: %s", problem)
+            return None
+        return {
+            "id": uuid.uuid4().hex,
+            "decision_id": decision.decision_id,
+            "plan": decision.plan,
+            "run": decision.run,
+            "plan_version": decision.plan_version,
+            "arm": decision.arm,
+            "unit": decision.unit,
+            "ts": ts,
+            "latency_ms": float(latency_ms),
+            "ttft_ms": None if ttft_ms is None else float(ttft_ms),
+            "error": error,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+        }
+
+    def _feedback_event(self, item: _Event) -> dict[str, Any] | None:
+        ts, decision_id, score, scale = item
+        if isinstance(decision_id, Decision):
+            decision_id = decision_id.decision_id
+        problem = None
+        if not isinstance(decision_id, str) or not decision_id:
+            problem = "decision_id must be a non-empty string"
+        elif scale not in FEEDBACK_SCALES:
+            problem = f"scale {scale!r} is not one of {sorted(FEEDBACK_SCALES)}"
+        elif not _is_number(score) or (
+            score not in (-1, 1) if scale == "thumbs" else not 1 <= score <= 5
+        ):
+            problem = f"score {score!r} is out of range for scale {scale!r}"
+        if problem:
+            self._log.warning(f"feedback:{problem}", "turnout: dropping feedback: %s", problem)
+            return None
+        return {
+            "id": uuid.uuid4().hex,
+            "decision_id": decision_id,
+            "score": score,
+            "scale": scale,
+            "ts": ts,
+        }
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_ms(name: str, value: Any, *, required: bool = False) -> str | None:
+    if value is None and not required:
+        return None
+    if not _is_number(value) or value < 0:
+        return f"{name} must be a finite number >= 0, got {value!r}"
+    return None
+
+
+def _check_tokens(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return f"{name} must be an integer >= 0 or None, got {value!r}"
+    return None
 
 
 def _retry_after(value: str | None) -> float | None:
-    if value is None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP-date (RFC 9110 10.2.3)."""
+    if not value:
         return None
     try:
-        return max(0.0, min(float(value), 120.0))
+        seconds = float(value)
     except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - _time()
+        except (TypeError, ValueError, IndexError):
+            return None
+    if not math.isfinite(seconds):
         return None
+    return max(0.0, min(seconds, MAX_RETRY_AFTER))
 
 
-def _outcome_event(item: tuple[Any, ...]) -> dict[str, Any] | None:
-    ts, decision, latency_ms, ttft_ms, error, input_tokens, output_tokens = item
-    if error is not None and error not in ERROR_KINDS:
-        log.warning("turnout: unknown error kind %r; use one of %s", error, sorted(ERROR_KINDS))
-        return None
-    return {
-        "id": uuid.uuid4().hex,
-        "decision_id": decision.decision_id,
-        "plan": decision.plan,
-        "run": decision.run,
-        "plan_version": decision.plan_version,
-        "arm": decision.arm,
-        "unit": decision.unit,
-        "ts": ts,
-        "latency_ms": latency_ms,
-        "ttft_ms": ttft_ms,
-        "error": error,
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-    }
-
-
-def _feedback_event(item: tuple[Any, ...]) -> dict[str, Any] | None:
-    ts, decision_id, score, scale = item
-    return {
-        "id": uuid.uuid4().hex,
-        "decision_id": decision_id,
-        "score": score,
-        "scale": scale,
-        "ts": ts,
-    }
+def _fallback_decision(unit: Any, default: Any) -> Decision:
+    """The answer when deciding itself failed: the default arm, built from nothing that can
+    raise again."""
+    spec = default if isinstance(default, ArmSpec) else None
+    return Decision(
+        "",
+        unit if isinstance(unit, str) else "",
+        routing.CONTROL,
+        spec.provider if spec else None,
+        spec.model if spec else None,
+        spec.params if spec else routing.freeze({}),
+        spec.prompt if spec else routing.NO_PROMPT,
+        spec,
+        spec,
+        False,
+        None,
+        0,
+        0,
+        None,
+        "ERROR",
+        "",
+    )
 
 
 _live_clients: weakref.WeakSet[Client] = weakref.WeakSet()
@@ -446,10 +751,34 @@ def _restart_after_fork() -> None:
         client._after_fork_in_child()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_restart_after_fork)
+def _close_all() -> None:
+    for client in list(_live_clients):
+        client.close()
 
 
-def arm(provider: str, model: str, *, params: Mapping[str, Any] | None = None) -> routing.ArmSpec:
-    """A default arm for ``decide(..., default=turnout.arm("openai", "gpt-4o"))``."""
-    return routing.ArmSpec(provider=provider, model=model, kind=provider, params=dict(params or {}))
+# One hook each for every client, rather than one per client: a closed client is then free
+# to be collected instead of being kept alive by the atexit registry.
+os.register_at_fork(after_in_child=_restart_after_fork)
+atexit.register(_close_all)
+
+
+def arm(
+    provider: str,
+    model: str,
+    *,
+    kind: str = "",
+    params: Mapping[str, Any] | None = None,
+    prompt: routing.Prompt | None = None,
+    base_url: str = "",
+    api_key_env: str = "",
+) -> ArmSpec:
+    """An arm named in code, e.g. ``decide(..., default=turnout.arm("openai", "gpt-4o"))``."""
+    return ArmSpec(
+        provider=provider,
+        kind=kind or provider,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        model=model,
+        params=dict(params or {}),
+        prompt=prompt or routing.NO_PROMPT,
+    )

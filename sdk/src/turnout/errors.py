@@ -1,6 +1,10 @@
-"""Typed errors. The hot path (``decide``, ``report``) never raises them into the host
-application; they come from parsing, the admin API and the CLI. Each server error ``code``
-maps to one class."""
+"""Typed errors, one class per server error ``code``.
+
+The hot path (``Client.decide``, ``Client.report``, ``Client.feedback``) never raises them
+into the host application; they come from parsing snapshots, the admin API and the CLI.
+The server renders every error as ``{"code", "message", "details"}`` (docs/contracts.md);
+:func:`from_response` turns such a body back into the matching class.
+"""
 
 from __future__ import annotations
 
@@ -8,47 +12,94 @@ from typing import Any
 
 
 class TurnoutError(Exception):
-    """Base class: ``code`` is the server's stable error code, ``status`` the HTTP status."""
+    """Base class. ``code`` is the server's stable error code, ``status`` the HTTP status
+    (``None`` when the error did not come from a response), ``details`` the field details."""
 
     code = "error"
 
     def __init__(
-        self, message: str, *, status: int | None = None, details: dict[str, Any] | None = None
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        if code is not None:
+            self.code = code
         self.status = status
-        self.details = details or {}
+        self.details: dict[str, Any] = details or {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, status={self.status!r}, message={self.message!r})"
 
 
 class SnapshotError(TurnoutError):
-    """A plan snapshot that does not follow the contract; the client keeps its last good one."""
+    """A plan snapshot that does not follow the contract; a client keeps its last good one."""
 
     code = "invalid_snapshot"
 
 
 class InvalidRequest(TurnoutError):
+    """400: the request body or a parameter is not valid; ``details`` names the field."""
+
     code = "validation_failed"
 
 
 class Unauthorized(TurnoutError):
+    """401: no API key, or an unknown or revoked one."""
+
     code = "unauthenticated"
 
 
 class Forbidden(TurnoutError):
+    """403: the API key lacks the scope the operation needs."""
+
     code = "forbidden"
 
 
-class PlanNotFound(TurnoutError):
+class NotFound(TurnoutError):
+    """404: no such object."""
+
+    code = "not_found"
+
+
+class PlanNotFound(NotFound):
+    """404: no plan with that key (or not visible to this API key)."""
+
     code = "plan_not_found"
 
 
 class IllegalTransition(TurnoutError):
+    """409: the plan is not in a state that allows the operation (it changed meanwhile)."""
+
     code = "illegal_transition"
 
 
 class RateLimited(TurnoutError):
+    """429: too many requests; ``retry_after`` is the server's ``Retry-After`` in seconds."""
+
     code = "rate_limited"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        details: dict[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code, status=status, details=details)
+        self.retry_after = retry_after
+
+
+class ServerError(TurnoutError):
+    """5xx, or a response that is not the documented error shape."""
+
+    code = "server_error"
 
 
 _BY_CODE: dict[str, type[TurnoutError]] = {
@@ -57,21 +108,59 @@ _BY_CODE: dict[str, type[TurnoutError]] = {
         InvalidRequest,
         Unauthorized,
         Forbidden,
+        NotFound,
         PlanNotFound,
         IllegalTransition,
         RateLimited,
+        ServerError,
     )
 }
-_BY_CODE["version_conflict"] = IllegalTransition
-_BY_CODE["no_next_step"] = IllegalTransition
-_BY_CODE["parse_error"] = InvalidRequest
+# Codes that are variants of the classes above: a caller catches the class, reads the code.
+_BY_CODE.update(
+    {
+        "parse_error": InvalidRequest,
+        "unsupported_media_type": InvalidRequest,
+        "not_acceptable": InvalidRequest,
+        "method_not_allowed": InvalidRequest,
+        "person_required": Forbidden,
+        "version_conflict": IllegalTransition,
+        "no_next_step": IllegalTransition,
+    }
+)
+_BY_STATUS: dict[int, type[TurnoutError]] = {
+    400: InvalidRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: IllegalTransition,
+    429: RateLimited,
+}
 
 
-def from_response(status: int, body: Any) -> TurnoutError:
-    """The typed error for a server error body ``{"code", "message", "details"}``."""
-    code = body.get("code", "error") if isinstance(body, dict) else "error"
-    message = body.get("message", f"HTTP {status}") if isinstance(body, dict) else f"HTTP {status}"
-    details = body.get("details", {}) if isinstance(body, dict) else {}
-    error = _BY_CODE.get(code, TurnoutError)(message, status=status, details=details)
-    error.code = code
-    return error
+def error_class(code: str) -> type[TurnoutError]:
+    """The exception class for a server error ``code`` (:class:`TurnoutError` if unknown)."""
+    return _BY_CODE.get(code, TurnoutError)
+
+
+def from_response(status: int, body: Any, *, retry_after: float | None = None) -> TurnoutError:
+    """The typed error for an error response: its status and its decoded JSON body.
+
+    An unknown code keeps its text in ``.code`` and gets the class its HTTP status implies,
+    so a newer server's codes still land in a useful ``except`` clause.
+    """
+    if isinstance(body, dict) and isinstance(body.get("code"), str):
+        code: str = body["code"]
+        message = str(body.get("message") or f"HTTP {status}")
+        details = body.get("details") if isinstance(body.get("details"), dict) else {}
+    else:
+        code, message, details = "", f"HTTP {status}", {}
+    cls = (
+        _BY_CODE.get(code)
+        or _BY_STATUS.get(status)
+        or (ServerError if status >= 500 else TurnoutError)
+    )
+    if cls is RateLimited:
+        return RateLimited(
+            message, code=code or None, status=status, details=details, retry_after=retry_after
+        )
+    return cls(message, code=code or None, status=status, details=details)

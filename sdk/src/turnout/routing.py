@@ -18,7 +18,7 @@ decision it was given, what every other request in the process is routed with.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -204,6 +204,47 @@ class Decision:
         }
 
 
+# Decisions are built field by field through the slot descriptors rather than through the
+# dataclass __init__: a frozen dataclass's __init__ goes through object.__setattr__ once per
+# field, which costs more than the whole rest of decide(). The result is the same immutable
+# object (equal to one made with Decision(...), and assignment still raises).
+_new = object.__new__
+(
+    _s_plan, _s_unit, _s_arm, _s_provider, _s_model, _s_params, _s_prompt, _s_spec,
+    _s_fallback, _s_shadow, _s_shadow_spec, _s_plan_version, _s_run, _s_phase, _s_reason,
+    _s_decision_id,
+) = (getattr(Decision, f.name).__set__ for f in fields(Decision))  # fmt: skip
+
+
+def _build(
+    plan: PlanSnapshot,
+    unit: str,
+    arm: str,
+    spec: ArmSpec,
+    shadow: bool,
+    reason: str,
+    decision_id: str,
+) -> Decision:
+    d = _new(Decision)
+    _s_plan(d, plan.key)
+    _s_unit(d, unit)
+    _s_arm(d, arm)
+    _s_provider(d, spec.provider)
+    _s_model(d, spec.model)
+    _s_params(d, spec.params)
+    _s_prompt(d, spec.prompt)
+    _s_spec(d, spec)
+    _s_fallback(d, plan.control)
+    _s_shadow(d, shadow)
+    _s_shadow_spec(d, plan.candidate if shadow else None)
+    _s_plan_version(d, plan.version)
+    _s_run(d, plan.run)
+    _s_phase(d, plan.phase)
+    _s_reason(d, reason)
+    _s_decision_id(d, decision_id)
+    return d
+
+
 def decide(
     plan: PlanSnapshot | None, unit: str, *, decision_id: str, default: ArmSpec | None = None
 ) -> Decision:
@@ -226,29 +267,16 @@ def decide(
     if status == "running":
         salt = plan.salt
         if int(_hash(f"{salt}:{unit}", 0, False)) % BASIS_POINTS < plan.weight_bp:
-            spec = plan.candidate
-            arm = CANDIDATE
-            shadow = False
-        else:
-            spec = plan.control
-            arm = CONTROL
-            shadow = (
-                plan.shadow_bp > 0
-                and int(_hash(f"{salt}:shadow:{unit}", 0, False)) % BASIS_POINTS < plan.shadow_bp
-            )
-        return Decision(
-            plan.key, unit, arm, spec.provider, spec.model, spec.params, spec.prompt, spec,
-            plan.control, shadow, plan.candidate if shadow else None, plan.version, plan.run,
-            plan.phase, "SPLIT", decision_id,
-        )  # fmt: skip
+            return _build(plan, unit, CANDIDATE, plan.candidate, False, "SPLIT", decision_id)
+        shadow = (
+            plan.shadow_bp > 0
+            and int(_hash(f"{salt}:shadow:{unit}", 0, False)) % BASIS_POINTS < plan.shadow_bp
+        )
+        return _build(plan, unit, CONTROL, plan.control, shadow, "SPLIT", decision_id)
     if status == "completed":
-        spec, arm, reason = plan.candidate, CANDIDATE, "STATIC"
-    else:  # paused, rolled_back, draft
-        spec, arm, reason = plan.control, CONTROL, "DISABLED"
-    return Decision(
-        plan.key, unit, arm, spec.provider, spec.model, spec.params, spec.prompt, spec,
-        plan.control, False, None, plan.version, plan.run, plan.phase, reason, decision_id,
-    )  # fmt: skip
+        return _build(plan, unit, CANDIDATE, plan.candidate, False, "STATIC", decision_id)
+    # paused, rolled_back, draft
+    return _build(plan, unit, CONTROL, plan.control, False, "DISABLED", decision_id)
 
 
 # --- parsing: strict, so that a bad snapshot is refused whole and the last good one stays ---
@@ -357,9 +385,7 @@ def parse_snapshot(data: Any) -> Snapshot:
         )
     schema = data.get("schema", 1)
     if schema != 1 or isinstance(schema, bool):
-        raise SnapshotError(
-            f"snapshot: unsupported schema {schema!r}", details={"field": "schema"}
-        )
+        raise SnapshotError(f"snapshot: unsupported schema {schema!r}", details={"field": "schema"})
     version = data.get("version", "")
     if not isinstance(version, str):
         raise SnapshotError("snapshot.version: expected a string", details={"field": "version"})
