@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 import numpy as np
 import pytest
@@ -11,10 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy.stats import chi2_contingency
 from turnout import routing
-from turnout.conformance import load_vectors
 from turnout.errors import SnapshotError
 
-VECTORS = load_vectors()
 ARM = {
     "provider": "openai",
     "kind": "openai",
@@ -41,26 +38,6 @@ def _plan(
             "candidate": {**ARM, "model": "claude"},
         }
     )
-
-
-@pytest.mark.parametrize("vector", VECTORS, ids=[f"v{i}" for i in range(len(VECTORS))])
-def test_conformance_vector(vector: dict[str, Any]) -> None:
-    plan = routing.parse_plan(vector["plan"]) if vector["plan"] else None
-    decision = routing.decide(plan, vector["unit"], decision_id="d")
-    assert (decision.arm, decision.shadow, decision.reason) == (
-        vector["expected"]["arm"],
-        vector["expected"]["shadow"],
-        vector["expected"]["reason"],
-    )
-    if plan is not None:
-        assert routing.bucket(plan.salt, vector["unit"]) == vector["bucket"]
-
-
-def test_vectors_cover_the_required_weights_and_enough_cases() -> None:
-    assert len(VECTORS) >= 200
-    weights = {v["plan"]["weight_bp"] for v in VECTORS if v["plan"]}
-    assert {0, 100, 500, 2500, 5000, 9900, 10000} <= weights
-    assert {v["plan"]["shadow_bp"] for v in VECTORS if v["plan"]} >= {0, 1000, 10000}
 
 
 @given(

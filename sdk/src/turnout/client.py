@@ -155,7 +155,7 @@ class Client:
         self._batch_size = max(1, int(batch_size))
         self._flush_interval = max(0.01, float(flush_interval))
         self._buffer_size = max(1, int(buffer_size))
-        self._max_backoff = max(0.1, float(max_backoff))
+        self._max_backoff = max(0.01, float(max_backoff))
         self._close_timeout = max(0.0, float(close_timeout))
         self._reset_process_state()
         # Before the threads start, so a fresh fetch can never be overwritten by the older file.
@@ -418,7 +418,7 @@ class Client:
             self._ready.set()
 
     def _refresh_loop(self) -> None:
-        backoff = 1.0
+        backoff = min(1.0, self._max_backoff)
         last_event_id: str | None = None
         while not self._stop.is_set():
             try:
@@ -565,7 +565,7 @@ class Client:
 
     def _send_batch(self, path: str, events: list[dict[str, Any]]) -> None:
         """Send one batch until it is accepted, retrying only what may succeed later."""
-        backoff = 0.5
+        backoff = min(0.5, self._max_backoff)
         while True:
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 self._count_dropped(len(events))  # closing, and out of time
