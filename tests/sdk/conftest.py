@@ -92,7 +92,7 @@ class FakeTurnout:
         self.streams: list[queue.Queue[bytes | None]] = []
         self.requests: list[dict[str, Any]] = []  # every request: method, path, headers, status
         # Scripted answers per path, used first-in first-out before the normal 200.
-        self.script: dict[str, deque[tuple[int, dict[str, str], bytes]]] = {}
+        self.script: dict[str, deque[tuple[int, dict[str, str], bool]]] = {}
         self.batches: list[dict[str, Any]] = []  # every report POST: path, headers, body, status
         self.stored: dict[str, list[dict[str, Any]]] = {"outcomes": [], "feedback": []}
         self.stored_ids: set[str] = set()
@@ -134,10 +134,18 @@ class FakeTurnout:
             q.put(None)
 
     def then(
-        self, path: str, status: int, headers: dict[str, str] | None = None, times: int = 1
+        self,
+        path: str,
+        status: int,
+        headers: dict[str, str] | None = None,
+        times: int = 1,
+        *,
+        store: bool = False,
     ) -> None:
+        """Answer the next ``times`` requests to ``path`` with ``status``; with ``store`` the
+        events are stored first (an answer lost on the way back)."""
         for _ in range(times):
-            self.script.setdefault(path, deque()).append((status, headers or {}, b""))
+            self.script.setdefault(path, deque()).append((status, headers or {}, store))
 
     def active_streams(self) -> int:
         return len(self.streams)
@@ -300,7 +308,7 @@ class FakeTurnout:
                 )
                 payload = json.loads(body)
                 scripted = fake.script.get(self.path)
-                status, headers, _ = scripted.popleft() if scripted else (200, {}, b"")
+                status, headers, store = scripted.popleft() if scripted else (200, {}, True)
                 with fake.lock:
                     fake.batches.append(
                         {
@@ -312,16 +320,9 @@ class FakeTurnout:
                             "status": status,
                         }
                     )
-                if status != 200:
-                    self._json(
-                        status,
-                        {"code": "error", "message": f"scripted {status}", "details": {}},
-                        headers,
-                    )
-                    return
                 stored = duplicates = 0
                 with fake.lock:
-                    for event in payload["events"]:
+                    for event in payload["events"] if store else []:
                         if event["id"] in fake.stored_ids:
                             duplicates += 1
                             fake.duplicates += 1
@@ -329,6 +330,13 @@ class FakeTurnout:
                         fake.stored_ids.add(event["id"])
                         fake.stored[kind].append(event)
                         stored += 1
+                if status != 200:
+                    self._json(
+                        status,
+                        {"code": "error", "message": f"scripted {status}", "details": {}},
+                        headers,
+                    )
+                    return
                 self._json(200, {"stored": stored, "duplicates": duplicates, "rejected": []})
 
         return Handler

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -107,3 +109,114 @@ def test_malformed_snapshot_is_rejected_whole() -> None:
             routing.parse_snapshot({"plans": [good, bad]})
     with pytest.raises(SnapshotError):
         routing.parse_snapshot({"plans": "nope"})
+
+
+def test_decisions_are_immutable_and_equal_to_one_built_by_hand() -> None:
+    plan = _plan(weight_bp=10_000)
+    decision = routing.decide(plan, "u", decision_id="d1")
+    assert decision == routing.Decision(
+        "p", "u", "candidate", "openai", "claude", decision.params, routing.Prompt(),
+        plan.candidate, plan.control, False, None, 1, 1, "rollout", "SPLIT", "d1",
+    )  # fmt: skip
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        decision.arm = "control"  # type: ignore[misc]
+    assert not hasattr(decision, "__dict__")
+
+
+def test_params_cannot_be_changed_through_a_decision() -> None:
+    entry = {
+        "key": "p",
+        "status": "running",
+        "salt": "s",
+        "weight_bp": 0,
+        "control": {**ARM, "params": {"stop": ["\n"], "response_format": {"type": "json"}}},
+        "candidate": ARM,
+    }
+    decision = routing.decide(routing.parse_plan(entry), "u", decision_id="d")
+    with pytest.raises(TypeError):
+        decision.params["temperature"] = 1  # type: ignore[index]
+    with pytest.raises(TypeError):
+        decision.params["response_format"]["type"] = "text"
+    assert decision.params["stop"] == ("\n",)
+    # The JSON view is plain data again, and changing it changes nothing shared.
+    body = decision.to_dict()
+    assert body["params"] == {"stop": ["\n"], "response_format": {"type": "json"}}
+    body["params"]["response_format"]["type"] = "text"
+    assert decision.params["response_format"]["type"] == "json"
+
+
+def test_to_dict_is_json_safe_and_complete() -> None:
+    decision = routing.decide(_plan(weight_bp=0, shadow_bp=10_000), "u", decision_id="d")
+    body = json.loads(json.dumps(decision.to_dict()))
+    assert body["arm"] == "control" and body["shadow"] is True
+    assert body["shadow_model"] == "claude" and body["shadow_spec"]["model"] == "claude"
+    assert body["fallback"]["model"] == "gpt-4o" and body["reason"] == "SPLIT"
+    assert body["prompt"] == {"mode": "none", "text": ""} and body["decision_id"] == "d"
+    nothing = routing.decide(None, "u", decision_id="d").to_dict()
+    assert (nothing["model"], nothing["reason"], nothing["fallback"]) == (None, "DEFAULT", None)
+    json.dumps(nothing)
+
+
+def test_prompt_adjustments() -> None:
+    assert routing.Prompt("suffix", "Be brief.").apply("You help.") == "You help.\n\nBe brief."
+    assert routing.Prompt("suffix", "Be brief.").apply(None) == "Be brief."
+    assert routing.Prompt("override", "New.").apply("Old.") == "New."
+    assert routing.Prompt().apply("Same.") == "Same."
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("weight_bp",), True),
+        (("weight_bp",), -1),
+        (("shadow_bp",), 10_001),
+        (("key",), ""),
+        (("version",), "1"),
+        (("run",), -1),
+        (("phase",), 3),
+        (("control", "model"), None),
+        (("control", "provider"), ""),
+        (("control", "params"), [1]),
+        (("candidate", "prompt"), {"mode": "prepend", "text": ""}),
+        (("candidate", "prompt"), "none"),
+    ],
+)
+def test_each_malformed_field_is_named(path: tuple[str, ...], value: object) -> None:
+    entry: dict[str, object] = {
+        "key": "p",
+        "version": 1,
+        "run": 1,
+        "status": "running",
+        "phase": "rollout",
+        "salt": "s",
+        "weight_bp": 10,
+        "control": dict(ARM),
+        "candidate": dict(ARM),
+    }
+    target: dict[str, object] = entry
+    for name in path[:-1]:
+        target = target[name]  # type: ignore[assignment]
+    target[path[-1]] = value
+    with pytest.raises(SnapshotError) as caught:
+        routing.parse_snapshot({"schema": 1, "version": "v", "plans": [entry]})
+    assert caught.value.code == "invalid_snapshot" and caught.value.details["field"]
+
+
+def test_snapshot_level_problems() -> None:
+    entry = {"key": "p", "status": "draft", "salt": "s", "control": ARM, "candidate": ARM}
+    for bad in (
+        None,
+        [],
+        {"plans": [entry, entry]},  # the same key twice
+        {"schema": 2, "plans": []},
+        {"version": 3, "plans": []},
+    ):
+        with pytest.raises(SnapshotError):
+            routing.parse_snapshot(bad)
+    parsed = routing.parse_snapshot({"schema": 1, "version": "abc", "plans": [entry]})
+    assert parsed.version == "abc" and list(parsed.plans) == ["p"]
+    with pytest.raises(TypeError):
+        parsed.plans["q"] = parsed.plans["p"]  # type: ignore[index]
+    # A kind this SDK does not know is not a reason to refuse every plan.
+    future = {**entry, "control": {**ARM, "kind": "bedrock"}}
+    assert routing.parse_snapshot({"plans": [future]}).plans["p"].control.kind == "bedrock"

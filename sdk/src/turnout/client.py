@@ -203,6 +203,8 @@ class Client:
         provider did not say (unknown usage is unknown cost, not zero). Bad values are
         dropped (counted in :attr:`dropped`, logged once), off the request path.
         """
+        if self._closed:
+            return
         try:
             buffer = self._outcomes
             if len(buffer) >= self._buffer_size:
@@ -219,6 +221,8 @@ class Client:
         """A user's rating of the answer given under ``decision_id`` (a :class:`Decision` is
         accepted too). ``scale``: ``thumbs`` (score -1 or 1) or ``five`` (1 to 5).
         Returns at once; never raises."""
+        if self._closed:
+            return
         try:
             buffer = self._feedback
             if len(buffer) >= self._buffer_size:
