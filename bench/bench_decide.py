@@ -6,11 +6,13 @@ Prints median and p99 per call and the ratio. Run: .venv/bin/python bench/bench_
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import turnout
 from turnout import routing
@@ -42,31 +44,37 @@ def turnout_client() -> turnout.Client:
         "params": {"temperature": 0.2},
         "prompt": {"mode": "none", "text": ""},
     }
-    snapshot = routing.parse_snapshot(
-        {
-            "schema": 1,
-            "version": "bench",
-            "plans": [
-                {
-                    "key": "support-chat",
-                    "version": 1,
-                    "run": 1,
-                    "status": "running",
-                    "phase": "rollout",
-                    "salt": "s1",
-                    "weight_bp": 1000,
-                    "shadow_bp": 0,
-                    "control": arm,
-                    "candidate": {**arm, "model": "claude-sonnet-4"},
-                }
-            ],
-        }
-    )
-    # No server: the snapshot is installed directly, as a fetched one would be.
+    snapshot = {
+        "schema": 1,
+        "version": "bench",
+        "plans": [
+            {
+                "key": "support-chat",
+                "version": 1,
+                "run": 1,
+                "status": "running",
+                "phase": "rollout",
+                "salt": "s1",
+                "weight_bp": 1000,
+                "shadow_bp": 0,
+                "control": arm,
+                "candidate": {**arm, "model": "claude-sonnet-4"},
+            }
+        ],
+    }
+    # No server: the snapshot comes from a last-known-good file, as after a restart with the
+    # control plane down (the same path as a fetched one: parsed once, then swapped in).
+    lkg = Path(tempfile.mkdtemp()) / "turnout-snapshot.json"
+    lkg.write_text(json.dumps(snapshot))
     client = turnout.Client(
-        "http://127.0.0.1:9", "tk_bench_x", start_wait=0, stream=False, poll_interval=3600
+        "http://127.0.0.1:9",
+        "tk_bench_x",
+        start_wait=1,
+        stream=False,
+        poll_interval=3600,
+        lkg_path=lkg,
     )
-    client._snapshot = snapshot
+    assert client.snapshot_version == "bench"
     return client
 
 

@@ -39,7 +39,6 @@ import random
 import secrets
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -647,7 +646,7 @@ class Client:
             self._log.warning(f"outcome:{problem}", "turnout: dropping an outcome: %s", problem)
             return None
         return {
-            "id": uuid.uuid4().hex,
+            "id": _event_id(),
             "decision_id": decision.decision_id,
             "plan": decision.plan,
             "run": decision.run,
@@ -679,12 +678,18 @@ class Client:
             self._log.warning(f"feedback:{problem}", "turnout: dropping feedback: %s", problem)
             return None
         return {
-            "id": uuid.uuid4().hex,
+            "id": _event_id(),
             "decision_id": decision_id,
             "score": score,
             "scale": scale,
             "ts": ts,
         }
+
+
+def _event_id() -> str:
+    """128 random bits as 32 hex digits, like ``uuid4().hex`` at a quarter of the cost: the
+    server is idempotent on it, so it only has to be unique."""
+    return os.urandom(16).hex()
 
 
 def _is_number(value: Any) -> bool:
