@@ -196,6 +196,8 @@ def test_bad_values_are_dropped_and_counted_never_raised(
     assert [e["latency_ms"] for e in fake.stored["outcomes"]] == [5.0]
     assert client.dropped == 7
     assert sum("exploded" in r.getMessage() for r in caplog.records) == 1  # logged once
+    # Three different bad latencies, one line: logged per kind of mistake, not per value.
+    assert sum("latency_ms" in r.getMessage() for r in caplog.records) == 1
     assert fake.batches[0]["payload"]["client"]["dropped"] == 7
 
 

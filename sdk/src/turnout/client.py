@@ -643,7 +643,9 @@ class Client:
         if not isinstance(decision, Decision):
             problem = f"report() needs the Decision from decide(), got {type(decision).__name__}"
         if problem:
-            self._log.warning(f"outcome:{problem}", "turnout: dropping an outcome: %s", problem)
+            self._log.warning(
+                f"outcome:{problem.split()[0]}", "turnout: dropping an outcome: %s", problem
+            )
             return None
         return {
             "id": _event_id(),
@@ -675,7 +677,9 @@ class Client:
         ):
             problem = f"score {score!r} is out of range for scale {scale!r}"
         if problem:
-            self._log.warning(f"feedback:{problem}", "turnout: dropping feedback: %s", problem)
+            self._log.warning(
+                f"feedback:{problem.split()[0]}", "turnout: dropping feedback: %s", problem
+            )
             return None
         return {
             "id": _event_id(),
