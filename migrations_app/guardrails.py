@@ -1,0 +1,369 @@
+"""Plan-level guardrail evaluation over plain data (no ORM, no clock).
+
+The engine maps database rows to these dataclasses, calls :func:`evaluate_plan` and acts on
+the :class:`PlanDecision`: roll back, pause, alert, advance, or hold. The statistics live in
+:mod:`migrations_app.stats`; this module decides what they mean for the plan:
+
+- the plan's family-wise alpha is split evenly across its guardrails (Bonferroni): rollback
+  fires on any one, so the union bound is exactly the guarantee;
+- each stage of constant weight is tested on its own data, spending ``alpha_share`` of each
+  guardrail's alpha (the shares of a run's stages sum to at most 1): pooling stages with
+  different weights confounds the arms with time whenever the metric drifts;
+- bounds only tighten: the running intersection of the confidence sequences is kept;
+- a circuit breaker rolls back at once on a catastrophic candidate error rate;
+- a sample-ratio mismatch holds and alerts, and never rolls back by itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from migrations_app import stats
+from migrations_app.stats import ArmAggregates, PairedErrors, SampleRatio, Verdict
+
+Action = Literal["rollback", "pause", "alert", "advance", "hold"]
+GuardrailAction = Literal["rollback", "pause", "alert"]
+Mode = Literal["split", "shadow"]
+
+# Precedence when several guardrails disagree: the most protective action wins.
+_RANK: dict[str, int] = {"rollback": 4, "pause": 3, "alert": 2, "hold": 1, "advance": 0}
+
+
+@dataclass(frozen=True, slots=True)
+class GuardrailSpec:
+    """One guardrail of a plan (mirrors the Guardrail model)."""
+
+    metric: str
+    tolerance: float
+    tolerance_kind: stats.ToleranceKind = "relative"
+    action: GuardrailAction = "rollback"
+    min_samples: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSettings:
+    """Plan-wide settings (mirrors MigrationPlan)."""
+
+    alpha: float = 0.05
+    circuit_breaker_error_rate: float = 0.20
+    circuit_breaker_min_requests: int = 50
+    srm_alpha: float = 0.001
+    n_star: float = stats.DEFAULT_N_STAR
+
+
+@dataclass(frozen=True, slots=True)
+class StageState:
+    """Where the plan is: the current stage (constant weight) and its advance criteria.
+
+    ``expected_share`` is the candidate's share of units (the weight; unused in shadow
+    mode). ``elapsed_seconds`` is computed by the caller from its clock.
+    """
+
+    mode: Mode = "split"
+    expected_share: float = 0.5
+    min_samples: int = 0
+    min_duration_seconds: float = 0.0
+    elapsed_seconds: float = 0.0
+    alpha_share: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """A guardrail's running bounds, stored by the caller between evaluations."""
+
+    lower: float = -math.inf
+    upper: float = math.inf
+
+    def intersect(self, other: Bounds) -> Bounds:
+        """The tighter of both sides."""
+        return Bounds(max(self.lower, other.lower), min(self.upper, other.upper))
+
+    def to_dict(self) -> dict[str, float | None]:
+        """JSON-safe (infinite bounds become None)."""
+        return {
+            "lower": self.lower if math.isfinite(self.lower) else None,
+            "upper": self.upper if math.isfinite(self.upper) else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Bounds:
+        """Inverse of :meth:`to_dict`."""
+        lower, upper = data.get("lower"), data.get("upper")
+        return cls(
+            -math.inf if lower is None else float(lower),
+            math.inf if upper is None else float(upper),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GuardrailResult:
+    """One guardrail's verdict after the running intersection, and what it asks for."""
+
+    spec: GuardrailSpec
+    verdict: Verdict
+    bounds: Bounds
+    wants: Action
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form for the audit trail."""
+        return {
+            "metric": self.spec.metric,
+            "action": self.spec.action,
+            "wants": self.wants,
+            "verdict": self.verdict.to_dict(),
+            "bounds": self.bounds.to_dict(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PlanDecision:
+    """What the engine should do, why, and the evidence."""
+
+    action: Action
+    reasons: tuple[str, ...]
+    results: tuple[GuardrailResult, ...]
+    bounds: Mapping[str, Bounds]
+    sample_ratio: SampleRatio | None
+    circuit_breaker: bool
+    alert: bool
+    alphas: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def verdicts(self) -> tuple[Verdict, ...]:
+        """The per-guardrail verdicts."""
+        return tuple(r.verdict for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form for the audit trail."""
+        return {
+            "action": self.action,
+            "alert": self.alert,
+            "reasons": list(self.reasons),
+            "circuit_breaker": self.circuit_breaker,
+            "guardrails": [r.to_dict() for r in self.results],
+            "sample_ratio": self.sample_ratio.to_dict() if self.sample_ratio else None,
+            "alphas": dict(self.alphas),
+        }
+
+
+def split_alpha(alpha: float, guardrails: Sequence[GuardrailSpec]) -> dict[str, float]:
+    """Bonferroni: each guardrail gets alpha / (number of guardrails)."""
+    if not guardrails:
+        return {}
+    share = alpha / len(guardrails)
+    return {g.metric: share for g in guardrails}
+
+
+def stage_alpha_shares(stages: int) -> list[float]:
+    """Equal shares of each guardrail's alpha for a run's stages of constant weight."""
+    return [1.0 / stages] * stages if stages > 0 else []
+
+
+def circuit_breaker(candidate: ArmAggregates, settings: PlanSettings) -> str | None:
+    """The reason to roll back without statistics, or None."""
+    if candidate.requests < settings.circuit_breaker_min_requests:
+        return None
+    rate = candidate.errors / candidate.requests
+    if rate > settings.circuit_breaker_error_rate:
+        return (
+            f"circuit breaker: candidate error rate {rate:.1%} over {candidate.requests} "
+            f"requests is above {settings.circuit_breaker_error_rate:.0%}"
+        )
+    return None
+
+
+def _samples(metric: str, arm: ArmAggregates) -> int:
+    if metric == "satisfaction":
+        return arm.feedback_n
+    if metric == "cost_per_request":
+        return arm.cost_n
+    if metric == "ttft_p95":
+        return arm.ttft.total
+    if metric.startswith("latency"):
+        return arm.latency.total
+    return arm.requests
+
+
+def _with_bounds(verdict: Verdict, bounds: Bounds, notes: tuple[str, ...]) -> Verdict:
+    limit = stats.threshold(verdict.tolerance, verdict.tolerance_kind, verdict.harm)
+    status = stats.classify(verdict.estimate, bounds.lower, bounds.upper, limit, verdict.harm)
+    if verdict.status == "inconclusive" and status == "inside_tolerance":
+        # The test itself held the verdict back (e.g. different feedback rates).
+        status = "inconclusive"
+    summary = stats.summarise(
+        verdict.metric,
+        status,
+        verdict.estimate,
+        bounds.lower,
+        bounds.upper,
+        verdict.tolerance,
+        verdict.tolerance_kind,
+        verdict.harm,
+        verdict.alpha,
+    )
+    return replace(
+        verdict,
+        status=status,
+        lower=bounds.lower,
+        upper=bounds.upper,
+        summary=summary,
+        notes=verdict.notes + notes,
+    )
+
+
+def evaluate_guardrail(
+    spec: GuardrailSpec,
+    control: ArmAggregates,
+    candidate: ArmAggregates,
+    *,
+    alpha: float,
+    previous: Bounds | None = None,
+    n_star: float = stats.DEFAULT_N_STAR,
+    paired_errors: PairedErrors | None = None,
+) -> GuardrailResult:
+    """Test one guardrail, intersect with its previous bounds, and say what it wants."""
+    if spec.metric == "error_rate" and paired_errors is not None:
+        verdict = stats.paired_error_test(
+            paired_errors,
+            tolerance=spec.tolerance,
+            tolerance_kind=spec.tolerance_kind,
+            alpha=alpha,
+            n_star=n_star,
+        )
+    else:
+        verdict = stats.evaluate_metric(
+            spec.metric,
+            control,
+            candidate,
+            tolerance=spec.tolerance,
+            tolerance_kind=spec.tolerance_kind,
+            alpha=alpha,
+            n_star=n_star,
+        )
+    n_a, n_b = _samples(spec.metric, control), _samples(spec.metric, candidate)
+    if min(n_a, n_b) < spec.min_samples:
+        label = spec.metric.replace("_", " ")
+        verdict = replace(
+            verdict,
+            status="not_enough_data",
+            summary=f"{label}: not enough data yet ({n_a} control and {n_b} candidate "
+            f"samples; this guardrail acts from {spec.min_samples} per arm)",
+        )
+        bounds = previous or Bounds()
+        return GuardrailResult(spec, verdict, bounds, "hold")
+    if verdict.status == "not_enough_data":
+        return GuardrailResult(spec, verdict, previous or Bounds(), "hold")
+    new = Bounds(verdict.lower, verdict.upper)
+    bounds = new if previous is None else previous.intersect(new)
+    notes: tuple[str, ...] = ()
+    if bounds.lower > bounds.upper:
+        # Two confidence sequences that no longer overlap: either the effect moved during
+        # the stage or one of them missed (probability <= alpha). Keep both sides; the
+        # status below checks the harmful side first.
+        notes = ("the bounds no longer overlap: the effect changed during this stage",)
+    verdict = _with_bounds(verdict, bounds, notes)
+    wants: Action
+    if verdict.status == "regressed":
+        wants = spec.action
+    elif verdict.status == "warning":
+        wants = "alert"
+    elif verdict.status == "inside_tolerance":
+        wants = "advance"
+    else:
+        wants = "hold"
+    return GuardrailResult(spec, verdict, bounds, wants)
+
+
+def evaluate_plan(
+    *,
+    guardrails: Sequence[GuardrailSpec],
+    settings: PlanSettings,
+    stage: StageState,
+    control: ArmAggregates,
+    candidate: ArmAggregates,
+    previous: Mapping[str, Bounds] | None = None,
+    paired_errors: PairedErrors | None = None,
+) -> PlanDecision:
+    """Evaluate every guardrail of a running plan on the current stage's aggregates.
+
+    ``previous`` holds the bounds returned by the last evaluation of this stage (None at
+    the start of a stage). The action is the most protective one asked for: rollback
+    (circuit breaker, or a regressed guardrail whose action is rollback) > pause > alert
+    (a regressed alert-only guardrail, or a warning) > hold > advance. Advance needs every
+    guardrail inside its tolerance, the stage's minimum samples per arm and its minimum
+    duration, and no sample-ratio mismatch.
+    """
+    previous = previous or {}
+    alphas = {
+        metric: a * stage.alpha_share
+        for metric, a in split_alpha(settings.alpha, guardrails).items()
+    }
+    reasons: list[str] = []
+    breaker = circuit_breaker(candidate, settings)
+    results = tuple(
+        evaluate_guardrail(
+            spec,
+            control,
+            candidate,
+            alpha=alphas[spec.metric],
+            previous=previous.get(spec.metric),
+            n_star=settings.n_star,
+            paired_errors=paired_errors if stage.mode == "shadow" else None,
+        )
+        for spec in guardrails
+    )
+    srm: SampleRatio | None = None
+    if stage.mode == "split" and 0.0 < stage.expected_share < 1.0:
+        srm = stats.sample_ratio_test(
+            control.units or control.requests,
+            candidate.units or candidate.requests,
+            expected_share=stage.expected_share,
+            alpha=settings.srm_alpha,
+        )
+    action: Action = "advance"
+
+    def escalate(to: Action, reason: str) -> None:
+        nonlocal action
+        if _RANK[to] > _RANK[action]:
+            action = to
+        reasons.append(reason)
+
+    if breaker:
+        escalate("rollback", breaker)
+    for result in results:
+        if result.wants in ("rollback", "pause", "alert"):
+            escalate(result.wants, f"{result.spec.metric}: {result.verdict.summary}")
+        elif result.wants == "hold":
+            escalate("hold", f"{result.spec.metric}: {result.verdict.summary}")
+    if srm is not None and srm.mismatch:
+        # A broken split makes every comparison suspect in either direction: stop moving
+        # and page, but a mismatch alone is no evidence that the candidate is worse.
+        escalate("hold", f"sample ratio mismatch: {srm.summary}")
+    if action == "advance":
+        n_min = min(control.requests, candidate.requests)
+        if stage.mode == "shadow":
+            n_min = candidate.requests
+        if n_min < stage.min_samples:
+            escalate("hold", f"stage has {n_min} requests per arm of {stage.min_samples}")
+        if stage.elapsed_seconds < stage.min_duration_seconds:
+            escalate(
+                "hold",
+                f"stage has run {stage.elapsed_seconds / 60:.0f} of "
+                f"{stage.min_duration_seconds / 60:.0f} minutes",
+            )
+    if action == "advance":
+        reasons.append("every guardrail is inside its tolerance")
+    alert = action in ("rollback", "pause", "alert") or bool(srm and srm.mismatch)
+    return PlanDecision(
+        action=action,
+        reasons=tuple(reasons),
+        results=results,
+        bounds={r.spec.metric: r.bounds for r in results},
+        sample_ratio=srm,
+        circuit_breaker=breaker is not None,
+        alert=alert,
+        alphas=alphas,
+    )
