@@ -47,7 +47,7 @@ def render_html(message: AlertMessage) -> str:
         '<html><body style="font-family: sans-serif; line-height: 1.4">',
         f"<h2>{e(message.headline)}</h2>",
         f"<p><strong>{e(message.plan_name)}</strong> ({e(message.plan_key)}, run {message.run})<br>",
-        f"<strong>What Turnout did:</strong> {e(message.action_taken)} ({e(message.acted_at)})</p>",
+        f"<strong>What Turnout did at {e(message.acted_at)}:</strong> {e(message.action_taken)}</p>",
     ]
     verdict = message.guardrail
     if verdict is not None:

@@ -20,7 +20,6 @@ from typing import Any
 
 from .base import USER_AGENT, DeliveryError, HttpChannel, PreparedRequest, Target, json_bytes
 from .message import AlertMessage
-from .render import error_kinds_line
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 ACTIONS = ("trigger", "acknowledge", "resolve")
@@ -47,8 +46,7 @@ def custom_details(message: AlertMessage) -> dict[str, Any]:
     }
     if message.guardrail is not None:
         details["guardrail"] = message.guardrail.to_dict()
-    if errors := error_kinds_line(message):
-        details["errors_seen"] = errors
+    if message.error_kinds_control or message.error_kinds_candidate:
         details["error_kinds"] = {
             "control": dict(message.error_kinds_control),
             "candidate": dict(message.error_kinds_candidate),

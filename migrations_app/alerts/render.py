@@ -37,13 +37,21 @@ def error_kinds_line(message: AlertMessage) -> str:
 
 
 def bounds_line(verdict: GuardrailVerdict) -> str:
-    """``estimate 3.1 (bounds 2.2 to 4), tolerance 1.5 relative, alpha 0.05``."""
-    return (
-        f"estimate {fmt_number(verdict.estimate)} "
-        f"(bounds {fmt_number(verdict.lower)} to {fmt_number(verdict.upper)}), "
-        f"tolerance {fmt_number(verdict.tolerance)} {verdict.tolerance_kind}, "
-        f"alpha {fmt_number(verdict.alpha)}"
-    )
+    """``estimate 3.1, at least 2.2, tolerance 1.5 relative, alpha 0.05``.
+
+    The tests are one-sided toward harm, so usually one bound exists; name it in words
+    rather than print an interval with a hole in it.
+    """
+    parts = [f"estimate {fmt_number(verdict.estimate)}"]
+    if verdict.lower is not None and verdict.upper is not None:
+        parts.append(f"between {fmt_number(verdict.lower)} and {fmt_number(verdict.upper)}")
+    elif verdict.lower is not None:
+        parts.append(f"at least {fmt_number(verdict.lower)}")
+    elif verdict.upper is not None:
+        parts.append(f"at most {fmt_number(verdict.upper)}")
+    parts.append(f"tolerance {fmt_number(verdict.tolerance)} {verdict.tolerance_kind}")
+    parts.append(f"alpha {fmt_number(verdict.alpha)}")
+    return ", ".join(parts)
 
 
 def arm_line(model: str, value: float | None, n: int) -> str:
@@ -57,7 +65,7 @@ def render_text(message: AlertMessage) -> str:
         message.headline,
         "",
         f"Plan: {message.plan_name} ({message.plan_key}), run {message.run}",
-        f"What Turnout did: {message.action_taken} ({message.acted_at})",
+        f"What Turnout did at {message.acted_at}: {message.action_taken}",
         f"Severity: {message.severity}",
     ]
     verdict = message.guardrail

@@ -49,7 +49,7 @@ def blocks(message: AlertMessage) -> list[dict[str, Any]]:
             "type": "section",
             "text": _mrkdwn(
                 f"*{escape(message.plan_name)}* (`{escape(message.plan_key)}`, run {message.run})\n"
-                f"*What Turnout did:* {escape(message.action_taken)} ({message.acted_at})"
+                f"*What Turnout did at {message.acted_at}:* {escape(message.action_taken)}"
             ),
         },
     ]
