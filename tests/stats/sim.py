@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special
 from scipy import stats as sps
 
 from migrations_app import stats as S
@@ -55,7 +56,7 @@ def clustered_counts(
     *,
     light_per_look: int,
     heavy_units: int,
-    heavy_rate: float,
+    heavy_rate: int,
     base: float,
     concentration: float,
     ratio: float = 1.0,
@@ -64,8 +65,8 @@ def clustered_counts(
     (Beta around the base rate); the rest is independent light traffic."""
     a, b = base * concentration, (1 - base) * concentration
     p_u = np.minimum(rng.beta(a, b, size=(rollouts, heavy_units)) * ratio, 1.0)
-    n_u = rng.poisson(heavy_rate, size=(rollouts, LOOKS, heavy_units))
-    e_u = rng.binomial(n_u, p_u[:, None, :])
+    n_u = np.full((rollouts, LOOKS, heavy_units), heavy_rate, dtype=np.int64)
+    e_u = rng.binomial(heavy_rate, np.broadcast_to(p_u[:, None, :], n_u.shape))
     cn_u = np.cumsum(n_u, axis=1).astype(float)
     ce_u = np.cumsum(e_u, axis=1).astype(float)
     light_e = cumulative(rng.binomial(light_per_look, min(base * ratio, 1.0), (rollouts, LOOKS)))
@@ -120,13 +121,18 @@ class Dist:
 
 
 def lognormal(sigma: float, median: float = 800.0) -> Dist:
-    d = sps.lognorm(s=sigma, scale=median)
-    return Dist(ppf=d.ppf, cdf=d.cdf)
+    mu = np.log(median)
+    return Dist(
+        ppf=lambda u: np.exp(mu + sigma * special.ndtri(u)),
+        cdf=lambda x: special.ndtr((np.log(x) - mu) / sigma),
+    )
 
 
 def pareto(shape: float, scale: float = 300.0) -> Dist:
-    d = sps.pareto(b=shape, scale=scale)
-    return Dist(ppf=d.ppf, cdf=d.cdf)
+    return Dist(
+        ppf=lambda u: scale * (1.0 - u) ** (-1.0 / shape),
+        cdf=lambda x: np.where(x > scale, 1.0 - (scale / np.maximum(x, scale)) ** shape, 0.0),
+    )
 
 
 class QuantileArm:
@@ -145,7 +151,7 @@ class QuantileArm:
         self.floor_key = floor_key
         self.cap_key = cap_key
         self.width = cap_key - floor_key + 1
-        self.counts = np.zeros((rollouts, self.width), dtype=np.int64)
+        self.counts = np.zeros((rollouts, self.width), dtype=np.int32)
         self.n = 0
         keys = np.arange(floor_key, cap_key + 1)
         lower, upper = S.bucket_bounds(keys)
@@ -165,20 +171,26 @@ class QuantileArm:
             keys = np.clip(S.bucket_keys(values), self.floor_key + 1, self.cap_key)
             rows = np.repeat(np.arange(self.rollouts), above)
             flat = rows * self.width + (keys - self.floor_key)
-            self.counts += np.bincount(flat, minlength=self.rollouts * self.width).reshape(
-                self.rollouts, self.width
+            self.counts += (
+                np.bincount(flat, minlength=self.rollouts * self.width)
+                .reshape(self.rollouts, self.width)
+                .astype(np.int32)
             )
         self.n += m
 
-    def bounds(self, p: float, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(lower, upper, upper-in-floor) per rollout via the stats kernel."""
+    def bound(self, p: float, alpha: float, side: str) -> tuple[np.ndarray, np.ndarray]:
+        """One side of ``stats.quantile_bounds_from_cumulative`` per rollout (the ranks and
+        the order-statistic search are the stats kernels), and whether a control order
+        statistic fell in the floor column."""
         cum = np.cumsum(self.counts, axis=1)
-        lower, upper = S.quantile_bounds_from_cumulative(
-            self.lower, self.upper, cum, self.n, p, alpha
-        )
-        _, k = S.quantile_ranks(self.n, p, alpha)
-        in_floor = (k <= self.n) & (cum[:, 0] >= k)
-        return lower, upper, in_floor
+        j, k = S.quantile_ranks(self.n, p, alpha)
+        rank = k if side == "upper" else j
+        idx = S.order_statistic_buckets(cum, rank)
+        edges = self.upper if side == "upper" else self.lower
+        ext = np.concatenate(([0.0], edges, [np.inf]))
+        value = ext[np.clip(idx, -1, self.width) + 1]
+        in_floor = (rank <= self.n) & (idx == 0) if side == "upper" else np.zeros(1, bool)
+        return value, in_floor
 
 
 def key_range(dists_scales: list[tuple[Dist, float]], p_floor: float, p_cap: float):
@@ -194,42 +206,49 @@ def quantile_rollbacks(
     p: float,
     control: Dist,
     candidate: Dist,
-    candidate_factor: float,
+    candidate_factor: float | tuple[float, ...],
     tolerance: float,
     alpha: float,
     m_per_look: int | np.ndarray,
+    m_candidate: int | np.ndarray | None = None,
     drift: np.ndarray | None = None,
     looks: int = LOOKS,
     p_floor: float | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    p_cap: float = 1 - 1e-4,
+):
     """Per rollout and look: does ``quantile_test`` say regressed? Also n per arm per look.
 
-    The candidate's values are ``candidate_factor`` times draws from ``candidate``.
+    The candidate's values are ``candidate_factor`` times draws from ``candidate``; with a
+    tuple of factors the control arm is shared and a list of decision arrays is returned.
     """
+    factors = candidate_factor if isinstance(candidate_factor, tuple) else (candidate_factor,)
     drift = np.ones(looks) if drift is None else drift
     m = np.broadcast_to(np.asarray(m_per_look), (looks,))
+    mb = m if m_candidate is None else np.broadcast_to(np.asarray(m_candidate), (looks,))
     if p_floor is None:
         p_floor = 0.8 if p < 0.98 else 0.95
-    lo_key, hi_key = key_range(
-        [(control, drift.min()), (control, drift.max()),
-         (candidate, candidate_factor * drift.min()), (candidate, candidate_factor * drift.max())],
-        p_floor, 1 - 1e-5,
-    )  # fmt: skip
+    pairs = [(control, drift.min()), (control, drift.max())]
+    for f in factors:
+        pairs += [(candidate, f * drift.min()), (candidate, f * drift.max())]
+    lo_key, hi_key = key_range(pairs, p_floor, p_cap)
     arm_a = QuantileArm(rollouts, lo_key, hi_key)
-    arm_b = QuantileArm(rollouts, lo_key, hi_key)
+    arms_b = [QuantileArm(rollouts, lo_key, hi_key) for _ in factors]
     half = alpha / 2
-    out = np.zeros((rollouts, looks), dtype=bool)
+    outs = [np.zeros((rollouts, looks), dtype=bool) for _ in factors]
     ns = np.zeros(looks, dtype=np.int64)
     for t in range(looks):
         arm_a.add(rng, control, int(m[t]), drift[t])
-        arm_b.add(rng, candidate, int(m[t]), drift[t] * candidate_factor)
         ns[t] = arm_a.n
-        _, hi_a, floor_hit = arm_a.bounds(p, half)
-        lo_b, _, _ = arm_b.bounds(p, half)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio_lower = np.where(hi_a > 0, lo_b / hi_a, np.inf)
-        out[:, t] = (ratio_lower > tolerance) | floor_hit
-    return out, ns
+        hi_a, floor_hit = arm_a.bound(p, half, "upper")
+        for f, arm_b, out in zip(factors, arms_b, outs, strict=True):
+            arm_b.add(rng, candidate, int(mb[t]), drift[t] * f)
+            lo_b, _ = arm_b.bound(p, half, "lower")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio_lower = np.where(hi_a > 0, lo_b / hi_a, np.inf)
+            out[:, t] = (ratio_lower > tolerance) | floor_hit
+    if isinstance(candidate_factor, tuple):
+        return outs, ns
+    return outs[0], ns
 
 
 # --- means -----------------------------------------------------------------------------
@@ -286,3 +305,71 @@ def median_first(decisions: np.ndarray, ns: np.ndarray) -> float:
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+# --- building real aggregates from raw requests (unit tests) ---------------------------
+
+
+def cluster_sums(unit: np.ndarray, y: np.ndarray, n: np.ndarray | None = None) -> S.ClusterSums:
+    """ClusterSums from per-request unit ids and values (N = 1 per request unless given)."""
+    n = np.ones_like(y, dtype=float) if n is None else n
+    _, inv = np.unique(unit, return_inverse=True)
+    yu = np.bincount(inv, weights=y)
+    nu = np.bincount(inv, weights=n)
+    return S.ClusterSums.from_units(yu, nu)
+
+
+def arm_from_requests(
+    unit: np.ndarray,
+    error: np.ndarray,
+    latency: np.ndarray,
+    cost: np.ndarray,
+    feedback: np.ndarray,
+) -> S.ArmAggregates:
+    """ArmAggregates from per-request arrays; ``feedback`` is NaN where none was given."""
+    has_fb = ~np.isnan(feedback)
+    fb = np.where(has_fb, feedback, 0.0)
+    err = error.astype(float)
+    return S.ArmAggregates(
+        requests=int(unit.size),
+        errors=int(err.sum()),
+        errors_by_kind={"server_error": int(err.sum())} if err.sum() else {},
+        error_clusters=cluster_sums(unit, err),
+        latency=S.Buckets.from_values(latency),
+        latency_sum=float(latency.sum()),
+        latency_log_sum=float(np.log(latency).sum()),
+        ttft=S.Buckets.from_values(latency * 0.25),
+        ttft_sum=float(latency.sum() * 0.25),
+        ttft_log_sum=float(np.log(latency * 0.25).sum()),
+        cost_n=int(unit.size),
+        cost_sum=float(cost.sum()),
+        cost_sum_sq=float((cost * cost).sum()),
+        cost_clusters=cluster_sums(unit, cost),
+        feedback_n=int(has_fb.sum()),
+        feedback_sum=float(fb.sum()),
+        feedback_sum_sq=float((fb * fb).sum()),
+        feedback_clusters=cluster_sums(unit[has_fb], fb[has_fb]),
+        feedback_rate_clusters=cluster_sums(unit, has_fb.astype(float)),
+    )
+
+
+def random_arm(
+    rng: np.random.Generator,
+    n: int,
+    *,
+    error_rate: float = 0.02,
+    latency_factor: float = 1.0,
+    cost_factor: float = 1.0,
+    satisfaction: float = 0.7,
+    feedback_rate: float = 0.1,
+    units: int | None = None,
+) -> S.ArmAggregates:
+    units = units or max(1, n // 5)
+    unit = rng.integers(0, units, n)
+    return arm_from_requests(
+        unit,
+        rng.random(n) < error_rate,
+        rng.lognormal(np.log(800.0), 0.5, n) * latency_factor,
+        rng.lognormal(np.log(0.002), 0.8, n) * cost_factor,
+        np.where(rng.random(n) < feedback_rate, (rng.random(n) < satisfaction) * 1.0, np.nan),
+    )

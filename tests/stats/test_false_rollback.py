@@ -1,0 +1,328 @@
+"""False rollbacks: 10,000 simulated rollouts x 240 looks per scenario.
+
+A rollout counts as falsely rolled back if the test says "regressed" at any look while the
+candidate is no worse than the tolerance. The standard plan has four guardrails at a
+family-wise 0.05, so each metric runs at alpha = 0.0125; every rate is checked with a
+one-sided binomial test against its alpha (reference/statistics.md, suite item 2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from migrations_app import stats as S
+from tests.stats import sim
+
+FAMILY_ALPHA = 0.05
+ALPHA = FAMILY_ALPHA / 4
+R = sim.ROLLOUTS
+LOOKS = sim.LOOKS
+RAMP = (0.05, 0.25, 0.5)
+STAGE_LOOKS = LOOKS // len(RAMP)
+
+
+def rate(decisions: np.ndarray) -> tuple[int, float]:
+    hits = int(decisions.any(axis=1).sum())
+    return hits, hits / decisions.shape[0]
+
+
+def assert_valid(decisions: np.ndarray, alpha: float = ALPHA) -> float:
+    hits, r = rate(decisions)
+    assert sim.rate_ok(hits, decisions.shape[0], alpha), f"false rollback {r:.4f} > {alpha}"
+    return r
+
+
+# --- error rate ------------------------------------------------------------------------
+
+
+def errors_iid(seed: int, base: float, per_look: int, ratio: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    a = sim.iid_counts(rng, R, per_look, base)
+    b = sim.iid_counts(rng, R, per_look, base * ratio)
+    return sim.error_rollbacks(a, b, tolerance=1.5, alpha=ALPHA)
+
+
+@pytest.fixture(scope="module")
+def error_aa() -> np.ndarray:
+    return errors_iid(11, 0.02, 50, 1.0)
+
+
+@pytest.fixture(scope="module")
+def error_at_tolerance() -> np.ndarray:
+    return errors_iid(12, 0.02, 50, 1.5)
+
+
+def test_error_rate_aa_and_at_tolerance(error_aa, error_at_tolerance):
+    assert_valid(error_aa)
+    assert_valid(error_at_tolerance)
+
+
+@pytest.mark.parametrize(("base", "per_look"), [(0.001, 200), (0.0005, 100)])
+@pytest.mark.parametrize("ratio", [1.0, 1.5])
+def test_error_rate_low_base_rates(base, per_look, ratio):
+    # 48k / 24k requests per arm with 48 / 12 expected control errors by the end: most
+    # looks see a handful of errors, where normal approximations usually break.
+    assert_valid(errors_iid(13, base, per_look, ratio))
+
+
+def test_error_rate_user_clustering():
+    """Five sticky heavy users per arm carry half the traffic, each with its own error rate
+    (Beta with mean 2 % and concentration 5). The cluster-robust variance keeps the rate
+    under alpha, in A/A and at tolerance; the harness shows that the same data with
+    request-level variance does not."""
+    rng = np.random.default_rng(14)
+    kwargs = dict(light_per_look=25, heavy_units=5, heavy_rate=5, base=0.02, concentration=5.0)
+    a = sim.clustered_counts(rng, R, **kwargs)
+    naive_a = sim.CountPaths(a.e, a.n, a.n, a.e, a.e, a.n)
+    for ratio in (1.0, 1.5):
+        b = sim.clustered_counts(rng, R, ratio=ratio, **kwargs)
+        assert_valid(sim.error_rollbacks(a, b, tolerance=1.5, alpha=ALPHA))
+        naive_b = sim.CountPaths(b.e, b.n, b.n, b.e, b.e, b.n)
+        _, naive = rate(sim.error_rollbacks(naive_a, naive_b, tolerance=1.5, alpha=ALPHA))
+        assert naive > 3 * ALPHA, "the clustering scenario should defeat request-level variance"
+
+
+def test_error_rate_shared_drift_at_tolerance():
+    """The base rate climbs from 1 % to 4 % over the run in both arms."""
+    rng = np.random.default_rng(15)
+    base = np.linspace(0.01, 0.04, LOOKS)
+    a = sim.iid_counts(rng, R, 50, base)
+    b = sim.iid_counts(rng, R, 50, base * 1.5)
+    assert_valid(sim.error_rollbacks(a, b, tolerance=1.5, alpha=ALPHA))
+
+
+def ramp_error_stages(seed: int, ratio: float, total_per_look: int = 400):
+    """Weights 5 % -> 25 % -> 50 % while the base rate drifts from 1 % to 4 %."""
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0.01, 0.04, LOOKS)
+    stages = []
+    for i, w in enumerate(RAMP):
+        seg = base[i * STAGE_LOOKS : (i + 1) * STAGE_LOOKS]
+        a = sim.iid_counts(rng, R, np.full(LOOKS, round(total_per_look * (1 - w))), _pad(seg))
+        b = sim.iid_counts(rng, R, np.full(LOOKS, round(total_per_look * w)), _pad(seg) * ratio)
+        stages.append((_cut(a), _cut(b)))
+    return stages
+
+
+def _pad(seg: np.ndarray) -> np.ndarray:
+    return np.concatenate([seg, np.full(LOOKS - seg.size, seg[-1])])
+
+
+def _cut(p: sim.CountPaths) -> sim.CountPaths:
+    return sim.CountPaths(*(x[:, :STAGE_LOOKS] for x in (p.e, p.n, p.units, p.yy, p.yn, p.nn)))
+
+
+def _join(stages: list[sim.CountPaths]) -> sim.CountPaths:
+    out = []
+    for name in ("e", "n", "units", "yy", "yn", "nn"):
+        parts, offset = [], 0.0
+        for p in stages:
+            x = getattr(p, name)
+            parts.append(x + offset)
+            offset = offset + x[:, -1:]
+        out.append(np.concatenate(parts, axis=1))
+    return sim.CountPaths(*out)
+
+
+def test_error_rate_weight_ramp_with_drift_per_stage():
+    """Each stage (constant weight) is tested on its own data at alpha / 3 (what
+    guardrails.evaluate_plan does with alpha_share). Pooling the stages instead confounds
+    arm with time: the candidate's traffic sits late, when errors are frequent, and a
+    candidate exactly at tolerance is rolled back almost always."""
+    stages = ramp_error_stages(16, 1.5)
+    per_stage = np.zeros((R, 1), dtype=bool)
+    for a, b in stages:
+        d = sim.error_rollbacks(a, b, tolerance=1.5, alpha=ALPHA / len(RAMP))
+        per_stage |= d.any(axis=1, keepdims=True)
+    assert_valid(per_stage)
+    pooled_a = _join([a for a, _ in stages])
+    pooled_b = _join([b for _, b in stages])
+    _, pooled = rate(sim.error_rollbacks(pooled_a, pooled_b, tolerance=1.5, alpha=ALPHA))
+    assert pooled > 0.5, "pooling across weights should be visibly biased in this scenario"
+
+
+# --- latency quantiles -----------------------------------------------------------------
+
+
+def p95(seed: int, dist: sim.Dist, factor, **kwargs):
+    rng = np.random.default_rng(seed)
+    decisions, _ = sim.quantile_rollbacks(
+        rng, R, p=0.95, control=dist, candidate=dist, candidate_factor=factor,
+        tolerance=1.3, alpha=ALPHA, m_per_look=10, **kwargs,
+    )  # fmt: skip
+    return decisions
+
+
+@pytest.fixture(scope="module")
+def p95_pair() -> list[np.ndarray]:
+    return p95(21, sim.lognormal(0.5), (1.0, 1.3))
+
+
+@pytest.fixture(scope="module")
+def p95_aa(p95_pair) -> np.ndarray:
+    return p95_pair[0]
+
+
+@pytest.fixture(scope="module")
+def p95_at_tolerance(p95_pair) -> np.ndarray:
+    return p95_pair[1]
+
+
+def test_p95_aa_and_at_tolerance(p95_aa, p95_at_tolerance):
+    assert_valid(p95_aa)
+    assert_valid(p95_at_tolerance)
+
+
+def test_p95_heavy_tails_at_tolerance():
+    """Pareto with shape 1.5: infinite variance; the quantile sequence does not care."""
+    assert_valid(p95(23, sim.pareto(1.5), 1.3, p_cap=1 - 1e-3))
+
+
+def test_p95_shared_drift_at_tolerance():
+    """Latency doubles over the run in both arms."""
+    assert_valid(p95(24, sim.lognormal(0.5), 1.3, drift=np.linspace(1.0, 2.0, LOOKS)))
+
+
+def test_p95_weight_ramp_with_drift_per_stage():
+    rng = np.random.default_rng(25)
+    drift = np.linspace(1.0, 2.0, LOOKS)
+    dist = sim.lognormal(0.5)
+    any_stage = np.zeros(R, dtype=bool)
+    for i, w in enumerate(RAMP):
+        seg = drift[i * STAGE_LOOKS : (i + 1) * STAGE_LOOKS]
+        decisions, _ = sim.quantile_rollbacks(
+            rng, R, p=0.95, control=dist, candidate=dist, candidate_factor=1.3,
+            tolerance=1.3, alpha=ALPHA / len(RAMP), m_per_look=round(40 * (1 - w)),
+            m_candidate=max(1, round(40 * w)), drift=seg, looks=STAGE_LOOKS,
+        )  # fmt: skip
+        any_stage |= decisions.any(axis=1)
+    assert_valid(any_stage[:, None])
+
+
+def test_p99_at_tolerance():
+    rng = np.random.default_rng(26)
+    dist = sim.lognormal(0.5)
+    decisions, _ = sim.quantile_rollbacks(
+        rng, R, p=0.99, control=dist, candidate=dist, candidate_factor=1.3,
+        tolerance=1.3, alpha=ALPHA, m_per_look=10,
+    )  # fmt: skip
+    assert_valid(decisions)
+
+
+# --- satisfaction and cost -------------------------------------------------------------
+
+
+def satisfaction(seed: int, drop: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    a = sim.binary_draws(rng, R, 5, 0.7)
+    b = sim.binary_draws(rng, R, 5, 0.7 - drop)
+    return sim.mean_rollbacks(
+        *a, *b, alpha=ALPHA, log_ratio=False, limit=-0.1, harm="decrease",
+        min_n=S.MIN_FEEDBACK_PER_ARM,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def satisfaction_aa() -> np.ndarray:
+    return satisfaction(31, 0.0)
+
+
+@pytest.fixture(scope="module")
+def satisfaction_at_tolerance() -> np.ndarray:
+    return satisfaction(32, 0.1)
+
+
+def test_satisfaction_aa_and_at_tolerance(satisfaction_aa, satisfaction_at_tolerance):
+    assert_valid(satisfaction_aa)
+    assert_valid(satisfaction_at_tolerance)
+
+
+def cost(seed: int, factors: tuple[float, ...], heavy: bool = False) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+
+    def draw(shape: tuple[int, int]) -> np.ndarray:
+        if heavy:
+            return (rng.pareto(1.5, shape) + 1.0) * 0.001
+        return rng.lognormal(np.log(0.002), 1.0, shape)
+
+    a = sim.summed_draws(rng, R, 10, draw)
+    out = []
+    for factor in factors:
+        nb, sb, ssb = sim.summed_draws(rng, R, 10, draw)
+        out.append(
+            sim.mean_rollbacks(
+                *a,
+                nb,
+                sb * factor,
+                ssb * factor**2,
+                alpha=ALPHA,
+                log_ratio=True,
+                limit=1.2,
+                harm="increase",
+                min_n=S.MIN_COST_PER_ARM,
+            )  # fmt: skip
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def cost_pair() -> list[np.ndarray]:
+    return cost(41, (1.0, 1.2))
+
+
+@pytest.fixture(scope="module")
+def cost_aa(cost_pair) -> np.ndarray:
+    return cost_pair[0]
+
+
+@pytest.fixture(scope="module")
+def cost_at_tolerance(cost_pair) -> np.ndarray:
+    return cost_pair[1]
+
+
+def test_cost_aa_and_at_tolerance(cost_aa, cost_at_tolerance):
+    assert_valid(cost_aa)
+    assert_valid(cost_at_tolerance)
+
+
+def test_cost_heavy_tails_at_tolerance():
+    (heavy,) = cost(43, (1.2,), heavy=True)
+    assert_valid(heavy)
+
+
+# --- the family ------------------------------------------------------------------------
+
+
+def test_family_wise_rate(
+    error_aa,
+    error_at_tolerance,
+    p95_aa,
+    p95_at_tolerance,
+    satisfaction_aa,
+    satisfaction_at_tolerance,
+    cost_aa,
+    cost_at_tolerance,
+):
+    """The standard plan's four guardrails together, each rollout's metrics independent."""
+    for group in (
+        (error_aa, p95_aa, satisfaction_aa, cost_aa),
+        (error_at_tolerance, p95_at_tolerance, satisfaction_at_tolerance, cost_at_tolerance),
+    ):
+        union = np.zeros(R, dtype=bool)
+        for decisions in group:
+            union |= decisions.any(axis=1)
+        assert_valid(union[:, None], FAMILY_ALPHA)
+
+
+# --- sample ratio ----------------------------------------------------------------------
+
+
+def test_sample_ratio_false_alarms():
+    """Units hash independently into the candidate with probability = weight."""
+    rng = np.random.default_rng(51)
+    cand = np.cumsum(rng.binomial(40, 0.1, (R, LOOKS)), axis=1)
+    ctrl = np.arange(1, LOOKS + 1) * 40 - cand
+    alpha = 0.001
+    log_e = S.srm_log_e_value(ctrl, cand, 0.1)
+    assert_valid(log_e >= np.log(1 / alpha), alpha)
