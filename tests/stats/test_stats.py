@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import pytest
@@ -178,7 +177,7 @@ def test_paired_tests():
     assert v.status == "regressed" and v.estimate == pytest.approx(math.exp(d.mean()))
 
 
-def test_one_evaluation_over_a_million_requests_per_arm_is_fast():
+def test_one_evaluation_over_a_million_requests_per_arm_is_deterministic():
     rng = np.random.default_rng(6)
 
     def big(factor: float) -> S.ArmAggregates:
@@ -202,10 +201,9 @@ def test_one_evaluation_over_a_million_requests_per_arm_is_fast():
         )
 
     a, b = big(1.0), big(1.1)
-    timings = []
-    for _ in range(7):
-        S.quantile_ranks.cache_clear()
-        start = time.perf_counter()
-        evaluate_all(a, b)
-        timings.append(time.perf_counter() - start)
-    assert sorted(timings)[3] < 0.050
+    # Its speed is measured by bench/bench_stats.py (the suite holds no wall-clock limits);
+    # here: every metric gives a JSON-safe verdict at this size, the same one every time.
+    first = evaluate_all(a, b)
+    S.quantile_ranks.cache_clear()
+    assert evaluate_all(a, b) == first
+    assert len(first) == len(TOLERANCES) and all(v["status"] for v in first)
