@@ -194,6 +194,10 @@ class MigrationPlan(models.Model):
     )
     phase_index = models.PositiveIntegerField(default=0)
     step_index = models.PositiveIntegerField(default=0)
+    # The stage outcomes are attributed to while running; null when not routing by the split.
+    current_stage = models.ForeignKey(
+        "PlanStage", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     step_started_at = models.DateTimeField(null=True, blank=True)
     # What archived plans keep serving (completed, rolled_back or draft).
     final_status = models.CharField(max_length=16, choices=PlanStatus.choices, blank=True)
@@ -323,6 +327,33 @@ class PlanRun(models.Model):
         return f"{self.plan.key} run {self.number}"
 
 
+class PlanStage(models.Model):
+    """A stretch of a run at one constant split (a phase's step). The statistics compare arms
+    within a stage only: pooling stages with different weights confounds the arms with time.
+    Pausing keeps the stage (it resumes at the same weight); advancing opens the next one."""
+
+    plan = models.ForeignKey(MigrationPlan, on_delete=models.CASCADE, related_name="stages")
+    run = models.ForeignKey(PlanRun, on_delete=models.CASCADE, related_name="stages")
+    phase_index = models.PositiveIntegerField()
+    step_index = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16)
+    weight_bp = models.PositiveIntegerField()
+    shadow_bp = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "phase_index", "step_index"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "phase_index", "step_index"], name="planstage_unique_position"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run} {self.kind} {self.weight_bp / 100:g}%"
+
+
 class ActorKind(models.TextChoices):
     USER = "user", "Person"
     ENGINE = "engine", "Rollback engine"
@@ -340,6 +371,11 @@ class AuditEvent(models.Model):
     from_status = models.CharField(max_length=16, choices=PlanStatus.choices, blank=True)
     to_status = models.CharField(max_length=16, choices=PlanStatus.choices, blank=True)
     plan_version = models.PositiveIntegerField()
+    # The stage routing decisions made at this version belong to (null: not splitting). Ingest
+    # maps an outcome's plan version to its stage through the latest event at or below it.
+    stage = models.ForeignKey(
+        PlanStage, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     actor_kind = models.CharField(max_length=16, choices=ActorKind.choices)
     actor_user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -354,6 +390,8 @@ class AuditEvent(models.Model):
         indexes = [
             # The plan's timeline (admin inline, dashboard), newest first.
             models.Index(fields=["plan", "-created_at"], name="audit_plan_timeline_idx"),
+            # Ingest: "the stage in effect at plan version v" (latest event with version <= v).
+            models.Index(fields=["plan", "plan_version"], name="audit_plan_version_idx"),
         ]
 
     def __str__(self) -> str:
@@ -389,3 +427,179 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+class Arm(models.TextChoices):
+    CONTROL = "control", "Control"
+    CANDIDATE = "candidate", "Candidate"
+
+
+class Outcome(models.Model):
+    """One request as the SDK reported it: raw, kept for the retention period, then purged.
+    The statistics never read these rows; they read the aggregates built from them at ingest."""
+
+    # The client-made event id: the primary key is what makes a retried batch store nothing twice.
+    event_id = models.CharField(max_length=64, primary_key=True)
+    plan = models.ForeignKey(MigrationPlan, on_delete=models.CASCADE, related_name="+")
+    run = models.ForeignKey(PlanRun, on_delete=models.CASCADE, related_name="+")
+    stage = models.ForeignKey(
+        PlanStage, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    plan_version = models.PositiveIntegerField()
+    decision_id = models.CharField(max_length=64)
+    arm = models.CharField(max_length=16, choices=Arm.choices)
+    unit = models.CharField(max_length=256)
+    ts = models.DateTimeField()
+    window = models.DateTimeField()
+    latency_ms = models.FloatField()
+    ttft_ms = models.FloatField(null=True, blank=True)
+    error = models.CharField(max_length=16, blank=True)
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # Null when usage was not reported: unknown cost, never zero.
+    cost_usd = models.FloatField(null=True, blank=True)
+    received_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            # Feedback joins its outcome by decision id (feedback may come from another service).
+            models.Index(fields=["decision_id"], name="outcome_decision_idx"),
+            # The retention purge: "older than N days", oldest first, in batches.
+            models.Index(fields=["ts"], name="outcome_ts_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} {self.arm}"
+
+
+class FeedbackScale(models.TextChoices):
+    THUMBS = "thumbs", "Thumbs (-1 or 1)"
+    FIVE = "five", "Five stars (1 to 5)"
+
+
+class Feedback(models.Model):
+    """A user's rating of one answer, normalised to [0, 1]. It may arrive before its outcome:
+    then it is held (``outcome`` null) and counted when the outcome arrives."""
+
+    event_id = models.CharField(max_length=64, primary_key=True)
+    decision_id = models.CharField(max_length=64)
+    score = models.FloatField()
+    raw_score = models.FloatField()
+    scale = models.CharField(max_length=8, choices=FeedbackScale.choices)
+    ts = models.DateTimeField()
+    received_at = models.DateTimeField()
+    outcome = models.ForeignKey(
+        Outcome, null=True, blank=True, on_delete=models.SET_NULL, related_name="feedback"
+    )
+
+    class Meta:
+        indexes = [
+            # An arriving outcome picks up the feedback held for its decision id.
+            models.Index(fields=["decision_id"], name="feedback_decision_idx"),
+            # The retention purge.
+            models.Index(fields=["ts"], name="feedback_ts_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.decision_id}: {self.score:g}"
+
+
+class UnitTotals(models.Model):
+    """A unit's running totals in a stage and arm. The statistics need user-level variance
+    (one user's requests are not independent); each window stores the increments of the
+    squares of these totals, so the sums stay additive (see ``stats.ClusterSums``)."""
+
+    stage = models.ForeignKey(PlanStage, on_delete=models.CASCADE, related_name="+")
+    arm = models.CharField(max_length=16, choices=Arm.choices)
+    unit = models.CharField(max_length=256)
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    cost_n = models.PositiveIntegerField(default=0)
+    cost_sum = models.FloatField(default=0.0)
+    feedback_n = models.PositiveIntegerField(default=0)
+    feedback_sum = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [
+            # The upsert key; ingest locks these rows in key order.
+            models.UniqueConstraint(fields=["stage", "arm", "unit"], name="unittotals_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.stage_id}/{self.arm}/{self.unit}"
+
+
+class WindowAggregate(models.Model):
+    """Everything the statistics and the charts need for one arm of one stage in one minute.
+
+    ``data`` is a serialised ``stats.ArmAggregates`` (bucket counts, sums, cluster sums);
+    the scalar columns copy the figures charts group by in SQL. Rows only ever grow by
+    merging (addition), so the order in which batches arrive does not matter."""
+
+    stage = models.ForeignKey(PlanStage, on_delete=models.CASCADE, related_name="windows")
+    arm = models.CharField(max_length=16, choices=Arm.choices)
+    window = models.DateTimeField()
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    latency_sum = models.FloatField(default=0.0)
+    cost_n = models.PositiveIntegerField(default=0)
+    cost_sum = models.FloatField(default=0.0)
+    feedback_n = models.PositiveIntegerField(default=0)
+    feedback_sum = models.FloatField(default=0.0)
+    data = models.JSONField(default=dict)
+
+    class Meta:
+        constraints = [
+            # The upsert key; also serves "a stage's windows in time order" for the charts.
+            models.UniqueConstraint(fields=["stage", "window", "arm"], name="window_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.stage_id}/{self.arm}/{self.window:%Y-%m-%d %H:%M}"
+
+
+class StageAggregate(models.Model):
+    """The running sum of a stage's windows per arm: what one evaluation reads (two rows),
+    so an evaluation costs the same after a minute or a month."""
+
+    stage = models.ForeignKey(PlanStage, on_delete=models.CASCADE, related_name="totals")
+    arm = models.CharField(max_length=16, choices=Arm.choices)
+    requests = models.PositiveIntegerField(default=0)
+    data = models.JSONField(default=dict)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["stage", "arm"], name="stageaggregate_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.stage_id}/{self.arm}"
+
+
+class Evaluation(models.Model):
+    """One engine evaluation of a running plan: the decision, its evidence and the bounds the
+    next evaluation intersects with. The dashboard charts these and explains "why"."""
+
+    plan = models.ForeignKey(MigrationPlan, on_delete=models.CASCADE, related_name="evaluations")
+    run = models.ForeignKey(PlanRun, on_delete=models.CASCADE, related_name="+")
+    stage = models.ForeignKey(PlanStage, on_delete=models.CASCADE, related_name="evaluations")
+    plan_version = models.PositiveIntegerField()
+    action = models.CharField(max_length=16)
+    acted = models.BooleanField(default=False)
+    decision = models.JSONField(default=dict)
+    bounds = models.JSONField(default=dict)
+    control_requests = models.PositiveIntegerField(default=0)
+    candidate_requests = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            # The latest evaluation of a stage (the running intersection of bounds), and the
+            # dashboard's series over time.
+            models.Index(fields=["stage", "-created_at"], name="evaluation_stage_idx"),
+            models.Index(fields=["plan", "-created_at"], name="evaluation_plan_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.plan_id} {self.action} at {self.created_at:%H:%M:%S}"

@@ -30,6 +30,7 @@ from migrations_app.models import (
     ModelSpec,
     PlanPhase,
     PlanRun,
+    PlanStage,
     PlanStatus,
 )
 from migrations_app.phases import (
@@ -38,6 +39,7 @@ from migrations_app.phases import (
     Errors,
     PhaseRule,
     next_position,
+    position,
     validate_arms,
     validate_guardrail,
     validate_phase,
@@ -125,9 +127,11 @@ def _transition(
             )
         from_status = plan.status
         plan.refresh_from_db()
+        routing_stage = _sync_stage(plan, now)
         AuditEvent.objects.create(
             plan=plan,
             run=plan.current_run,
+            stage=routing_stage,
             action=action,
             from_status=from_status,
             to_status=plan.status,
@@ -140,6 +144,38 @@ def _transition(
         )
         transaction.on_commit(lambda: changes.publish_routing_change(plan.key, plan.version))
     return plan
+
+
+def _sync_stage(plan: MigrationPlan, now: datetime) -> PlanStage | None:
+    """Keep ``plan.current_stage`` on the plan's position after a transition; return the stage
+    routing decisions at the new version belong to (None unless running).
+
+    A stage is one constant split: start and advance open one (closing the last), pause keeps
+    it (resume continues at the same weight), rollback and complete close it."""
+    stage = plan.current_stage
+    position_now = (plan.current_run_id, plan.phase_index, plan.step_index)
+    if stage is not None and (
+        plan.status in (S.ROLLED_BACK, S.COMPLETED, S.ARCHIVED)
+        or (stage.run_id, stage.phase_index, stage.step_index) != position_now
+    ):
+        PlanStage.objects.filter(pk=stage.pk, ended_at__isnull=True).update(ended_at=now)
+        stage = None
+    if stage is None and plan.status == S.RUNNING and plan.current_run_id is not None:
+        here = position(phase_rules(plan), plan.phase_index, plan.step_index)
+        stage = PlanStage.objects.create(
+            plan=plan,
+            run_id=plan.current_run_id,
+            phase_index=plan.phase_index,
+            step_index=plan.step_index,
+            kind=here.phase or "",
+            weight_bp=here.weight_bp,
+            shadow_bp=here.shadow_bp,
+            started_at=now,
+        )
+    if stage != plan.current_stage:
+        MigrationPlan.objects.filter(pk=plan.pk).update(current_stage=stage)
+        plan.current_stage = stage
+    return stage if plan.status == S.RUNNING else None
 
 
 def _check_allowed(
@@ -490,6 +526,7 @@ def record_edit(
     AuditEvent.objects.create(
         plan=plan,
         run=plan.current_run,
+        stage=plan.current_stage if plan.status == S.RUNNING else None,
         action=action,
         from_status=plan.status,
         to_status=plan.status,
