@@ -143,12 +143,25 @@ TURNOUT_EVALUATION_INTERVAL = env_float(
 TURNOUT_RAW_RETENTION_DAYS = env_int("TURNOUT_RAW_RETENTION_DAYS", 30, minimum=1)
 # Most events one ingest request may carry (413 beyond).
 TURNOUT_INGEST_MAX_BATCH = env_int("TURNOUT_INGEST_MAX_BATCH", 1000, minimum=1, maximum=100_000)
+# Bearer token /metrics requires; unset: /metrics answers loopback clients only.
+TURNOUT_METRICS_TOKEN = env_str("TURNOUT_METRICS_TOKEN")
 # Decisions per second one SDK key may ask of the server (429 beyond); 0 disables.
 TURNOUT_RATE_LIMIT_PER_KEY = env_int("TURNOUT_RATE_LIMIT_PER_KEY", 2000, minimum=0)
 
 # One schedule for the whole project; each entry expires with its period so a stalled
 # worker never works through a backlog of stale evaluations.
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "purge-outcomes": {
+        "task": "turnout.purge_outcomes",
+        "schedule": 3600.0,
+        "options": {"expires": 3000.0},
+    },
+    "apply-held-feedback": {
+        "task": "turnout.apply_held_feedback",
+        "schedule": 60.0,
+        "options": {"expires": 55.0},
+    },
+}
 # A mounted copy of the community price map (model_prices_and_context_window.json), refreshed daily.
 TURNOUT_PRICE_MAP_PATH = env_str("TURNOUT_PRICE_MAP_PATH")
 if TURNOUT_PRICE_MAP_PATH:

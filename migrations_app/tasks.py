@@ -11,6 +11,7 @@ from typing import Any
 
 from celery import shared_task
 
+from migrations_app import ingest
 from migrations_app.catalog import catalog_import_prices
 
 
@@ -24,3 +25,16 @@ def import_prices(path: str) -> dict[str, Any]:
         "unchanged": report.unchanged,
         "skipped": [s[0] for s in report.skipped],
     }
+
+
+@shared_task(name="turnout.purge_outcomes", soft_time_limit=600, time_limit=660)
+def purge_outcomes() -> int:
+    """Delete raw outcomes and feedback past the retention period (aggregates stay)."""
+    return ingest.outcomes_purge()
+
+
+@shared_task(name="turnout.apply_held_feedback", soft_time_limit=50, time_limit=60)
+def apply_held_feedback() -> int:
+    """Count feedback whose outcome arrived in a transaction that crossed its own. Safe to
+    run twice at once: each feedback row is locked and applied once."""
+    return ingest.apply_held_feedback()
