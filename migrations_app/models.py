@@ -441,7 +441,11 @@ class Outcome(models.Model):
     # The client-made event id: the primary key is what makes a retried batch store nothing twice.
     event_id = models.CharField(max_length=64, primary_key=True)
     plan = models.ForeignKey(MigrationPlan, on_delete=models.CASCADE, related_name="+")
-    run = models.ForeignKey(PlanRun, on_delete=models.CASCADE, related_name="+")
+    # Both null for a plan that was not running at ``plan_version`` (a draft, a paused plan):
+    # stored, but compared in no stage.
+    run = models.ForeignKey(
+        PlanRun, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
     stage = models.ForeignKey(
         PlanStage, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
     )

@@ -1,0 +1,682 @@
+"""Ingest services: store the SDKs' outcomes and feedback, and fold them into the aggregates.
+
+Exactly once: an event's client-made id is the primary key of its raw row, and the insert
+is ``ON CONFLICT DO NOTHING RETURNING`` the ids it stored; only those are aggregated, in
+the same transaction. A retried batch therefore stores and counts nothing twice, and a
+batch that fails midway counts nothing at all.
+
+No lock serialises plans: a batch locks the rows it adds to (its units' totals, its
+windows, its stages' running totals), always in key order so that concurrent batches
+cannot deadlock. Two batches of different plans share no row. The web processes that run
+this scale out like any stateless worker; the upserts are the idempotent unit.
+
+Feedback may arrive before its outcome (another service sends it, or the outcome batch is
+still in an SDK buffer). It is stored and held, then counted when its outcome arrives; the
+``turnout.apply_held_feedback`` task sweeps up the rare pair whose transactions crossed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+from turnout.client import ERROR_KINDS, FEEDBACK_SCALES
+
+from migrations_app import aggregation, metrics
+from migrations_app.aggregation import OutcomeFacts, UnitTotals
+from migrations_app.errors import DomainError, ValidationFailed
+from migrations_app.models import (
+    AuditEvent,
+    Feedback,
+    MigrationPlan,
+    Outcome,
+    StageAggregate,
+    WindowAggregate,
+)
+from migrations_app.models import UnitTotals as UnitTotalsRow
+from migrations_app.stats import ArmAggregates
+
+ARMS = ("control", "candidate")
+MAX_ID_LENGTH = 64
+MAX_UNIT_LENGTH = 256
+MAX_MS = 24 * 3600 * 1000.0  # a request that took a day is a unit mistake, not a latency
+MAX_TOKENS = 2**31 - 1
+FUTURE_SLACK = timedelta(minutes=5)  # client clocks drift; more than this is a bad timestamp
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    index: int
+    field: str
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "field": self.field,
+            "code": self.code,
+            "message": self.message,
+        }
+
+
+@dataclass(slots=True)
+class IngestResult:
+    stored: int = 0
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "rejected": [r.to_dict() for r in self.rejected],
+        }
+
+
+class _Invalid(Exception):
+    def __init__(self, field: str, code: str, message: str) -> None:
+        super().__init__(message)
+        self.field, self.code, self.message = field, code, message
+
+
+# --- field checks ------------------------------------------------------------------------
+
+
+def _str(event: Mapping[str, Any], name: str, max_length: int) -> str:
+    value = event.get(name)
+    if value is None:
+        raise _Invalid(name, "required", f"{name} is required.")
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        raise _Invalid(name, "invalid", f"{name} must be a string of 1 to {max_length} characters.")
+    return value
+
+
+def _number(event: Mapping[str, Any], name: str, *, required: bool, maximum: float) -> float | None:
+    value = event.get(name)
+    if value is None:
+        if required:
+            raise _Invalid(name, "required", f"{name} is required.")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _Invalid(name, "invalid", f"{name} must be a number.")
+    if not 0 <= value <= maximum:
+        raise _Invalid(name, "out_of_range", f"{name} must be between 0 and {maximum:g}.")
+    return float(value)
+
+
+def _int(event: Mapping[str, Any], name: str, *, required: bool, minimum: int = 0) -> int | None:
+    value = event.get(name)
+    if value is None:
+        if required:
+            raise _Invalid(name, "required", f"{name} is required.")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(name, "invalid", f"{name} must be an integer.")
+    if not minimum <= value <= MAX_TOKENS:
+        raise _Invalid(name, "out_of_range", f"{name} must be between {minimum} and {MAX_TOKENS}.")
+    return value
+
+
+def _ts(event: Mapping[str, Any], now: datetime) -> datetime:
+    seconds = _number(event, "ts", required=True, maximum=4e9)
+    assert seconds is not None
+    ts = datetime.fromtimestamp(seconds, tz=UTC)
+    if ts > now + FUTURE_SLACK:
+        raise _Invalid("ts", "out_of_range", "ts is in the future; check the client's clock.")
+    if ts < now - timedelta(days=settings.TURNOUT_RAW_RETENTION_DAYS):
+        raise _Invalid("ts", "out_of_range", "ts is older than the retention period.")
+    return ts
+
+
+def _events(payload: Any) -> list[Any]:
+    """The batch's events; the view has already turned a non-object body into a 400."""
+    events = payload.get("events") if isinstance(payload, Mapping) else None
+    if not isinstance(events, list):
+        raise ValidationFailed(
+            "The body must be an object with an 'events' list.",
+            details={"field": "events", "fields": {"events": ["A list of events."]}},
+        )
+    return events
+
+
+def check_batch_size(events: Sequence[Any]) -> None:
+    limit = settings.TURNOUT_INGEST_MAX_BATCH
+    if len(events) > limit:
+        raise DomainError(
+            f"A batch holds at most {limit} events; this one has {len(events)}.",
+            code="batch_too_large",
+            status=413,
+            details={"field": "events", "max": limit},
+        )
+
+
+# --- plan versions -> runs and stages ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _PlanInfo:
+    plan: MigrationPlan
+    versions: tuple[tuple[int, int | None, int | None, int | None], ...]
+    # (version, run id, run number, stage id), ascending; the latest event per version wins
+    prices: Mapping[str, tuple[float, float]]  # arm -> $ per million input, output tokens
+
+    def at(self, version: int) -> tuple[int | None, int | None, int | None]:
+        found: tuple[int | None, int | None, int | None] = (None, None, None)
+        for v, run_id, run_number, stage_id in self.versions:
+            if v > version:
+                break
+            found = (run_id, run_number, stage_id)
+        return found
+
+    def cost(self, arm: str, input_tokens: int | None, output_tokens: int | None) -> float | None:
+        if input_tokens is None or output_tokens is None:
+            return None
+        per_in, per_out = self.prices[arm]
+        return (input_tokens * per_in + output_tokens * per_out) / 1e6
+
+
+def _plans(keys: Iterable[str]) -> dict[str, _PlanInfo]:
+    plans = {
+        p.key: p
+        for p in MigrationPlan.objects.filter(key__in=set(keys)).select_related(
+            "control_model", "candidate_model"
+        )
+    }
+    rows: dict[int, list[tuple[int, int | None, int | None, int | None]]] = defaultdict(list)
+    for v, run_id, run_number, stage_id, plan_id in (
+        AuditEvent.objects.filter(plan__in=plans.values())
+        .order_by("plan_version", "pk")
+        .values_list("plan_version", "run_id", "run__number", "stage_id", "plan_id")
+    ):
+        rows[plan_id].append((v, run_id, run_number, stage_id))
+    return {
+        key: _PlanInfo(
+            plan,
+            tuple(rows[plan.pk]),
+            {
+                "control": (
+                    float(plan.control_model.input_price_per_mtok),
+                    float(plan.control_model.output_price_per_mtok),
+                ),
+                "candidate": (
+                    float(plan.candidate_model.input_price_per_mtok),
+                    float(plan.candidate_model.output_price_per_mtok),
+                ),
+            },
+        )
+        for key, plan in plans.items()
+    }
+
+
+# --- outcomes ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    event_id: str
+    plan_id: int
+    run_id: int | None
+    stage_id: int | None
+    plan_version: int
+    decision_id: str
+    ts: datetime
+    input_tokens: int | None
+    output_tokens: int | None
+    facts: OutcomeFacts
+
+
+def _parse_outcome(
+    event: Any, plans: Mapping[str, _PlanInfo], identity: Any, now: datetime
+) -> _Outcome:
+    if not isinstance(event, Mapping):
+        raise _Invalid("event", "invalid", "Each event must be an object.")
+    event_id = _str(event, "id", MAX_ID_LENGTH)
+    decision_id = _str(event, "decision_id", MAX_ID_LENGTH)
+    key = _str(event, "plan", 63)
+    info = plans.get(key)
+    if info is None or not identity.may_see(info.plan.pk):
+        raise _Invalid("plan", "plan_not_found", f"No plan with key {key!r}.")
+    version = _int(event, "plan_version", required=True, minimum=1)
+    assert version is not None
+    if version > info.plan.version:
+        raise _Invalid(
+            "plan_version", "unknown_version", f"Plan {key!r} has no version {version} yet."
+        )
+    run_number = _int(event, "run", required=True)
+    run_id, known_run, stage_id = info.at(version)
+    if (known_run or 0) != run_number:
+        raise _Invalid(
+            "run", "run_mismatch", f"Plan {key!r} was at run {known_run or 0} at version {version}."
+        )
+    arm = event.get("arm")
+    if arm not in ARMS:
+        raise _Invalid("arm", "invalid", "arm must be 'control' or 'candidate'.")
+    unit = _str(event, "unit", MAX_UNIT_LENGTH)
+    ts = _ts(event, now)
+    latency = _number(event, "latency_ms", required=True, maximum=MAX_MS)
+    ttft = _number(event, "ttft_ms", required=False, maximum=MAX_MS)
+    error = event.get("error")
+    if error is not None and error not in ERROR_KINDS:
+        raise _Invalid("error", "invalid", f"error must be null or one of {sorted(ERROR_KINDS)}.")
+    input_tokens = _int(event, "input_tokens", required=False)
+    output_tokens = _int(event, "output_tokens", required=False)
+    assert latency is not None
+    return _Outcome(
+        event_id=event_id,
+        plan_id=info.plan.pk,
+        run_id=run_id,
+        stage_id=stage_id,
+        plan_version=version,
+        decision_id=decision_id,
+        ts=ts,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        facts=OutcomeFacts(
+            arm=arm,
+            unit=unit,
+            window=aggregation.window_start(ts),
+            latency_ms=latency,
+            ttft_ms=ttft,
+            error=error or "",
+            cost_usd=info.cost(arm, input_tokens, output_tokens),
+        ),
+    )
+
+
+def outcomes_ingest(*, identity: Any, payload: Any) -> IngestResult:
+    """Validate a batch of outcomes, store the good ones once, and aggregate them.
+
+    ``identity`` is the API key (``may_see(plan_pk)``); an event for a plan the key may not
+    see is rejected as unknown. Returns how many were stored, how many were duplicates of
+    events already stored, and each rejected event's index, field and reason."""
+    events = _events(payload)
+    check_batch_size(events)
+    now = timezone.now()
+    plans = _plans(
+        e["plan"] for e in events if isinstance(e, Mapping) and isinstance(e.get("plan"), str)
+    )
+    result = IngestResult()
+    parsed: dict[str, _Outcome] = {}
+    for index, event in enumerate(events):
+        try:
+            outcome = _parse_outcome(event, plans, identity, now)
+        except _Invalid as bad:
+            result.rejected.append(Rejection(index, bad.field, bad.code, bad.message))
+            continue
+        if outcome.event_id in parsed:
+            result.duplicates += 1
+        else:
+            parsed[outcome.event_id] = outcome
+    if parsed:
+        with transaction.atomic():
+            stored = _insert_outcomes(list(parsed.values()), now)
+            new = [parsed[event_id] for event_id in stored]
+            held = list(
+                Feedback.objects.filter(
+                    decision_id__in={o.decision_id for o in new}, outcome__isnull=True
+                ).values_list("pk", flat=True)
+            )
+            _aggregate([(o.stage_id, o.facts) for o in new if o.stage_id is not None], [])
+            if held:
+                _apply_feedback(held)
+        result.stored = len(stored)
+        result.duplicates += len(parsed) - len(stored)
+    metrics.count_ingest(
+        "outcomes",
+        stored=result.stored,
+        duplicates=result.duplicates,
+        rejected=[r.code for r in result.rejected],
+        dropped=_dropped(payload),
+    )
+    return result
+
+
+def _dropped(payload: Any) -> int:
+    client = payload.get("client") if isinstance(payload, Mapping) else None
+    dropped = client.get("dropped") if isinstance(client, Mapping) else None
+    if isinstance(dropped, int) and not isinstance(dropped, bool) and 0 < dropped < 2**31:
+        return dropped
+    return 0
+
+
+def _insert_returning(
+    table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], key: str
+) -> list[Any]:
+    """Multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING key``: the keys it stored.
+    (PostgreSQL and SQLite >= 3.35 both speak it; the ORM's bulk_create cannot say which
+    rows were new.)"""
+    qn = connection.ops.quote_name
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    stored: list[Any] = []
+    # Stay well under SQLite's and PostgreSQL's bound-parameter limits.
+    chunk = max(1, 30_000 // len(columns))
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            cursor.execute(
+                f"INSERT INTO {qn(table)} ({', '.join(qn(c) for c in columns)}) "
+                f"VALUES {', '.join([one] * len(part))} "
+                f"ON CONFLICT ({qn(key)}) DO NOTHING RETURNING {qn(key)}",
+                [value for row in part for value in row],
+            )
+            stored.extend(r[0] for r in cursor.fetchall())
+    return stored
+
+
+def _dt(value: datetime) -> Any:
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def _insert_outcomes(outcomes: Sequence[_Outcome], now: datetime) -> list[str]:
+    columns = [
+        "event_id", "plan_id", "run_id", "stage_id", "plan_version", "decision_id", "arm",
+        "unit", "ts", "window", "latency_ms", "ttft_ms", "error", "input_tokens",
+        "output_tokens", "cost_usd", "received_at",
+    ]  # fmt: skip
+    received = _dt(now)
+    rows = [
+        (
+            o.event_id,
+            o.plan_id,
+            o.run_id,
+            o.stage_id,
+            o.plan_version,
+            o.decision_id,
+            o.facts.arm,
+            o.facts.unit,
+            _dt(o.ts),
+            _dt(o.facts.window),
+            o.facts.latency_ms,
+            o.facts.ttft_ms,
+            o.facts.error,
+            o.input_tokens,
+            o.output_tokens,
+            o.facts.cost_usd,
+            received,
+        )  # fmt: skip
+        for o in outcomes
+    ]
+    return _insert_returning(Outcome._meta.db_table, columns, rows, "event_id")
+
+
+# --- feedback ----------------------------------------------------------------------------
+
+
+def normalise_score(score: float, scale: str) -> float:
+    """Thumbs (-1 or 1) and five stars (1..5) on one [0, 1] scale."""
+    return (score + 1) / 2 if scale == "thumbs" else (score - 1) / 4
+
+
+def _parse_feedback(event: Any, now: datetime) -> tuple[str, str, float, float, str, datetime]:
+    if not isinstance(event, Mapping):
+        raise _Invalid("event", "invalid", "Each event must be an object.")
+    event_id = _str(event, "id", MAX_ID_LENGTH)
+    decision_id = _str(event, "decision_id", MAX_ID_LENGTH)
+    scale = event.get("scale", "thumbs")
+    if scale not in FEEDBACK_SCALES:
+        raise _Invalid("scale", "invalid", f"scale must be one of {sorted(FEEDBACK_SCALES)}.")
+    score = event.get("score")
+    if score is None:
+        raise _Invalid("score", "required", "score is required.")
+    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+        raise _Invalid("score", "invalid", "score must be a number.")
+    if (scale == "thumbs" and score not in (-1, 1)) or (scale == "five" and not 1 <= score <= 5):
+        allowed = "-1 or 1" if scale == "thumbs" else "1 to 5"
+        raise _Invalid("score", "out_of_range", f"score must be {allowed} on the {scale} scale.")
+    score = float(score)
+    return event_id, decision_id, normalise_score(score, scale), score, scale, _ts(event, now)
+
+
+def feedback_ingest(*, payload: Any) -> IngestResult:
+    """Store feedback once per event id; count it now if its outcome is known, else hold it.
+    A single event (an object with ``decision_id``) is accepted as a batch of one."""
+    if isinstance(payload, Mapping) and "events" not in payload and "decision_id" in payload:
+        payload = {"events": [payload]}
+    events = _events(payload)
+    check_batch_size(events)
+    now = timezone.now()
+    result = IngestResult()
+    parsed: dict[str, tuple[str, str, float, float, str, datetime]] = {}
+    for index, event in enumerate(events):
+        try:
+            row = _parse_feedback(event, now)
+        except _Invalid as bad:
+            result.rejected.append(Rejection(index, bad.field, bad.code, bad.message))
+            continue
+        if row[0] in parsed:
+            result.duplicates += 1
+        else:
+            parsed[row[0]] = row
+    if parsed:
+        received = _dt(now)
+        with transaction.atomic():
+            stored = _insert_returning(
+                Feedback._meta.db_table,
+                ["event_id", "decision_id", "score", "raw_score", "scale", "ts", "received_at"],
+                [(*r[:5], _dt(r[5]), received) for r in parsed.values()],
+                "event_id",
+            )
+            if stored:
+                _apply_feedback(stored)
+        result.stored = len(stored)
+        result.duplicates += len(parsed) - len(stored)
+    metrics.count_ingest(
+        "feedback",
+        stored=result.stored,
+        duplicates=result.duplicates,
+        rejected=[r.code for r in result.rejected],
+        dropped=0,
+    )
+    return result
+
+
+def _apply_feedback(feedback_ids: Sequence[str]) -> int:
+    """Count held feedback whose outcome exists; returns how many were applied. Call inside
+    a transaction: the rows are locked, so each feedback is counted exactly once even when
+    an ingest and the sweeper reach it at the same time."""
+    held = list(
+        Feedback.objects.select_for_update()
+        .filter(pk__in=feedback_ids, outcome__isnull=True)
+        .order_by("pk")
+        .values_list("pk", "decision_id", "score")
+    )
+    if not held:
+        return 0
+    # A decision reported twice (two outcome events) gets its feedback on the first.
+    outcomes: dict[str, Outcome] = {}
+    for outcome in (
+        Outcome.objects.filter(decision_id__in={d for _, d, _ in held})
+        .order_by("ts", "pk")
+        .only("pk", "decision_id", "stage_id", "arm", "unit", "window")
+    ):
+        outcomes.setdefault(outcome.decision_id, outcome)
+    applied: list[tuple[int, OutcomeFacts, float]] = []
+    links: dict[str, list[str]] = defaultdict(list)
+    for pk, decision_id, score in held:
+        outcome = outcomes.get(decision_id)
+        if outcome is None:
+            continue
+        links[outcome.pk].append(pk)
+        if outcome.stage_id is not None:
+            facts = OutcomeFacts(outcome.arm, outcome.unit, outcome.window, 0.0, None, "", None)
+            applied.append((outcome.stage_id, facts, score))
+    for outcome_pk, pks in links.items():
+        Feedback.objects.filter(pk__in=pks).update(outcome_id=outcome_pk)
+    _aggregate([], applied)
+    return sum(len(p) for p in links.values())
+
+
+def apply_held_feedback(*, limit: int = 5000) -> int:
+    """The sweeper: feedback held while its outcome is already stored (their transactions
+    crossed). Returns how many were applied."""
+    ids = list(
+        Feedback.objects.filter(
+            outcome__isnull=True,
+            decision_id__in=Outcome.objects.values("decision_id"),
+        ).values_list("pk", flat=True)[:limit]
+    )
+    if not ids:
+        return 0
+    with transaction.atomic():
+        return _apply_feedback(ids)
+
+
+# --- aggregation writes ------------------------------------------------------------------
+
+
+def _aggregate(
+    outcomes: Sequence[tuple[int, OutcomeFacts]],
+    feedback: Sequence[tuple[int, OutcomeFacts, float]],
+) -> None:
+    """Fold new outcomes and newly applied feedback into unit totals, windows and stage
+    totals. Inside the caller's transaction."""
+    if not outcomes and not feedback:
+        return
+    by_window: dict[tuple[int, datetime, str], list[OutcomeFacts]] = defaultdict(list)
+    by_unit: dict[tuple[int, str, str], list[OutcomeFacts]] = defaultdict(list)
+    for stage_id, facts in outcomes:
+        by_window[(stage_id, facts.window, facts.arm)].append(facts)
+        by_unit[(stage_id, facts.arm, facts.unit)].append(facts)
+    deltas: dict[tuple[int, datetime, str], ArmAggregates] = {
+        key: aggregation.outcome_delta(rows) for key, rows in by_window.items()
+    }
+    changes: dict[tuple[int, str, str], UnitTotals] = {
+        key: aggregation.unit_change(rows) for key, rows in by_unit.items()
+    }
+    # A unit's cluster-sum change is booked in the window of its first event in the batch:
+    # only the stage's sum of windows is ever tested, so any one of its windows will do.
+    unit_window = {key: (key[0], rows[0].window, key[1]) for key, rows in by_unit.items()}
+    for stage_id, facts, score in feedback:
+        wkey = (stage_id, facts.window, facts.arm)
+        ukey = (stage_id, facts.arm, facts.unit)
+        deltas[wkey] = deltas.get(wkey, ArmAggregates()) + aggregation.feedback_delta([score])
+        changes[ukey] = changes.get(ukey, UnitTotals()) + UnitTotals(
+            feedback_n=1, feedback_sum=score
+        )
+        unit_window.setdefault(ukey, wkey)
+    for ukey, (old, new) in _upsert_unit_totals(changes).items():
+        wkey = unit_window[ukey]
+        deltas[wkey] = deltas.get(wkey, ArmAggregates()) + aggregation.cluster_delta(old, new)
+    _merge_windows(deltas)
+    stage_deltas: dict[tuple[int, str], list[ArmAggregates]] = defaultdict(list)
+    for (stage_id, _, arm), delta in deltas.items():
+        stage_deltas[(stage_id, arm)].append(delta)
+    _merge_stages({key: ArmAggregates.merge(items) for key, items in stage_deltas.items()})
+
+
+_UNIT_FIELDS = ("requests", "errors", "cost_n", "cost_sum", "feedback_n", "feedback_sum")
+
+
+def _upsert_unit_totals(
+    changes: Mapping[tuple[int, str, str], UnitTotals],
+) -> dict[tuple[int, str, str], tuple[UnitTotals, UnitTotals]]:
+    """Add each change to its unit's totals in one statement per chunk; returns (old, new)
+    per unit. Rows are written in key order, so concurrent batches lock in the same order."""
+    qn = connection.ops.quote_name
+    table = qn(UnitTotalsRow._meta.db_table)
+    columns = ["stage_id", "arm", "unit", *_UNIT_FIELDS]
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    updates = ", ".join(f"{qn(f)} = {table}.{qn(f)} + EXCLUDED.{qn(f)}" for f in _UNIT_FIELDS)
+    keys = sorted(changes)
+    result: dict[tuple[int, str, str], tuple[UnitTotals, UnitTotals]] = {}
+    chunk = 2000
+    with connection.cursor() as cursor:
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            params = [
+                v for key in part for v in (*key, *(getattr(changes[key], f) for f in _UNIT_FIELDS))
+            ]
+            cursor.execute(
+                f"INSERT INTO {table} ({', '.join(qn(c) for c in columns)}) "
+                f"VALUES {', '.join([one] * len(part))} "
+                f"ON CONFLICT ({qn('stage_id')}, {qn('arm')}, {qn('unit')}) DO UPDATE SET {updates} "
+                f"RETURNING {', '.join(qn(c) for c in columns)}",
+                params,
+            )
+            for stage_id, arm, unit, *values in cursor.fetchall():
+                key = (stage_id, arm, unit)
+                new = UnitTotals(*values)
+                change = changes[key]
+                old = UnitTotals(*(getattr(new, f) - getattr(change, f) for f in _UNIT_FIELDS))
+                result[key] = (old, new)
+    return result
+
+
+def _merge_windows(deltas: Mapping[tuple[int, datetime, str], ArmAggregates]) -> None:
+    keys = sorted(deltas)
+    WindowAggregate.objects.bulk_create(
+        [WindowAggregate(stage_id=s, window=w, arm=a) for s, w, a in keys], ignore_conflicts=True
+    )
+    rows = {
+        (row.stage_id, row.window, row.arm): row
+        for row in WindowAggregate.objects.select_for_update()
+        .filter(stage_id__in={k[0] for k in keys}, window__in={k[1] for k in keys})
+        .order_by("stage_id", "window", "arm")
+    }
+    for key in keys:
+        row = rows[key]
+        merged = aggregation.from_json(row.data) + deltas[key]
+        row.data = aggregation.to_json(merged)
+        row.requests = merged.requests
+        row.errors = merged.errors
+        row.latency_sum = merged.latency_sum
+        row.cost_n = merged.cost_n
+        row.cost_sum = merged.cost_sum
+        row.feedback_n = merged.feedback_n
+        row.feedback_sum = merged.feedback_sum
+        row.save(update_fields=[*_WINDOW_COLUMNS, "data"])
+
+
+_WINDOW_COLUMNS = (
+    "requests",
+    "errors",
+    "latency_sum",
+    "cost_n",
+    "cost_sum",
+    "feedback_n",
+    "feedback_sum",
+)
+
+
+def _merge_stages(deltas: Mapping[tuple[int, str], ArmAggregates]) -> None:
+    keys = sorted(deltas)
+    StageAggregate.objects.bulk_create(
+        [StageAggregate(stage_id=s, arm=a) for s, a in keys], ignore_conflicts=True
+    )
+    rows = {
+        (row.stage_id, row.arm): row
+        for row in StageAggregate.objects.select_for_update()
+        .filter(stage_id__in={k[0] for k in keys})
+        .order_by("stage_id", "arm")
+    }
+    for key in keys:
+        row = rows[key]
+        merged = aggregation.from_json(row.data) + deltas[key]
+        row.data = aggregation.to_json(merged)
+        row.requests = merged.requests
+        row.save(update_fields=["data", "requests", "updated_at"])
+
+
+# --- retention ---------------------------------------------------------------------------
+
+
+def outcomes_purge(*, now: datetime | None = None, batch: int = 10_000) -> int:
+    """Delete raw outcomes and feedback older than the retention period, in batches (short
+    transactions, no long lock). Aggregates are kept. Returns how many rows were deleted."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.TURNOUT_RAW_RETENTION_DAYS)
+    deleted = 0
+    for model in (Feedback, Outcome):
+        while True:
+            pks = list(model.objects.filter(ts__lt=cutoff).values_list("pk", flat=True)[:batch])
+            if not pks:
+                break
+            deleted += model.objects.filter(pk__in=pks).delete()[0]
+    return deleted
