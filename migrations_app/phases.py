@@ -103,6 +103,11 @@ def next_position(
     return None
 
 
+def stage_count(phases: Sequence[PhaseRule]) -> int:
+    """How many stages of constant weight a run passes through (each rollout step is one)."""
+    return sum(len(p.steps) or 1 if p.kind == "rollout" else 1 for p in phases)
+
+
 # --- validation -----------------------------------------------------------------
 
 Errors = dict[str, list[str]]

@@ -37,13 +37,13 @@ from migrations_app.phases import (
     STANDARD_GUARDRAILS,
     STANDARD_PLAYBOOK,
     Errors,
-    PhaseRule,
     next_position,
     position,
     validate_arms,
     validate_guardrail,
     validate_phase,
 )
+from migrations_app.selectors import phase_rules
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +76,6 @@ TRANSITIONS: dict[str, tuple[frozenset[str], str | None]] = {
     "complete": (frozenset({S.RUNNING, S.PAUSED}), S.COMPLETED),
     "archive": (frozenset({S.DRAFT, S.ROLLED_BACK, S.COMPLETED}), S.ARCHIVED),
 }
-
-
-def phase_rules(plan: MigrationPlan) -> list[PhaseRule]:
-    return [
-        PhaseRule(kind=p.kind, percent=p.percent, steps=tuple(float(s) for s in (p.steps or [])))
-        for p in plan.phases.all()
-    ]
 
 
 def _get(plan_key: str) -> MigrationPlan:

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from celery import shared_task
+from django.conf import settings
 
-from migrations_app import ingest
+from migrations_app import engine, ingest
 from migrations_app.catalog import catalog_import_prices
 
 
@@ -38,3 +39,27 @@ def apply_held_feedback() -> int:
     """Count feedback whose outcome arrived in a transaction that crossed its own. Safe to
     run twice at once: each feedback row is locked and applied once."""
     return ingest.apply_held_feedback()
+
+
+@shared_task(name="turnout.evaluate_plans", soft_time_limit=30, time_limit=45)
+def evaluate_plans() -> int:
+    """The engine's beat: one evaluation task per running plan. Each expires after one period,
+    so a stalled worker never works through a backlog of stale evaluations."""
+    interval = settings.TURNOUT_EVALUATION_INTERVAL
+    ids = engine.running_plan_ids()
+    for plan_id in ids:
+        evaluate_plan.apply_async((plan_id,), expires=interval)
+    return len(ids)
+
+
+@shared_task(name="turnout.evaluate_plan", soft_time_limit=30, time_limit=45)
+def evaluate_plan(plan_id: int) -> dict[str, object]:
+    """Evaluate one plan and act. Safe to run twice at once (a row lock; the second skips)."""
+    result = engine.plan_evaluate(plan_id=plan_id)
+    return {
+        "plan": result.plan_key,
+        "action": result.action,
+        "acted": result.acted,
+        "evaluation": result.evaluation_id,
+        "skipped": result.skipped,
+    }

@@ -1,0 +1,206 @@
+"""The rollback engine: evaluate a running plan's guardrails and act on the verdict.
+
+One evaluation reads the current stage's two running totals (``StageAggregate``), the
+bounds of the stage's previous evaluation, and the plan's guardrails; runs the pure
+``guardrails.evaluate_plan``; stores the result as an ``Evaluation`` (the dashboard's
+"why"); and acts through the lifecycle services only, as the rollback engine, with the
+evaluation as evidence: roll back, pause, advance (or complete at the last step), or
+nothing. A rollback is absorbing (``plans.plan_rollback``), so nothing flaps.
+
+Concurrency: the evaluation holds the plan's row lock (``SELECT ... FOR UPDATE SKIP
+LOCKED``) for its whole transaction. A second evaluation of the same plan at the same time
+finds the row locked and skips; a person acting at the same moment waits a few
+milliseconds, then acts on the new version or gets a version conflict. The lifecycle
+services' compare-and-set would refuse a double action anyway; the lock also keeps the
+stored evaluations (and their running bounds) in one sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from migrations_app import guardrails, plans, selectors
+from migrations_app.errors import IllegalTransition
+from migrations_app.guardrails import Bounds, GuardrailSpec, PlanDecision, PlanSettings, StageState
+from migrations_app.models import Evaluation, MigrationPlan, PlanPhase, PlanStage, PlanStatus
+from migrations_app.phases import next_position, stage_count
+from migrations_app.stats import ArmAggregates
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationResult:
+    """What one evaluation did. ``skipped`` says why nothing was evaluated."""
+
+    plan_key: str
+    action: str = "hold"
+    acted: bool = False
+    evaluation_id: int | None = None
+    skipped: str = ""
+
+
+def running_plan_ids() -> list[int]:
+    """The plans the engine watches (the beat task fans out one evaluation each)."""
+    return list(
+        MigrationPlan.objects.filter(status=PlanStatus.RUNNING)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
+def plan_evaluate(*, plan_id: int, now: datetime | None = None) -> EvaluationResult:
+    """Evaluate one running plan now and act on the verdict. Safe to call concurrently and
+    repeatedly (see the module docstring)."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        plan = (
+            MigrationPlan.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("current_stage", "current_run")
+            .filter(pk=plan_id)
+            .first()
+        )
+        if plan is None:
+            return EvaluationResult(str(plan_id), skipped="locked by another evaluation, or gone")
+        stage = plan.current_stage
+        if plan.status != PlanStatus.RUNNING or stage is None:
+            return EvaluationResult(plan.key, skipped=f"plan is {plan.status}")
+        phases = list(plan.phases.all())
+        phase = phases[plan.phase_index] if plan.phase_index < len(phases) else None
+        totals = selectors.stage_totals(stage)
+        previous = selectors.latest_evaluation(stage)
+        decision = guardrails.evaluate_plan(
+            guardrails=[
+                GuardrailSpec(g.metric, g.tolerance, g.tolerance_kind, g.action, g.min_samples)
+                for g in plan.guardrails.all()
+            ],
+            settings=PlanSettings(
+                alpha=plan.alpha,
+                circuit_breaker_error_rate=plan.circuit_breaker_error_rate,
+                circuit_breaker_min_requests=plan.circuit_breaker_min_requests,
+            ),
+            stage=_stage_state(plan, stage, phase, now),
+            control=totals["control"],
+            candidate=totals["candidate"],
+            previous={
+                m: Bounds.from_dict(b) for m, b in (previous.bounds if previous else {}).items()
+            },
+        )
+        action = decision.action
+        if action == "advance" and phase is not None and not phase.auto_advance:
+            action = "hold"  # the step is done; a person approves the next one
+        evidence = _evidence(plan, stage, decision, totals)
+        evaluation = Evaluation.objects.create(
+            plan=plan,
+            run_id=stage.run_id,
+            stage=stage,
+            plan_version=plan.version,
+            action=action,
+            decision=evidence,
+            bounds={m: b.to_dict() for m, b in decision.bounds.items()},
+            control_requests=totals["control"].requests,
+            candidate_requests=totals["candidate"].requests,
+            created_at=now,
+        )
+        evidence["evaluation_id"] = evaluation.pk
+        acted = _act(plan, action, decision, evidence)
+        if acted:
+            Evaluation.objects.filter(pk=evaluation.pk).update(acted=True)
+    return EvaluationResult(plan.key, action, acted, evaluation.pk)
+
+
+def _stage_state(
+    plan: MigrationPlan, stage: PlanStage, phase: PlanPhase | None, now: datetime
+) -> StageState:
+    # A resumed step's minimum duration restarts at the resume (plans.plan_resume).
+    since = max(stage.started_at, plan.step_started_at or stage.started_at)
+    return StageState(
+        mode="shadow" if stage.kind == "shadow" else "split",
+        expected_share=stage.weight_bp / 10_000,
+        min_samples=phase.min_samples if phase else 0,
+        min_duration_seconds=(phase.min_duration_minutes * 60.0) if phase else 0.0,
+        elapsed_seconds=max(0.0, (now - since).total_seconds()),
+        # Each stage of the run spends its own share of every guardrail's alpha, so the
+        # run as a whole stays within the plan's alpha (guardrails.py).
+        alpha_share=1.0 / max(1, stage_count(selectors.phase_rules(plan))),
+    )
+
+
+def _arm_summary(arm: ArmAggregates) -> dict[str, Any]:
+    return {
+        "requests": arm.requests,
+        "units": arm.units,
+        "errors": arm.errors,
+        "errors_by_kind": dict(sorted(arm.errors_by_kind.items())),
+        "feedback": arm.feedback_n,
+        "costed_requests": arm.cost_n,
+    }
+
+
+def _evidence(
+    plan: MigrationPlan,
+    stage: PlanStage,
+    decision: PlanDecision,
+    totals: dict[str, ArmAggregates],
+) -> dict[str, Any]:
+    return {
+        **decision.to_dict(),
+        "plan_version": plan.version,
+        "stage": {
+            "id": stage.pk,
+            "kind": stage.kind,
+            "phase_index": stage.phase_index,
+            "step_index": stage.step_index,
+            "weight_bp": stage.weight_bp,
+            "started_at": stage.started_at.isoformat(),
+        },
+        "arms": {name: _arm_summary(arm) for name, arm in totals.items()},
+    }
+
+
+def _reason(decision: PlanDecision, action: str) -> str:
+    lead = {
+        "rollback": "Rolled back by the engine",
+        "pause": "Paused by the engine",
+        "advance": "Advanced by the engine",
+    }[action]
+    return f"{lead}: " + "; ".join(decision.reasons)
+
+
+def _act(
+    plan: MigrationPlan, action: str, decision: PlanDecision, evidence: dict[str, Any]
+) -> bool:
+    """Carry out the action through the lifecycle services. False when it was not an action
+    or another actor changed the plan first (the compare-and-set refused ours)."""
+    common = {
+        "plan_key": plan.key,
+        "actor": plans.ENGINE,
+        "evidence": evidence,
+        "expected_version": plan.version,
+    }
+    try:
+        if action == "rollback":
+            plans.plan_rollback(reason=_reason(decision, action), **common)
+        elif action == "pause":
+            plans.plan_pause(reason=_reason(decision, action), **common)
+        elif action == "advance":
+            at_last = (
+                next_position(selectors.phase_rules(plan), plan.phase_index, plan.step_index)
+                is None
+            )
+            if at_last:
+                plans.plan_complete(reason=_reason(decision, action), **common)
+            else:
+                plans.plan_advance(reason=_reason(decision, action), **common)
+        else:
+            return False
+    except IllegalTransition as exc:  # includes VersionConflict
+        log.info("engine: %s on %s not applied: %s", action, plan.key, exc.message)
+        return False
+    return True
