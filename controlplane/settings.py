@@ -151,6 +151,11 @@ TURNOUT_RATE_LIMIT_PER_KEY = env_int("TURNOUT_RATE_LIMIT_PER_KEY", 2000, minimum
 # One schedule for the whole project; each entry expires with its period so a stalled
 # worker never works through a backlog of stale evaluations.
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "evaluate-plans": {
+        "task": "turnout.evaluate_plans",
+        "schedule": TURNOUT_EVALUATION_INTERVAL,
+        "options": {"expires": TURNOUT_EVALUATION_INTERVAL},
+    },
     "purge-outcomes": {
         "task": "turnout.purge_outcomes",
         "schedule": 3600.0,
