@@ -2,6 +2,7 @@ from django.urls import path
 
 from migrations_app import views
 from migrations_app.api import ingest, ofrep, sdk
+from migrations_app.api import plans as plan_api
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
@@ -10,6 +11,12 @@ urlpatterns = [
     path("api/v1/sdk/stream", sdk.stream, name="sdk-stream"),
     path("api/v1/outcomes", ingest.OutcomesView.as_view(), name="outcomes"),
     path("api/v1/feedback", ingest.FeedbackView.as_view(), name="feedback"),
+    path("api/v1/plans/<str:key>", plan_api.PlanStatusView.as_view(), name="plan-status"),
+    path(
+        "api/v1/plans/<str:key>/<str:action>",
+        plan_api.PlanActionView.as_view(),
+        name="plan-action",
+    ),
     path("metrics", ingest.metrics_view, name="metrics"),
     path("api/v1/decide", sdk.DecideView.as_view(), name="decide"),
     path("ofrep/v1/evaluate/flags", ofrep.evaluate_flags, name="ofrep-flags"),
