@@ -303,17 +303,24 @@ def evaluate_plan(
     }
     reasons: list[str] = []
     breaker = circuit_breaker(candidate, settings)
-    results = tuple(
-        evaluate_guardrail(
-            spec,
-            control,
-            candidate,
-            alpha=alphas[spec.metric],
-            previous=previous.get(spec.metric),
-            n_star=settings.n_star,
-            paired_errors=paired_errors if stage.mode == "shadow" else None,
+    # At 100 % the candidate serves everyone: there is no control arm left to compare with,
+    # so the step ends on its samples and duration, and only the circuit breaker can act.
+    full = stage.mode == "split" and stage.expected_share >= 1.0
+    results = (
+        ()
+        if full
+        else tuple(
+            evaluate_guardrail(
+                spec,
+                control,
+                candidate,
+                alpha=alphas[spec.metric],
+                previous=previous.get(spec.metric),
+                n_star=settings.n_star,
+                paired_errors=paired_errors if stage.mode == "shadow" else None,
+            )
+            for spec in guardrails
         )
-        for spec in guardrails
     )
     srm: SampleRatio | None = None
     if stage.mode == "split" and 0.0 < stage.expected_share < 1.0:
@@ -344,7 +351,7 @@ def evaluate_plan(
         escalate("hold", f"sample ratio mismatch: {srm.summary}")
     if action == "advance":
         n_min = min(control.requests, candidate.requests)
-        if stage.mode == "shadow":
+        if stage.mode == "shadow" or full:
             n_min = candidate.requests
         if n_min < stage.min_samples:
             escalate("hold", f"stage has {n_min} requests per arm of {stage.min_samples}")
@@ -355,7 +362,11 @@ def evaluate_plan(
                 f"{stage.min_duration_seconds / 60:.0f} minutes",
             )
     if action == "advance":
-        reasons.append("every guardrail is inside its tolerance")
+        reasons.append(
+            "the candidate has served all traffic for the step's duration"
+            if full
+            else "every guardrail is inside its tolerance"
+        )
     alert = action in ("rollback", "pause", "alert") or bool(srm and srm.mismatch)
     return PlanDecision(
         action=action,

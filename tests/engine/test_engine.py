@@ -177,3 +177,30 @@ def test_a_person_who_acted_first_wins():
     result = engine.plan_evaluate(plan_id=plan.pk)
     assert result.skipped == "plan is paused"
     assert not AuditEvent.objects.filter(plan=plan, actor_kind="engine").exists()
+
+
+@pytest.mark.django_db
+def test_at_full_rollout_the_step_completes_on_samples_and_only_the_breaker_acts():
+    plan = running_plan()
+    for _ in range(2):
+        plans.plan_advance(plan_key=plan.key, actor=person())  # -> rollout 100 %
+    plan.refresh_from_db()
+    assert plan.current_stage.weight_bp == 10_000
+    put_totals(plan, candidate=synthetic_arm(15, 500, error_rate=0.02))
+    held = engine.plan_evaluate(plan_id=plan.pk)
+    assert held.action == "hold"  # 500 of the step's 1000 samples
+    put_totals(plan, candidate=synthetic_arm(15, 1_500, error_rate=0.02))
+    done = engine.plan_evaluate(plan_id=plan.pk)
+    assert (done.action, done.acted) == ("advance", True)
+    plan.refresh_from_db()
+    assert plan.status == PlanStatus.COMPLETED
+
+
+@pytest.mark.django_db
+def test_at_full_rollout_the_circuit_breaker_still_rolls_back():
+    plan = running_plan()
+    for _ in range(2):
+        plans.plan_advance(plan_key=plan.key, actor=person())
+    put_totals(plan, candidate=synthetic_arm(16, 1_500, error_rate=0.4))
+    result = engine.plan_evaluate(plan_id=plan.pk)
+    assert (result.action, result.acted) == ("rollback", True)
