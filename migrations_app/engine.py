@@ -73,6 +73,7 @@ def plan_evaluate(*, plan_id: int, now: datetime | None = None) -> EvaluationRes
             return EvaluationResult(plan.key, skipped=f"plan is {plan.status}")
         phases = list(plan.phases.all())
         phase = phases[plan.phase_index] if plan.phase_index < len(phases) else None
+        rules = selectors.phase_rules_of(phases)
         totals = selectors.stage_totals(stage)
         previous = selectors.latest_evaluation(stage)
         decision = guardrails.evaluate_plan(
@@ -85,7 +86,7 @@ def plan_evaluate(*, plan_id: int, now: datetime | None = None) -> EvaluationRes
                 circuit_breaker_error_rate=plan.circuit_breaker_error_rate,
                 circuit_breaker_min_requests=plan.circuit_breaker_min_requests,
             ),
-            stage=_stage_state(plan, stage, phase, now),
+            stage=_stage_state(plan, stage, phase, stage_count(rules), now),
             control=totals["control"],
             candidate=totals["candidate"],
             previous={
@@ -109,14 +110,20 @@ def plan_evaluate(*, plan_id: int, now: datetime | None = None) -> EvaluationRes
             created_at=now,
         )
         evidence["evaluation_id"] = evaluation.pk
-        acted = _act(plan, action, decision, evidence)
+        acted = _act(
+            plan,
+            action,
+            decision,
+            evidence,
+            at_last=next_position(rules, plan.phase_index, plan.step_index) is None,
+        )
         if acted:
             Evaluation.objects.filter(pk=evaluation.pk).update(acted=True)
     return EvaluationResult(plan.key, action, acted, evaluation.pk)
 
 
 def _stage_state(
-    plan: MigrationPlan, stage: PlanStage, phase: PlanPhase | None, now: datetime
+    plan: MigrationPlan, stage: PlanStage, phase: PlanPhase | None, stages: int, now: datetime
 ) -> StageState:
     # A resumed step's minimum duration restarts at the resume (plans.plan_resume).
     since = max(stage.started_at, plan.step_started_at or stage.started_at)
@@ -128,7 +135,7 @@ def _stage_state(
         elapsed_seconds=max(0.0, (now - since).total_seconds()),
         # Each stage of the run spends its own share of every guardrail's alpha, so the
         # run as a whole stays within the plan's alpha (guardrails.py).
-        alpha_share=1.0 / max(1, stage_count(selectors.phase_rules(plan))),
+        alpha_share=1.0 / max(1, stages),
     )
 
 
@@ -174,7 +181,12 @@ def _reason(decision: PlanDecision, action: str) -> str:
 
 
 def _act(
-    plan: MigrationPlan, action: str, decision: PlanDecision, evidence: dict[str, Any]
+    plan: MigrationPlan,
+    action: str,
+    decision: PlanDecision,
+    evidence: dict[str, Any],
+    *,
+    at_last: bool,
 ) -> bool:
     """Carry out the action through the lifecycle services. False when it was not an action
     or another actor changed the plan first (the compare-and-set refused ours)."""

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from migrations_app import aggregation
-from migrations_app.models import Evaluation, MigrationPlan, PlanStage, PlanStatus, StageAggregate
+from migrations_app.models import (
+    Evaluation,
+    MigrationPlan,
+    PlanPhase,
+    PlanStage,
+    PlanStatus,
+    StageAggregate,
+)
 from migrations_app.phases import PhaseRule, Position, position
 from migrations_app.stats import ArmAggregates
 
 
-def phase_rules(plan: MigrationPlan) -> list[PhaseRule]:
-    """The plan's phases as the pure rules of ``phases.py`` see them."""
+def phase_rules_of(phases: Iterable[PlanPhase]) -> list[PhaseRule]:
+    """Phase rows as the pure rules of ``phases.py`` see them."""
     return [
         PhaseRule(kind=p.kind, percent=p.percent, steps=tuple(float(s) for s in (p.steps or [])))
-        for p in plan.phases.all()
+        for p in phases
     ]
+
+
+def phase_rules(plan: MigrationPlan) -> list[PhaseRule]:
+    """The plan's phases as the pure rules of ``phases.py`` see them."""
+    return phase_rules_of(plan.phases.all())
 
 
 def plan_position(plan: MigrationPlan) -> Position:
