@@ -976,6 +976,22 @@ def mean_kernel(
         return est, est - width, est + width
 
 
+MeanSums = tuple[int, float, float, ClusterSums]  # n, sum, sum of squares, unit clusters
+
+
+def _mean_bounds(
+    a: MeanSums, b: MeanSums, *, alpha: float, log_ratio: bool, n_star: float
+) -> tuple[float, float, float]:
+    """:func:`mean_kernel` on one arm pair's sums (satisfaction, cost)."""
+    (na, sa, ssa, ca), (nb, sb, ssb, cb) = a, b
+    est, lo, hi = mean_kernel(
+        na, sa, ssa, ca.units, ca.sum_yy, ca.sum_yn, ca.sum_nn,
+        nb, sb, ssb, cb.units, cb.sum_yy, cb.sum_yn, cb.sum_nn,
+        alpha=alpha, log_ratio=log_ratio, n_star=n_star,
+    )  # fmt: skip
+    return float(est), float(lo), float(hi)
+
+
 def satisfaction_test(
     control: ArmAggregates,
     candidate: ArmAggregates,
@@ -1010,22 +1026,9 @@ def satisfaction_test(
             f"{a.feedback_n} control and {b.feedback_n} candidate feedbacks; the test "
             f"needs {min_feedback} per arm",
         )
-    ca, cb = a.feedback_clusters, b.feedback_clusters
-    est, lo, hi = mean_kernel(
-        a.feedback_n,
-        a.feedback_sum,
-        a.feedback_sum_sq,
-        ca.units,
-        ca.sum_yy,
-        ca.sum_yn,
-        ca.sum_nn,
-        b.feedback_n,
-        b.feedback_sum,
-        b.feedback_sum_sq,
-        cb.units,
-        cb.sum_yy,
-        cb.sum_yn,
-        cb.sum_nn,
+    est, lo, hi = _mean_bounds(
+        (a.feedback_n, a.feedback_sum, a.feedback_sum_sq, a.feedback_clusters),
+        (b.feedback_n, b.feedback_sum, b.feedback_sum_sq, b.feedback_clusters),
         alpha=alpha,
         log_ratio=False,
         n_star=n_star,
@@ -1117,22 +1120,9 @@ def cost_test(
             f"{a.cost_n} control and {b.cost_n} candidate requests with a known cost; the "
             f"test needs {min_samples} per arm",
         )
-    ca, cb = a.cost_clusters, b.cost_clusters
-    est, lo, hi = mean_kernel(
-        a.cost_n,
-        a.cost_sum,
-        a.cost_sum_sq,
-        ca.units,
-        ca.sum_yy,
-        ca.sum_yn,
-        ca.sum_nn,
-        b.cost_n,
-        b.cost_sum,
-        b.cost_sum_sq,
-        cb.units,
-        cb.sum_yy,
-        cb.sum_yn,
-        cb.sum_nn,
+    est, lo, hi = _mean_bounds(
+        (a.cost_n, a.cost_sum, a.cost_sum_sq, a.cost_clusters),
+        (b.cost_n, b.cost_sum, b.cost_sum_sq, b.cost_clusters),
         alpha=alpha,
         log_ratio=tolerance_kind == "relative",
         n_star=n_star,
