@@ -19,16 +19,23 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from migrations_app import guardrails, plans, selectors
+from migrations_app import aggregation, guardrails, plans, selectors
 from migrations_app.errors import IllegalTransition
 from migrations_app.guardrails import Bounds, GuardrailSpec, PlanDecision, PlanSettings, StageState
-from migrations_app.models import Evaluation, MigrationPlan, PlanPhase, PlanStage, PlanStatus
+from migrations_app.models import (
+    AuditEvent,
+    Evaluation,
+    MigrationPlan,
+    PlanPhase,
+    PlanStage,
+    PlanStatus,
+)
 from migrations_app.phases import next_position, stage_count
 from migrations_app.stats import ArmAggregates
 
@@ -216,3 +223,88 @@ def _act(
         log.info("engine: %s on %s not applied: %s", action, plan.key, exc.message)
         return False
     return True
+
+
+# --- the closed loop after a rollback --------------------------------------------------
+
+# The recent control traffic a recovery check looks at, and how long a rolled-back run is
+# watched before the engine stops (a person takes it from there).
+RECOVERY_WINDOW = timedelta(minutes=5)
+RECOVERY_WATCH = timedelta(hours=24)
+
+
+def recovering_plan_ids(now: datetime | None = None) -> list[int]:
+    """Rolled-back plans whose recovery is still being watched."""
+    since = (now or timezone.now()) - RECOVERY_WATCH
+    return list(
+        MigrationPlan.objects.filter(
+            status=PlanStatus.ROLLED_BACK,
+            current_stage__kind=plans.RECOVERY,
+            current_stage__ended_at__isnull=True,
+            current_stage__started_at__gte=since,
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
+def plan_watch_recovery(*, plan_id: int, now: datetime | None = None) -> str:
+    """After a rollback, compare the control arm's recent traffic with its level before the
+    regression. Recovered: note it (the page resolves) and stop watching. Still not back
+    ``escalate_after_minutes`` after the rollback: note an escalation, once (the page
+    re-triggers at a higher severity; a rollback that did not fix the problem is worse news
+    than the regression). Returns what it found."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        plan = (
+            MigrationPlan.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("current_stage", "current_run")
+            .filter(pk=plan_id)
+            .first()
+        )
+        recovery = plan.current_stage if plan else None
+        if (
+            plan is None
+            or recovery is None
+            or plan.status != PlanStatus.ROLLED_BACK
+            or recovery.kind != plans.RECOVERY
+            or recovery.ended_at is not None
+        ):
+            return "skipped"
+        rolled_back = (
+            PlanStage.objects.filter(run_id=recovery.run_id)
+            .exclude(kind=plans.RECOVERY)
+            .order_by("-started_at", "-pk")
+            .first()
+        )
+        baseline = selectors.stage_totals(rolled_back)["control"] if rolled_back else None
+        # Whole windows: the one the rollback fell in belongs to the recovery stage anyway.
+        since = aggregation.window_start(max(recovery.started_at, now - RECOVERY_WINDOW))
+        recent = selectors.window_totals(recovery, "control", since=since)
+        check = guardrails.recovery_check(baseline or ArmAggregates(), recent)
+        evidence = {
+            "check": check.status,
+            "summary": check.summary,
+            "recent": _arm_summary(recent),
+            "baseline": _arm_summary(baseline) if baseline else None,
+        }
+        if check.status == "recovered":
+            PlanStage.objects.filter(pk=recovery.pk).update(ended_at=now)
+            plans.record_edit(
+                plan, actor=plans.ENGINE, action="recovered", reason=check.summary,
+                evidence=evidence, publish=False,
+            )  # fmt: skip
+            return "recovered"
+        overdue = now - recovery.started_at >= timedelta(minutes=plan.escalate_after_minutes)
+        escalated = AuditEvent.objects.filter(
+            plan=plan, run_id=recovery.run_id, action="escalated"
+        ).exists()
+        if check.status == "not_recovered" and overdue and not escalated:
+            plans.record_edit(
+                plan, actor=plans.ENGINE, action="escalated",
+                reason=f"Not recovered {plan.escalate_after_minutes} minutes after the "
+                f"rollback: {check.summary}",
+                evidence=evidence, publish=False,
+            )  # fmt: skip
+            return "escalated"
+        return check.status

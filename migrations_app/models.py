@@ -330,7 +330,10 @@ class PlanRun(models.Model):
 class PlanStage(models.Model):
     """A stretch of a run at one constant split (a phase's step). The statistics compare arms
     within a stage only: pooling stages with different weights confounds the arms with time.
-    Pausing keeps the stage (it resumes at the same weight); advancing opens the next one."""
+    Pausing keeps the stage (it resumes at the same weight); advancing opens the next one.
+
+    A rollback opens a ``recovery`` stage (all traffic on control): its aggregates tell the
+    engine whether the control arm is back to its baseline, to resolve or escalate the page."""
 
     plan = models.ForeignKey(MigrationPlan, on_delete=models.CASCADE, related_name="stages")
     run = models.ForeignKey(PlanRun, on_delete=models.CASCADE, related_name="stages")
@@ -346,7 +349,8 @@ class PlanStage(models.Model):
         ordering = ["run", "phase_index", "step_index"]
         constraints = [
             models.UniqueConstraint(
-                fields=["run", "phase_index", "step_index"], name="planstage_unique_position"
+                fields=["run", "kind", "phase_index", "step_index"],
+                name="planstage_unique_position",
             )
         ]
 

@@ -139,36 +139,64 @@ def _transition(
     return plan
 
 
+RECOVERY = "recovery"
+
+
+def _routing_stage(plan: MigrationPlan) -> PlanStage | None:
+    """The stage outcomes at the plan's current version belong to: the split while running,
+    the recovery stage after a rollback, none otherwise (draft, paused, completed)."""
+    stage = plan.current_stage
+    if stage is None:
+        return None
+    if plan.status == S.RUNNING or (plan.status == S.ROLLED_BACK and stage.kind == RECOVERY):
+        return stage
+    return None
+
+
 def _sync_stage(plan: MigrationPlan, now: datetime) -> PlanStage | None:
-    """Keep ``plan.current_stage`` on the plan's position after a transition; return the stage
-    routing decisions at the new version belong to (None unless running).
+    """Keep ``plan.current_stage`` on the plan's position after a transition; return the
+    routing stage at the new version (:func:`_routing_stage`).
 
     A stage is one constant split: start and advance open one (closing the last), pause keeps
-    it (resume continues at the same weight), rollback and complete close it."""
+    it (resume continues at the same weight), complete closes it, and a rollback closes it and
+    opens the run's recovery stage (everything on control), which the engine watches."""
     stage = plan.current_stage
-    position_now = (plan.current_run_id, plan.phase_index, plan.step_index)
-    if stage is not None and (
-        plan.status in (S.ROLLED_BACK, S.COMPLETED, S.ARCHIVED)
-        or (stage.run_id, stage.phase_index, stage.step_index) != position_now
-    ):
-        PlanStage.objects.filter(pk=stage.pk, ended_at__isnull=True).update(ended_at=now)
-        stage = None
-    if stage is None and plan.status == S.RUNNING and plan.current_run_id is not None:
-        here = position(phase_rules(plan), plan.phase_index, plan.step_index)
-        stage = PlanStage.objects.create(
-            plan=plan,
-            run_id=plan.current_run_id,
-            phase_index=plan.phase_index,
-            step_index=plan.step_index,
-            kind=here.phase or "",
-            weight_bp=here.weight_bp,
-            shadow_bp=here.shadow_bp,
-            started_at=now,
+    if stage is not None:
+        same_place = (stage.run_id, stage.phase_index, stage.step_index) == (
+            plan.current_run_id,
+            plan.phase_index,
+            plan.step_index,
         )
+        keep = same_place and (
+            (plan.status in (S.RUNNING, S.PAUSED) and stage.kind != RECOVERY)
+            or (plan.status == S.ROLLED_BACK and stage.kind == RECOVERY)
+        )
+        if not keep:
+            PlanStage.objects.filter(pk=stage.pk, ended_at__isnull=True).update(ended_at=now)
+            stage = None
+    if stage is None and plan.current_run_id is not None:
+        if plan.status == S.RUNNING:
+            here = position(phase_rules(plan), plan.phase_index, plan.step_index)
+            kind, weight_bp, shadow_bp = here.phase or "", here.weight_bp, here.shadow_bp
+        elif plan.status == S.ROLLED_BACK:
+            kind, weight_bp, shadow_bp = RECOVERY, 0, 0
+        else:
+            kind = ""
+        if kind:
+            stage = PlanStage.objects.create(
+                plan=plan,
+                run_id=plan.current_run_id,
+                phase_index=plan.phase_index,
+                step_index=plan.step_index,
+                kind=kind,
+                weight_bp=weight_bp,
+                shadow_bp=shadow_bp,
+                started_at=now,
+            )
     if stage != plan.current_stage:
         MigrationPlan.objects.filter(pk=plan.pk).update(current_stage=stage)
         plan.current_stage = stage
-    return stage if plan.status == S.RUNNING else None
+    return _routing_stage(plan)
 
 
 def _check_allowed(
@@ -513,13 +541,15 @@ def record_edit(
     action: str,
     reason: str,
     evidence: Mapping[str, Any] | None = None,
+    publish: bool = True,
 ) -> None:
-    """Audit a change that does not move the plan's status (creation, an edit in the admin).
-    The snapshot changes with it (a new plan, a draft's arms), so SDKs are told."""
+    """Audit an event that does not move the plan's status: creation and admin edits (the
+    snapshot changes with them, so SDKs are told), or the engine's notes on a rolled-back
+    run (``publish=False``: recovered, escalated)."""
     AuditEvent.objects.create(
         plan=plan,
         run=plan.current_run,
-        stage=plan.current_stage if plan.status == S.RUNNING else None,
+        stage=_routing_stage(plan),
         action=action,
         from_status=plan.status,
         to_status=plan.status,
@@ -530,7 +560,8 @@ def record_edit(
         reason=reason,
         evidence=dict(evidence or {}),
     )
-    transaction.on_commit(lambda: changes.publish_routing_change(plan.key, plan.version))
+    if publish:
+        transaction.on_commit(lambda: changes.publish_routing_change(plan.key, plan.version))
 
 
 # Each lifecycle action's service, for the callers that dispatch on the action's name (the admin).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 from migrations_app import aggregation
 from migrations_app.models import (
@@ -12,6 +13,7 @@ from migrations_app.models import (
     PlanStage,
     PlanStatus,
     StageAggregate,
+    WindowAggregate,
 )
 from migrations_app.phases import PhaseRule, Position, position
 from migrations_app.stats import ArmAggregates
@@ -49,3 +51,13 @@ def stage_totals(stage: PlanStage | int) -> dict[str, ArmAggregates]:
 def latest_evaluation(stage: PlanStage | int) -> Evaluation | None:
     """The stage's most recent evaluation (its bounds are the running intersection)."""
     return Evaluation.objects.filter(stage=stage).order_by("-created_at", "-pk").first()
+
+
+def window_totals(stage: PlanStage | int, arm: str, *, since: datetime) -> ArmAggregates:
+    """One arm's aggregates over a stage's windows from ``since`` on."""
+    return ArmAggregates.merge(
+        aggregation.from_json(data)
+        for data in WindowAggregate.objects.filter(
+            stage=stage, arm=arm, window__gte=since
+        ).values_list("data", flat=True)
+    )

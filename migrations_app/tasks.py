@@ -43,13 +43,17 @@ def apply_held_feedback() -> int:
 
 @shared_task(name="turnout.evaluate_plans", soft_time_limit=30, time_limit=45)
 def evaluate_plans() -> int:
-    """The engine's beat: one evaluation task per running plan. Each expires after one period,
+    """The engine's beat: one evaluation task per running plan, and one recovery check per
+    rolled-back plan still watched. Each expires after one period,
     so a stalled worker never works through a backlog of stale evaluations."""
     interval = settings.TURNOUT_EVALUATION_INTERVAL
     ids = engine.running_plan_ids()
     for plan_id in ids:
         evaluate_plan.apply_async((plan_id,), expires=interval)
-    return len(ids)
+    recovering = engine.recovering_plan_ids()
+    for plan_id in recovering:
+        watch_recovery.apply_async((plan_id,), expires=interval)
+    return len(ids) + len(recovering)
 
 
 @shared_task(name="turnout.evaluate_plan", soft_time_limit=30, time_limit=45)
@@ -63,3 +67,9 @@ def evaluate_plan(plan_id: int) -> dict[str, object]:
         "evaluation": result.evaluation_id,
         "skipped": result.skipped,
     }
+
+
+@shared_task(name="turnout.watch_recovery", soft_time_limit=30, time_limit=45)
+def watch_recovery(plan_id: int) -> str:
+    """After a rollback: resolve when control is back to baseline, escalate when it is not."""
+    return engine.plan_watch_recovery(plan_id=plan_id)

@@ -166,7 +166,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddConstraint(
             model_name='planstage',
-            constraint=models.UniqueConstraint(fields=('run', 'phase_index', 'step_index'), name='planstage_unique_position'),
+            constraint=models.UniqueConstraint(fields=('run', 'kind', 'phase_index', 'step_index'), name='planstage_unique_position'),
         ),
         migrations.AddIndex(
             model_name='outcome',

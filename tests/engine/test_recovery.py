@@ -1,0 +1,71 @@
+"""The closed loop after a rollback: recovered, or escalated once when control stays bad."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from django.utils import timezone
+
+from migrations_app import engine, ingest
+from migrations_app.models import AuditEvent, MigrationPlan, Outcome, PlanStage
+from tests.engine.conftest import put_totals, running_plan, synthetic_arm
+from tests.ingest.conftest import Everyone, outcome
+
+pytestmark = pytest.mark.django_db
+
+
+def rolled_back() -> MigrationPlan:
+    plan = running_plan()
+    put_totals(
+        plan,
+        control=synthetic_arm(1, 20_000, error_rate=0.02),
+        candidate=synthetic_arm(2, 20_000, error_rate=0.06),
+    )
+    assert engine.plan_evaluate(plan_id=plan.pk).acted
+    plan.refresh_from_db()
+    assert plan.status == "rolled_back" and plan.current_stage.kind == "recovery"
+    return plan
+
+
+def control_traffic(plan: MigrationPlan, n: int, error_rate: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    events = [
+        outcome(plan, error="server_error" if rng.random() < error_rate else None)
+        for _ in range(n)
+    ]
+    assert ingest.outcomes_ingest(identity=Everyone(), payload={"events": events}).stored == n
+
+
+def test_control_back_to_baseline_resolves_and_stops_watching():
+    plan = rolled_back()
+    assert engine.recovering_plan_ids() == [plan.pk]
+    control_traffic(plan, 20, 0.0, seed=3)
+    assert engine.plan_watch_recovery(plan_id=plan.pk) == "waiting"
+
+    control_traffic(plan, 200, 0.02, seed=4)
+    assert Outcome.objects.filter(stage=plan.current_stage).count() == 220
+    assert engine.plan_watch_recovery(plan_id=plan.pk) == "recovered"
+    event = AuditEvent.objects.get(plan=plan, action="recovered")
+    assert event.actor_kind == "engine" and event.evidence["recent"]["requests"] == 220
+    assert PlanStage.objects.get(pk=plan.current_stage_id).ended_at is not None
+    assert engine.recovering_plan_ids() == []
+    assert engine.plan_watch_recovery(plan_id=plan.pk) == "skipped"
+
+
+def test_control_still_failing_escalates_once_after_the_plan_setting():
+    plan = rolled_back()
+    control_traffic(plan, 200, 0.3, seed=5)
+    assert engine.plan_watch_recovery(plan_id=plan.pk) == "not_recovered"
+    # As if the rollback had happened escalate_after_minutes ago, the traffic still flowing.
+    PlanStage.objects.filter(pk=plan.current_stage_id).update(
+        started_at=timezone.now() - timedelta(minutes=plan.escalate_after_minutes, seconds=1)
+    )
+    assert engine.plan_watch_recovery(plan_id=plan.pk) == "escalated"
+    assert engine.plan_watch_recovery(plan_id=plan.pk) == "not_recovered"
+    event = AuditEvent.objects.get(plan=plan, action="escalated")
+    assert "control error rate" in event.reason and "server_error" in event.reason
+    # the plan did not move: notes only
+    plan_after = MigrationPlan.objects.get(pk=plan.pk)
+    assert (plan_after.status, plan_after.version) == (plan.status, plan.version)
