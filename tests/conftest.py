@@ -116,6 +116,9 @@ class LiveServer:
                 "--port",
                 str(self.port),
                 "--no-access-log",
+                # Open SSE streams would hold a graceful shutdown for its whole default wait.
+                "--timeout-graceful-shutdown",
+                "1",
             ],
             cwd=ROOT,
             env=subprocess_env(extra_env),
