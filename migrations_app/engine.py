@@ -62,17 +62,22 @@ def running_plan_ids() -> list[int]:
     )
 
 
+def _lock(plan_id: int) -> MigrationPlan | None:
+    """The plan, row-locked for this transaction; None if another evaluation holds it."""
+    return (
+        MigrationPlan.objects.select_for_update(skip_locked=True, of=("self",))
+        .select_related("current_stage", "current_run")
+        .filter(pk=plan_id)
+        .first()
+    )
+
+
 def plan_evaluate(*, plan_id: int, now: datetime | None = None) -> EvaluationResult:
     """Evaluate one running plan now and act on the verdict. Safe to call concurrently and
     repeatedly (see the module docstring)."""
     now = now or timezone.now()
     with transaction.atomic():
-        plan = (
-            MigrationPlan.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("current_stage", "current_run")
-            .filter(pk=plan_id)
-            .first()
-        )
+        plan = _lock(plan_id)
         if plan is None:
             return EvaluationResult(str(plan_id), skipped="locked by another evaluation, or gone")
         stage = plan.current_stage
@@ -256,12 +261,7 @@ def plan_watch_recovery(*, plan_id: int, now: datetime | None = None) -> str:
     than the regression). Returns what it found."""
     now = now or timezone.now()
     with transaction.atomic():
-        plan = (
-            MigrationPlan.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("current_stage", "current_run")
-            .filter(pk=plan_id)
-            .first()
-        )
+        plan = _lock(plan_id)
         recovery = plan.current_stage if plan else None
         if (
             plan is None

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,38 +64,46 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+@contextmanager
+def celery_process(
+    *args: str, log_name: str, extra_env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``celery -A controlplane <args>`` against the test database, logged to test-artifacts."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    with open(ARTIFACTS / log_name, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "controlplane", *args, "--loglevel", "INFO"],
+            cwd=ROOT,
+            env=subprocess_env(extra_env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield proc
+        finally:
+            stop(proc)
+
+
 @pytest.fixture
 def celery_worker_process(transactional_db: None) -> Iterator[subprocess.Popen[bytes]]:
     """A real Celery worker on the real broker, against the test database."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "celery-worker.log", "ab")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "controlplane",
-            "worker",
-            "--loglevel",
-            "INFO",
-            "--concurrency",
-            "2",
-            "--pool",
-            "threads",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        cwd=ROOT,
-        env=subprocess_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    with celery_process(
+        "worker", "--concurrency", "2", "--pool", "threads", "--without-gossip",
+        "--without-mingle", log_name="celery-worker.log",
+    ) as proc:  # fmt: skip
         yield proc
-    finally:
-        stop(proc)
-        log.close()
+
+
+@pytest.fixture
+def celery_beat_process(
+    transactional_db: None, tmp_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Real Celery beat, scheduling the engine every second (TURNOUT_EVALUATION_INTERVAL=1)."""
+    with celery_process(
+        "beat", "--schedule", str(tmp_path / "beat-schedule"), log_name="celery-beat.log",
+        extra_env={"TURNOUT_EVALUATION_INTERVAL": "1"},
+    ) as proc:  # fmt: skip
+        yield proc
 
 
 class LiveServer:

@@ -1,18 +1,12 @@
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from migrations_app import aggregation, plans
 from migrations_app.models import MigrationPlan, StageAggregate
 from migrations_app.stats import ArmAggregates, Buckets, ClusterSums
-from tests.conftest import ARTIFACTS, ROOT, stop, subprocess_env
 from tests.factories import make_plan, person
 
 FAST_PHASES = [
@@ -63,35 +57,3 @@ def put_totals(plan: MigrationPlan, **arms: ArmAggregates) -> None:
             arm=arm,
             defaults={"requests": agg.requests, "data": aggregation.to_json(agg)},
         )
-
-
-@pytest.fixture
-def celery_beat_process(
-    transactional_db: None, tmp_path: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Real Celery beat, scheduling the engine every second (TURNOUT_EVALUATION_INTERVAL=1)."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "celery-beat.log", "ab")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "controlplane",
-            "beat",
-            "--loglevel",
-            "INFO",
-            "--schedule",
-            str(tmp_path / "beat-schedule"),
-        ],  # fmt: skip
-        cwd=ROOT,
-        env=subprocess_env({"TURNOUT_EVALUATION_INTERVAL": "1"}),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        yield proc
-    finally:
-        stop(proc)
-        log.close()
