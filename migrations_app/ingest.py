@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -31,189 +31,31 @@ from turnout.client import ERROR_KINDS, FEEDBACK_SCALES
 
 from migrations_app import aggregation, metrics
 from migrations_app.aggregation import OutcomeFacts, UnitTotals
-from migrations_app.errors import DomainError, ValidationFailed
+from migrations_app.batches import (
+    MAX_ID_LENGTH,
+    MAX_MS,
+    MAX_UNIT_LENGTH,
+    IngestResult,
+    Invalid,
+    Rejection,
+    check_batch_size,
+    events_of,
+    integer,
+    number,
+    text,
+    timestamp,
+)
 from migrations_app.models import (
-    AuditEvent,
     Feedback,
-    MigrationPlan,
     Outcome,
     StageAggregate,
     WindowAggregate,
 )
 from migrations_app.models import UnitTotals as UnitTotalsRow
+from migrations_app.selectors import PlanInfo, plan_infos
 from migrations_app.stats import ArmAggregates
 
 ARMS = ("control", "candidate")
-MAX_ID_LENGTH = 64
-MAX_UNIT_LENGTH = 256
-MAX_MS = 24 * 3600 * 1000.0  # a request that took a day is a unit mistake, not a latency
-MAX_TOKENS = 2**31 - 1
-FUTURE_SLACK = timedelta(minutes=5)  # client clocks drift; more than this is a bad timestamp
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    index: int
-    field: str
-    code: str
-    message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "field": self.field,
-            "code": self.code,
-            "message": self.message,
-        }
-
-
-@dataclass(slots=True)
-class IngestResult:
-    stored: int = 0
-    duplicates: int = 0
-    rejected: list[Rejection] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "stored": self.stored,
-            "duplicates": self.duplicates,
-            "rejected": [r.to_dict() for r in self.rejected],
-        }
-
-
-class _Invalid(Exception):
-    def __init__(self, field: str, code: str, message: str) -> None:
-        super().__init__(message)
-        self.field, self.code, self.message = field, code, message
-
-
-# --- field checks ------------------------------------------------------------------------
-
-
-def _str(event: Mapping[str, Any], name: str, max_length: int) -> str:
-    value = event.get(name)
-    if value is None:
-        raise _Invalid(name, "required", f"{name} is required.")
-    if not isinstance(value, str) or not value or len(value) > max_length:
-        raise _Invalid(name, "invalid", f"{name} must be a string of 1 to {max_length} characters.")
-    return value
-
-
-def _number(event: Mapping[str, Any], name: str, *, required: bool, maximum: float) -> float | None:
-    value = event.get(name)
-    if value is None:
-        if required:
-            raise _Invalid(name, "required", f"{name} is required.")
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _Invalid(name, "invalid", f"{name} must be a number.")
-    if not 0 <= value <= maximum:
-        raise _Invalid(name, "out_of_range", f"{name} must be between 0 and {maximum:g}.")
-    return float(value)
-
-
-def _int(event: Mapping[str, Any], name: str, *, required: bool, minimum: int = 0) -> int | None:
-    value = event.get(name)
-    if value is None:
-        if required:
-            raise _Invalid(name, "required", f"{name} is required.")
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Invalid(name, "invalid", f"{name} must be an integer.")
-    if not minimum <= value <= MAX_TOKENS:
-        raise _Invalid(name, "out_of_range", f"{name} must be between {minimum} and {MAX_TOKENS}.")
-    return value
-
-
-def _ts(event: Mapping[str, Any], now: datetime) -> datetime:
-    seconds = _number(event, "ts", required=True, maximum=4e9)
-    assert seconds is not None
-    ts = datetime.fromtimestamp(seconds, tz=UTC)
-    if ts > now + FUTURE_SLACK:
-        raise _Invalid("ts", "out_of_range", "ts is in the future; check the client's clock.")
-    if ts < now - timedelta(days=settings.TURNOUT_RAW_RETENTION_DAYS):
-        raise _Invalid("ts", "out_of_range", "ts is older than the retention period.")
-    return ts
-
-
-def _events(payload: Any) -> list[Any]:
-    """The batch's events; the view has already turned a non-object body into a 400."""
-    events = payload.get("events") if isinstance(payload, Mapping) else None
-    if not isinstance(events, list):
-        raise ValidationFailed(
-            "The body must be an object with an 'events' list.",
-            details={"field": "events", "fields": {"events": ["A list of events."]}},
-        )
-    return events
-
-
-def check_batch_size(events: Sequence[Any]) -> None:
-    limit = settings.TURNOUT_INGEST_MAX_BATCH
-    if len(events) > limit:
-        raise DomainError(
-            f"A batch holds at most {limit} events; this one has {len(events)}.",
-            code="batch_too_large",
-            status=413,
-            details={"field": "events", "max": limit},
-        )
-
-
-# --- plan versions -> runs and stages ----------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _PlanInfo:
-    plan: MigrationPlan
-    versions: tuple[tuple[int, int | None, int | None, int | None], ...]
-    # (version, run id, run number, stage id), ascending; the latest event per version wins
-    prices: Mapping[str, tuple[float, float]]  # arm -> $ per million input, output tokens
-
-    def at(self, version: int) -> tuple[int | None, int | None, int | None]:
-        found: tuple[int | None, int | None, int | None] = (None, None, None)
-        for v, run_id, run_number, stage_id in self.versions:
-            if v > version:
-                break
-            found = (run_id, run_number, stage_id)
-        return found
-
-    def cost(self, arm: str, input_tokens: int | None, output_tokens: int | None) -> float | None:
-        if input_tokens is None or output_tokens is None:
-            return None
-        per_in, per_out = self.prices[arm]
-        return (input_tokens * per_in + output_tokens * per_out) / 1e6
-
-
-def _plans(keys: Iterable[str]) -> dict[str, _PlanInfo]:
-    plans = {
-        p.key: p
-        for p in MigrationPlan.objects.filter(key__in=set(keys)).select_related(
-            "control_model", "candidate_model"
-        )
-    }
-    rows: dict[int, list[tuple[int, int | None, int | None, int | None]]] = defaultdict(list)
-    for v, run_id, run_number, stage_id, plan_id in (
-        AuditEvent.objects.filter(plan__in=plans.values())
-        .order_by("plan_version", "pk")
-        .values_list("plan_version", "run_id", "run__number", "stage_id", "plan_id")
-    ):
-        rows[plan_id].append((v, run_id, run_number, stage_id))
-    return {
-        key: _PlanInfo(
-            plan,
-            tuple(rows[plan.pk]),
-            {
-                "control": (
-                    float(plan.control_model.input_price_per_mtok),
-                    float(plan.control_model.output_price_per_mtok),
-                ),
-                "candidate": (
-                    float(plan.candidate_model.input_price_per_mtok),
-                    float(plan.candidate_model.output_price_per_mtok),
-                ),
-            },
-        )
-        for key, plan in plans.items()
-    }
 
 
 # --- outcomes ----------------------------------------------------------------------------
@@ -234,40 +76,40 @@ class _Outcome:
 
 
 def _parse_outcome(
-    event: Any, plans: Mapping[str, _PlanInfo], identity: Any, now: datetime
+    event: Any, plans: Mapping[str, PlanInfo], identity: Any, now: datetime
 ) -> _Outcome:
     if not isinstance(event, Mapping):
-        raise _Invalid("event", "invalid", "Each event must be an object.")
-    event_id = _str(event, "id", MAX_ID_LENGTH)
-    decision_id = _str(event, "decision_id", MAX_ID_LENGTH)
-    key = _str(event, "plan", 63)
+        raise Invalid("event", "invalid", "Each event must be an object.")
+    event_id = text(event, "id", MAX_ID_LENGTH)
+    decision_id = text(event, "decision_id", MAX_ID_LENGTH)
+    key = text(event, "plan", 63)
     info = plans.get(key)
     if info is None or not identity.may_see(info.plan.pk):
-        raise _Invalid("plan", "plan_not_found", f"No plan with key {key!r}.")
-    version = _int(event, "plan_version", required=True, minimum=1)
+        raise Invalid("plan", "plan_not_found", f"No plan with key {key!r}.")
+    version = integer(event, "plan_version", required=True, minimum=1)
     assert version is not None
     if version > info.plan.version:
-        raise _Invalid(
+        raise Invalid(
             "plan_version", "unknown_version", f"Plan {key!r} has no version {version} yet."
         )
-    run_number = _int(event, "run", required=True)
+    run_number = integer(event, "run", required=True)
     run_id, known_run, stage_id = info.at(version)
     if (known_run or 0) != run_number:
-        raise _Invalid(
+        raise Invalid(
             "run", "run_mismatch", f"Plan {key!r} was at run {known_run or 0} at version {version}."
         )
     arm = event.get("arm")
     if arm not in ARMS:
-        raise _Invalid("arm", "invalid", "arm must be 'control' or 'candidate'.")
-    unit = _str(event, "unit", MAX_UNIT_LENGTH)
-    ts = _ts(event, now)
-    latency = _number(event, "latency_ms", required=True, maximum=MAX_MS)
-    ttft = _number(event, "ttft_ms", required=False, maximum=MAX_MS)
+        raise Invalid("arm", "invalid", "arm must be 'control' or 'candidate'.")
+    unit = text(event, "unit", MAX_UNIT_LENGTH)
+    ts = timestamp(event, now)
+    latency = number(event, "latency_ms", required=True, maximum=MAX_MS)
+    ttft = number(event, "ttft_ms", required=False, maximum=MAX_MS)
     error = event.get("error")
     if error is not None and error not in ERROR_KINDS:
-        raise _Invalid("error", "invalid", f"error must be null or one of {sorted(ERROR_KINDS)}.")
-    input_tokens = _int(event, "input_tokens", required=False)
-    output_tokens = _int(event, "output_tokens", required=False)
+        raise Invalid("error", "invalid", f"error must be null or one of {sorted(ERROR_KINDS)}.")
+    input_tokens = integer(event, "input_tokens", required=False)
+    output_tokens = integer(event, "output_tokens", required=False)
     assert latency is not None
     return _Outcome(
         event_id=event_id,
@@ -297,10 +139,10 @@ def outcomes_ingest(*, identity: Any, payload: Any) -> IngestResult:
     ``identity`` is the API key (``may_see(plan_pk)``); an event for a plan the key may not
     see is rejected as unknown. Returns how many were stored, how many were duplicates of
     events already stored, and each rejected event's index, field and reason."""
-    events = _events(payload)
+    events = events_of(payload)
     check_batch_size(events)
     now = timezone.now()
-    plans = _plans(
+    plans = plan_infos(
         e["plan"] for e in events if isinstance(e, Mapping) and isinstance(e.get("plan"), str)
     )
     result = IngestResult()
@@ -308,7 +150,7 @@ def outcomes_ingest(*, identity: Any, payload: Any) -> IngestResult:
     for index, event in enumerate(events):
         try:
             outcome = _parse_outcome(event, plans, identity, now)
-        except _Invalid as bad:
+        except Invalid as bad:
             result.rejected.append(Rejection(index, bad.field, bad.code, bad.message))
             continue
         if outcome.event_id in parsed:
@@ -417,22 +259,22 @@ def normalise_score(score: float, scale: str) -> float:
 
 def _parse_feedback(event: Any, now: datetime) -> tuple[str, str, float, float, str, datetime]:
     if not isinstance(event, Mapping):
-        raise _Invalid("event", "invalid", "Each event must be an object.")
-    event_id = _str(event, "id", MAX_ID_LENGTH)
-    decision_id = _str(event, "decision_id", MAX_ID_LENGTH)
+        raise Invalid("event", "invalid", "Each event must be an object.")
+    event_id = text(event, "id", MAX_ID_LENGTH)
+    decision_id = text(event, "decision_id", MAX_ID_LENGTH)
     scale = event.get("scale", "thumbs")
     if scale not in FEEDBACK_SCALES:
-        raise _Invalid("scale", "invalid", f"scale must be one of {sorted(FEEDBACK_SCALES)}.")
+        raise Invalid("scale", "invalid", f"scale must be one of {sorted(FEEDBACK_SCALES)}.")
     score = event.get("score")
     if score is None:
-        raise _Invalid("score", "required", "score is required.")
+        raise Invalid("score", "required", "score is required.")
     if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
-        raise _Invalid("score", "invalid", "score must be a number.")
+        raise Invalid("score", "invalid", "score must be a number.")
     if (scale == "thumbs" and score not in (-1, 1)) or (scale == "five" and not 1 <= score <= 5):
         allowed = "-1 or 1" if scale == "thumbs" else "1 to 5"
-        raise _Invalid("score", "out_of_range", f"score must be {allowed} on the {scale} scale.")
+        raise Invalid("score", "out_of_range", f"score must be {allowed} on the {scale} scale.")
     score = float(score)
-    return event_id, decision_id, normalise_score(score, scale), score, scale, _ts(event, now)
+    return event_id, decision_id, normalise_score(score, scale), score, scale, timestamp(event, now)
 
 
 def feedback_ingest(*, payload: Any) -> IngestResult:
@@ -440,7 +282,7 @@ def feedback_ingest(*, payload: Any) -> IngestResult:
     A single event (an object with ``decision_id``) is accepted as a batch of one."""
     if isinstance(payload, Mapping) and "events" not in payload and "decision_id" in payload:
         payload = {"events": [payload]}
-    events = _events(payload)
+    events = events_of(payload)
     check_batch_size(events)
     now = timezone.now()
     result = IngestResult()
@@ -448,7 +290,7 @@ def feedback_ingest(*, payload: Any) -> IngestResult:
     for index, event in enumerate(events):
         try:
             row = _parse_feedback(event, now)
-        except _Invalid as bad:
+        except Invalid as bad:
             result.rejected.append(Rejection(index, bad.field, bad.code, bad.message))
             continue
         if row[0] in parsed:

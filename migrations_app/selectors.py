@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 
 from migrations_app import aggregation
 from migrations_app.models import (
+    AuditEvent,
     Evaluation,
     MigrationPlan,
     PlanPhase,
@@ -61,3 +64,65 @@ def window_totals(stage: PlanStage | int, arm: str, *, since: datetime) -> ArmAg
             stage=stage, arm=arm, window__gte=since
         ).values_list("data", flat=True)
     )
+
+
+# --- ingest ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlanInfo:
+    """A plan as ingest needs it: which run and stage each plan version routed in, and the
+    arms' prices."""
+
+    plan: MigrationPlan
+    versions: tuple[tuple[int, int | None, int | None, int | None], ...]
+    # (version, run id, run number, stage id), ascending; the latest event per version wins
+    prices: Mapping[str, tuple[float, float]]  # arm -> $ per million input, output tokens
+
+    def at(self, version: int) -> tuple[int | None, int | None, int | None]:
+        found: tuple[int | None, int | None, int | None] = (None, None, None)
+        for v, run_id, run_number, stage_id in self.versions:
+            if v > version:
+                break
+            found = (run_id, run_number, stage_id)
+        return found
+
+    def cost(self, arm: str, input_tokens: int | None, output_tokens: int | None) -> float | None:
+        if input_tokens is None or output_tokens is None:
+            return None
+        per_in, per_out = self.prices[arm]
+        return (input_tokens * per_in + output_tokens * per_out) / 1e6
+
+
+def plan_infos(keys: Iterable[str]) -> dict[str, PlanInfo]:
+    """:class:`PlanInfo` for each existing plan key (two queries whatever the number)."""
+    plans = {
+        p.key: p
+        for p in MigrationPlan.objects.filter(key__in=set(keys)).select_related(
+            "control_model", "candidate_model"
+        )
+    }
+    rows: dict[int, list[tuple[int, int | None, int | None, int | None]]] = defaultdict(list)
+    for v, run_id, run_number, stage_id, plan_id in (
+        AuditEvent.objects.filter(plan__in=plans.values())
+        .order_by("plan_version", "pk")
+        .values_list("plan_version", "run_id", "run__number", "stage_id", "plan_id")
+    ):
+        rows[plan_id].append((v, run_id, run_number, stage_id))
+    return {
+        key: PlanInfo(
+            plan,
+            tuple(rows[plan.pk]),
+            {
+                "control": (
+                    float(plan.control_model.input_price_per_mtok),
+                    float(plan.control_model.output_price_per_mtok),
+                ),
+                "candidate": (
+                    float(plan.candidate_model.input_price_per_mtok),
+                    float(plan.candidate_model.output_price_per_mtok),
+                ),
+            },
+        )
+        for key, plan in plans.items()
+    }
