@@ -166,7 +166,7 @@ def outcomes_ingest(*, identity: Any, payload: Any) -> IngestResult:
                     decision_id__in={o.decision_id for o in new}, outcome__isnull=True
                 ).values_list("pk", flat=True)
             )
-            _aggregate([(o.stage_id, o.facts) for o in new if o.stage_id is not None], [])
+            aggregate([(o.stage_id, o.facts) for o in new if o.stage_id is not None], [])
             if held:
                 _apply_feedback(held)
         result.stored = len(stored)
@@ -352,7 +352,7 @@ def _apply_feedback(feedback_ids: Sequence[str]) -> int:
             applied.append((outcome.stage_id, facts, score))
     for outcome_pk, pks in links.items():
         Feedback.objects.filter(pk__in=pks).update(outcome_id=outcome_pk)
-    _aggregate([], applied)
+    aggregate([], applied)
     return sum(len(p) for p in links.values())
 
 
@@ -374,12 +374,13 @@ def apply_held_feedback(*, limit: int = 5000) -> int:
 # --- aggregation writes ------------------------------------------------------------------
 
 
-def _aggregate(
+def aggregate(
     outcomes: Sequence[tuple[int, OutcomeFacts]],
     feedback: Sequence[tuple[int, OutcomeFacts, float]],
 ) -> None:
     """Fold new outcomes and newly applied feedback into unit totals, windows and stage
-    totals. Inside the caller's transaction."""
+    totals. Inside the caller's transaction. Shadow results come in here too, as the
+    candidate's outcomes in a shadow stage."""
     if not outcomes and not feedback:
         return
     by_window: dict[tuple[int, datetime, str], list[OutcomeFacts]] = defaultdict(list)
