@@ -146,6 +146,8 @@ TURNOUT_EVALUATION_INTERVAL = env_float(
 TURNOUT_RAW_RETENTION_DAYS = env_int("TURNOUT_RAW_RETENTION_DAYS", 30, minimum=1)
 # Most events one ingest request may carry (413 beyond).
 TURNOUT_INGEST_MAX_BATCH = env_int("TURNOUT_INGEST_MAX_BATCH", 1000, minimum=1, maximum=100_000)
+# Candidate calls one shadow task makes at once (they wait on the network, not the CPU).
+TURNOUT_SHADOW_CONCURRENCY = env_int("TURNOUT_SHADOW_CONCURRENCY", 32, minimum=1, maximum=1000)
 # Bearer token /metrics requires; unset: /metrics answers loopback clients only.
 TURNOUT_METRICS_TOKEN = env_str("TURNOUT_METRICS_TOKEN")
 # Decisions per second one SDK key may ask of the server (429 beyond); 0 disables.
@@ -161,6 +163,16 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     },
     "purge-outcomes": {
         "task": "turnout.purge_outcomes",
+        "schedule": 3600.0,
+        "options": {"expires": 3000.0},
+    },
+    "sweep-shadow": {
+        "task": "turnout.sweep_shadow",
+        "schedule": 60.0,
+        "options": {"expires": 55.0},
+    },
+    "purge-shadow": {
+        "task": "turnout.purge_shadow",
         "schedule": 3600.0,
         "options": {"expires": 3000.0},
     },

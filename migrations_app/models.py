@@ -182,6 +182,29 @@ class MigrationPlan(models.Model):
         help_text="Re-page if a rollback has not fixed things by then.",
     )
     alert_channels = models.ManyToManyField(AlertChannel, blank=True, related_name="plans")
+    shadow_budget_usd_per_day = models.DecimalField(
+        max_digits=10,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Most the candidate's shadow calls may cost per UTC day; empty: no limit.",
+    )
+    shadow_retention_days = models.PositiveIntegerField(
+        default=14,
+        validators=[MinValueValidator(1)],
+        help_text="Shadow samples (prompts and answers) are deleted after this many days.",
+    )
+    redaction_patterns = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Extra regular expressions masked in shadow samples before they are stored "
+        "(emails, phone numbers and API keys are always masked).",
+    )
+    fallback_to_control = models.BooleanField(
+        default=True,
+        help_text="complete(): when the candidate fails with a transient error, answer from control.",
+    )
     salt = models.CharField(
         max_length=32, default=new_salt, help_text="Bucketing salt; new per plan."
     )
@@ -611,3 +634,72 @@ class Evaluation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.plan_id} {self.action} at {self.created_at:%H:%M:%S}"
+
+
+class ShadowStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    SKIPPED = "skipped", "Skipped"
+
+
+class ShadowSample(models.Model):
+    """One production request answered by control and, in the background, by the candidate.
+
+    The request and both answers are stored redacted. A worker claims a sample by moving it
+    from pending to running with a lease (compare-and-set), and completes it by moving it
+    from running to done in the same transaction as its aggregates, so a sample is compared
+    and counted exactly once even when a worker dies mid-call (the lease expires and the
+    sweeper hands it to another)."""
+
+    sample_id = models.CharField(max_length=64, primary_key=True)
+    plan = models.ForeignKey(MigrationPlan, on_delete=models.CASCADE, related_name="+")
+    run = models.ForeignKey(
+        PlanRun, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    stage = models.ForeignKey(
+        PlanStage, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    decision_id = models.CharField(max_length=64)
+    unit = models.CharField(max_length=256)
+    request = models.JSONField()
+    control = models.JSONField()
+    candidate = models.JSONField(default=dict, blank=True)
+    comparison = models.JSONField(default=dict, blank=True)
+    candidate_cost_usd = models.FloatField(null=True, blank=True)
+    status = models.CharField(
+        max_length=8, choices=ShadowStatus.choices, default=ShadowStatus.PENDING
+    )
+    skip_reason = models.CharField(max_length=200, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # The sweeper: pending samples whose task was lost, running ones whose lease expired.
+            models.Index(fields=["status", "lease_until"], name="shadow_sweep_idx"),
+            # The budget: today's spend of a plan; the dashboard's latest pairs.
+            models.Index(fields=["plan", "-completed_at"], name="shadow_plan_done_idx"),
+            # Retention.
+            models.Index(fields=["created_at"], name="shadow_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.sample_id} {self.status}"
+
+
+class ShadowAggregate(models.Model):
+    """Paired counts of a shadow stage: both models answered the same requests.
+
+    ``data`` holds ``n``, ``control_only`` / ``candidate_only`` / ``both`` error counts (the
+    paired error test), and sums of the comparison scores (exact and normalised matches,
+    JSON validity, similarity, length ratio, refusals, judge verdicts)."""
+
+    stage = models.OneToOneField(PlanStage, on_delete=models.CASCADE, related_name="shadow")
+    data = models.JSONField(default=dict)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"shadow {self.stage_id}"

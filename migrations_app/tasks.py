@@ -12,7 +12,7 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
-from migrations_app import engine, ingest
+from migrations_app import engine, ingest, shadow
 from migrations_app.catalog import catalog_import_prices
 
 
@@ -73,3 +73,27 @@ def evaluate_plan(plan_id: int) -> dict[str, object]:
 def watch_recovery(plan_id: int) -> str:
     """After a rollback: resolve when control is back to baseline, escalate when it is not."""
     return engine.plan_watch_recovery(plan_id=plan_id)
+
+
+@shared_task(
+    name="turnout.run_shadow_samples", acks_late=True, soft_time_limit=150, time_limit=180
+)
+def run_shadow_samples(sample_ids: list[str]) -> dict[str, int]:
+    """Call the candidate for these samples (many at once), compare, aggregate. Safe to run
+    twice and after a crash (claims with leases; see shadow.py), hence ``acks_late``."""
+    return shadow.shadow_run(sample_ids, call=shadow.provider_call, compare=shadow.compare_answers)
+
+
+@shared_task(name="turnout.sweep_shadow", soft_time_limit=50, time_limit=60)
+def sweep_shadow() -> int:
+    """Re-enqueue samples whose task was lost or whose worker died."""
+    ids = shadow.shadow_sweep()
+    for start in range(0, len(ids), 50):
+        run_shadow_samples.delay(ids[start : start + 50])
+    return len(ids)
+
+
+@shared_task(name="turnout.purge_shadow", soft_time_limit=600, time_limit=660)
+def purge_shadow() -> int:
+    """Delete shadow samples past their plan's retention."""
+    return shadow.shadow_purge()

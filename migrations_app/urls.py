@@ -1,7 +1,7 @@
 from django.urls import path
 
 from migrations_app import views
-from migrations_app.api import ingest, ofrep, sdk
+from migrations_app.api import ingest, ofrep, sdk, shadow
 from migrations_app.api import plans as plan_api
 
 urlpatterns = [
@@ -11,6 +11,7 @@ urlpatterns = [
     path("api/v1/sdk/stream", sdk.stream, name="sdk-stream"),
     path("api/v1/outcomes", ingest.OutcomesView.as_view(), name="outcomes"),
     path("api/v1/feedback", ingest.FeedbackView.as_view(), name="feedback"),
+    path("api/v1/shadow-samples", shadow.ShadowSamplesView.as_view(), name="shadow-samples"),
     path("api/v1/plans/<str:key>", plan_api.PlanStatusView.as_view(), name="plan-status"),
     path(
         "api/v1/plans/<str:key>/<str:action>",

@@ -1,0 +1,172 @@
+"""The shadow pipeline's storage, claims, budget and aggregates, on the database.
+
+The candidate's call is a deterministic function here; the live test against the provider
+simulator through the real vendor SDKs is in test_shadow_live.py."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from migrations_app import plans, selectors, shadow
+from migrations_app.models import (
+    AuditEvent,
+    MigrationPlan,
+    ShadowAggregate,
+    ShadowSample,
+    ShadowStatus,
+)
+from tests.factories import make_plan, person
+from tests.ingest.conftest import Everyone
+
+pytestmark = pytest.mark.django_db
+
+
+def shadow_plan(**fields: Any) -> MigrationPlan:
+    plan = make_plan()
+    MigrationPlan.objects.filter(pk=plan.pk).update(**fields)
+    plans.plan_start(plan_key=plan.key, actor=person())  # phase 0: shadow 10 %
+    plan.refresh_from_db()
+    assert plan.current_stage.kind == "shadow"
+    return plan
+
+
+def sample(plan: MigrationPlan, **fields: Any) -> dict[str, Any]:
+    event = {
+        "id": uuid.uuid4().hex,
+        "decision_id": uuid.uuid4().hex,
+        "plan": plan.key,
+        "run": plan.current_run.number,
+        "plan_version": plan.version,
+        "unit": f"user-{uuid.uuid4().hex[:6]}",
+        "ts": time.time(),
+        "request": {
+            "messages": [
+                {"role": "system", "content": "You are a support agent."},
+                {"role": "user", "content": "My order 1234 never arrived."},
+            ],
+            "params": {"temperature": 0.2},
+        },
+        "control": {
+            "text": "Sorry to hear that! I have reshipped order 1234.",
+            "latency_ms": 900.0,
+            "error": None,
+            "input_tokens": 1000,
+            "output_tokens": 1000,
+        },
+    }
+    event.update(fields)
+    return event
+
+
+def ingest(*events: dict[str, Any]):
+    return shadow.shadow_samples_ingest(identity=Everyone(), payload={"samples": list(events)})
+
+
+def answer(text: str = "I have reshipped order 1234.", error: str | None = None):
+    def call(s: ShadowSample) -> shadow.CandidateResult:
+        return shadow.CandidateResult(
+            text=text, latency_ms=700.0, error=error, input_tokens=1000, output_tokens=1000
+        )
+
+    return call
+
+
+def same(s: ShadowSample, r: shadow.CandidateResult) -> dict[str, Any]:
+    return {"exact_match": s.control["text"] == r.text, "similarity": 0.5}
+
+
+def test_samples_are_redacted_before_they_are_stored_and_bad_ones_named():
+    plan = shadow_plan(redaction_patterns=[r"order \d+"])
+    leaky = sample(plan)
+    leaky["request"]["messages"][1]["content"] = (
+        "I'm jane.doe@example.com, key sk-ant-api03-abcdefghijklmnop1234, call +1 415 555 0100"
+    )
+    result = ingest(
+        leaky,
+        sample(plan, request={"messages": []}),
+        sample(plan, control={"latency_ms": -1}),
+        {**sample(plan), "plan": "nope"},
+    )
+    assert result.stored == 1
+    assert [(r.index, r.field) for r in result.rejected] == [
+        (1, "request.messages"),
+        (2, "latency_ms"),
+        (3, "plan"),
+    ]
+    stored = ShadowSample.objects.get(pk=leaky["id"])
+    content = stored.request["messages"][1]["content"]
+    assert content == "I'm [email], key [secret], call [phone]"
+    assert "1234" not in stored.control["text"]
+    assert ingest(leaky).duplicates == 1
+
+
+def test_each_sample_is_compared_and_counted_once():
+    plan = shadow_plan()
+    events = [sample(plan) for _ in range(5)]
+    ingest(*events)
+    ids = [e["id"] for e in events]
+    first = shadow.shadow_run(ids, call=answer(), compare=same)
+    again = shadow.shadow_run(ids, call=answer(), compare=same)
+    assert (first["done"], again["claimed"]) == (5, 0)
+    candidate = selectors.stage_totals(plan.current_stage)["candidate"]
+    assert candidate.requests == 5 and candidate.cost_n == 5
+    pairs = ShadowAggregate.objects.get(stage=plan.current_stage).data
+    assert pairs["n"] == 5 and pairs["neither"] == 5
+    assert pairs["exact_match_sum"] == 0.0 and pairs["similarity_sum"] == 2.5
+
+
+def test_a_worker_killed_mid_call_loses_nothing_and_doubles_nothing():
+    plan = shadow_plan()
+    event = sample(plan)
+    ingest(event)
+    [dead] = shadow.shadow_claim([event["id"]])  # worker A claims, then dies mid-call
+    assert shadow.shadow_claim([event["id"]]) == []  # leased: nobody else takes it yet
+
+    ShadowSample.objects.filter(pk=event["id"]).update(
+        lease_until=timezone.now() - timedelta(seconds=1)
+    )
+    assert shadow.shadow_sweep() == [event["id"]]
+    assert shadow.shadow_run([event["id"]], call=answer(error="timeout"), compare=same)["done"] == 1
+    # worker A's answer arrives after all: it matches no current claim
+    late = shadow.CandidateResult(text="late", latency_ms=1.0)
+    assert shadow.shadow_complete(dead, late, {}) is False
+
+    stored = ShadowSample.objects.get(pk=event["id"])
+    assert (stored.status, stored.attempts, stored.candidate["error"]) == ("done", 2, "timeout")
+    pairs = ShadowAggregate.objects.get(stage=plan.current_stage).data
+    assert (pairs["n"], pairs["candidate_only"]) == (1, 1)
+    assert selectors.stage_totals(plan.current_stage)["candidate"].errors == 1
+
+
+def test_shadowing_stops_at_the_daily_budget_within_one_request():
+    plan = shadow_plan(shadow_budget_usd_per_day=Decimal("0.10"))
+    per_call = (
+        1000 * float(plan.candidate_model.input_price_per_mtok)
+        + 1000 * float(plan.candidate_model.output_price_per_mtok)
+    ) / 1e6
+    events = [sample(plan) for _ in range(40)]
+    ingest(*events)
+    ids = [e["id"] for e in events]
+    for chunk in (ids[:15], ids[15:]):
+        shadow.shadow_run(chunk, call=answer(), compare=same)
+    done = ShadowSample.objects.filter(plan=plan, status=ShadowStatus.DONE)
+    spent = sum(s.candidate_cost_usd for s in done)
+    assert 0.10 - per_call < spent <= 0.10
+    skipped = ShadowSample.objects.filter(plan=plan, status=ShadowStatus.SKIPPED)
+    assert skipped.count() == 40 - done.count() > 0
+    assert {s.skip_reason for s in skipped} == {"daily shadow budget of $0.10 reached"}
+    note = AuditEvent.objects.get(plan=plan, action="shadow_budget_reached")
+    assert "daily shadow budget is spent" in note.reason
+
+
+def test_retention_purges_samples():
+    plan = shadow_plan(shadow_retention_days=3)
+    ingest(sample(plan), sample(plan))
+    assert shadow.shadow_purge(now=timezone.now() + timedelta(days=3, minutes=1)) == 2
