@@ -104,6 +104,8 @@ def plan_evaluate(*, plan_id: int, now: datetime | None = None) -> EvaluationRes
             previous={
                 m: Bounds.from_dict(b) for m, b in (previous.bounds if previous else {}).items()
             },
+            # In shadow both models answered the same requests: the paired test is sharper.
+            paired_errors=selectors.paired_errors(stage) if stage.kind == "shadow" else None,
         )
         action = decision.action
         if action == "advance" and phase is not None and not phase.auto_advance:

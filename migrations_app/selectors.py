@@ -15,11 +15,12 @@ from migrations_app.models import (
     PlanPhase,
     PlanStage,
     PlanStatus,
+    ShadowAggregate,
     StageAggregate,
     WindowAggregate,
 )
 from migrations_app.phases import PhaseRule, Position, position
-from migrations_app.stats import ArmAggregates
+from migrations_app.stats import ArmAggregates, PairedErrors
 
 
 def phase_rules_of(phases: Iterable[PlanPhase]) -> list[PhaseRule]:
@@ -49,6 +50,19 @@ def stage_totals(stage: PlanStage | int) -> dict[str, ArmAggregates]:
     totals = {"control": ArmAggregates(), "candidate": ArmAggregates()}
     totals.update({arm: aggregation.from_json(data) for arm, data in rows})
     return totals
+
+
+def paired_errors(stage: PlanStage | int) -> PairedErrors | None:
+    """A shadow stage's paired error counts (both models answered the same requests)."""
+    data = ShadowAggregate.objects.filter(stage=stage).values_list("data", flat=True).first()
+    if not data:
+        return None
+    return PairedErrors(
+        n=data.get("n", 0),
+        control_only=data.get("control_only", 0),
+        candidate_only=data.get("candidate_only", 0),
+        both=data.get("both", 0),
+    )
 
 
 def latest_evaluation(stage: PlanStage | int) -> Evaluation | None:

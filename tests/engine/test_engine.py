@@ -204,3 +204,27 @@ def test_at_full_rollout_the_circuit_breaker_still_rolls_back():
     put_totals(plan, candidate=synthetic_arm(16, 1_500, error_rate=0.4))
     result = engine.plan_evaluate(plan_id=plan.pk)
     assert (result.action, result.acted) == ("rollback", True)
+
+
+@pytest.mark.django_db
+def test_in_shadow_the_paired_error_test_decides():
+    from migrations_app.models import ShadowAggregate
+
+    plan = running_plan(
+        phases=[{"kind": "shadow", "percent": 10.0, "steps": [], "min_duration_minutes": 0,
+                 "min_samples": 100_000}, *FAST_PHASES],
+    )  # fmt: skip
+    put_totals(
+        plan,
+        control=synthetic_arm(17, 30_000, error_rate=0.02),
+        candidate=synthetic_arm(18, 3_000, error_rate=0.02),  # unpaired: looks the same
+    )
+    ShadowAggregate.objects.create(
+        stage=plan.current_stage,
+        data={"n": 3_000, "neither": 2_720, "control_only": 20, "candidate_only": 200, "both": 60},
+    )
+    result = engine.plan_evaluate(plan_id=plan.pk)
+    assert (result.action, result.acted) == ("rollback", True)
+    evaluation = Evaluation.objects.get(pk=result.evaluation_id)
+    error_rate = next(g for g in evaluation.decision["guardrails"] if g["metric"] == "error_rate")
+    assert error_rate["verdict"]["n_candidate"] == 3_000
