@@ -73,6 +73,8 @@ CONFIG_PATH = "/api/v1/sdk/config"
 STREAM_PATH = "/api/v1/sdk/stream"
 OUTCOMES_PATH = "/api/v1/outcomes"
 FEEDBACK_PATH = "/api/v1/feedback"
+SHADOW_PATH = "/api/v1/shadow-samples"
+SHADOW_BATCH = 100  # the server's batches are capped; samples carry whole prompts
 # A server asking for a longer pause than this is treated as asking for this: the buffer
 # would overflow anyway, and a stuck sender cannot be told apart from a dead one.
 MAX_RETRY_AFTER = 120.0
@@ -232,6 +234,50 @@ class Client:
         except Exception as exc:
             self._log.warning("feedback", "turnout: feedback failed: %r", exc)
 
+    def shadow_sample(
+        self,
+        decision: Decision,
+        *,
+        messages: list[dict[str, str]],
+        control_text: str,
+        latency_ms: float,
+        params: dict[str, Any] | None = None,
+        json_schema: dict[str, Any] | None = None,
+        ttft_ms: float | None = None,
+        error: str | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> None:
+        """Hand Turnout a request ``decision`` marked for shadowing (``decision.shadow``), with
+        the production (control) answer: the candidate answers it in the background and the
+        two are compared. Ignored when the decision is not a shadow one. Returns at once;
+        never raises. The server redacts emails, phone numbers and keys before storing."""
+        if self._closed or not decision.shadow:
+            return
+        try:
+            buffer = self._shadow
+            if len(buffer) >= self._buffer_size:
+                self._count_dropped(1)
+            buffer.append(
+                (
+                    _time(),
+                    decision,
+                    messages,
+                    params,
+                    json_schema,
+                    control_text,
+                    latency_ms,
+                    ttft_ms,
+                    error,
+                    input_tokens,
+                    output_tokens,
+                )  # fmt: skip
+            )
+            if len(buffer) >= SHADOW_BATCH and not self._wake.is_set():
+                self._wake.set()
+        except Exception as exc:
+            self._log.warning("shadow", "turnout: shadow_sample failed: %r", exc)
+
     # --- state -----------------------------------------------------------------------
 
     @property
@@ -259,7 +305,7 @@ class Client:
         deadline = time.monotonic() + max(0.0, timeout)
         self._wake.set()
         while True:
-            if not self._outcomes and not self._feedback and not self._sending:
+            if not self._outcomes and not self._feedback and not self._shadow and not self._sending:
                 return True
             if time.monotonic() >= deadline or not self._sender.is_alive():
                 return False
@@ -289,9 +335,10 @@ class Client:
                 remaining = max(0.1, self._deadline - time.monotonic())
                 self._sender.join(remaining)
                 self._refresher.join(0.5)
-            lost = len(self._outcomes) + len(self._feedback)
+            lost = len(self._outcomes) + len(self._feedback) + len(self._shadow)
             self._outcomes.clear()
             self._feedback.clear()
+            self._shadow.clear()
             self._count_dropped(lost)
             if self._started and not self._sender.is_alive():
                 self._http.close()
@@ -320,6 +367,7 @@ class Client:
         self._stream_response: httpx.Response | None = None
         self._outcomes: deque[_Event] = deque(maxlen=self._buffer_size)
         self._feedback: deque[_Event] = deque(maxlen=self._buffer_size)
+        self._shadow: deque[_Event] = deque(maxlen=self._buffer_size)
         self._dropped = 0
         self._unreported = 0  # dropped events the server has not yet been told about
         self._rejected = 0
@@ -518,7 +566,7 @@ class Client:
                 self._sending = False
 
     def _send_pending(self) -> None:
-        while not self._stop.is_set() and (self._outcomes or self._feedback):
+        while not self._stop.is_set() and (self._outcomes or self._feedback or self._shadow):
             self._sending = True
             outcomes = self._drain(self._outcomes, self._outcome_event)
             if outcomes:
@@ -526,14 +574,20 @@ class Client:
             feedback = self._drain(self._feedback, self._feedback_event)
             if feedback:
                 self._send_batch(FEEDBACK_PATH, feedback)
+            samples = self._drain(self._shadow, self._shadow_event, SHADOW_BATCH)
+            if samples:
+                self._send_batch(SHADOW_PATH, samples)
             self._sending = False
 
     def _drain(
-        self, buffer: deque[_Event], make: Callable[[_Event], dict[str, Any] | None]
+        self,
+        buffer: deque[_Event],
+        make: Callable[[_Event], dict[str, Any] | None],
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         invalid = 0
-        while len(events) < self._batch_size:
+        while len(events) < min(self._batch_size, limit or self._batch_size):
             try:
                 item = buffer.popleft()
             except IndexError:
@@ -551,7 +605,7 @@ class Client:
         return events
 
     def _body(self, path: str, events: list[dict[str, Any]]) -> tuple[bytes, int]:
-        payload: dict[str, Any] = {"events": events}
+        payload: dict[str, Any] = {"samples" if path == SHADOW_PATH else "events": events}
         dropped = 0
         # The contract gives the feedback body no "client" object: drop counts ride on
         # outcome batches, which every reporting application sends.
@@ -687,6 +741,43 @@ class Client:
             "score": score,
             "scale": scale,
             "ts": ts,
+        }
+
+    def _shadow_event(self, item: _Event) -> dict[str, Any] | None:
+        (ts, decision, messages, params, schema, text, latency_ms, ttft_ms, error,
+         input_tokens, output_tokens) = item  # fmt: skip
+        problem = (
+            _check_ms("latency_ms", latency_ms, required=True)
+            or _check_ms("ttft_ms", ttft_ms)
+            or _check_tokens("input_tokens", input_tokens)
+            or _check_tokens("output_tokens", output_tokens)
+        )
+        if error is not None and error not in ERROR_KINDS:
+            problem = f"error {error!r} is not one of {sorted(ERROR_KINDS)}"
+        if not isinstance(messages, list) or not isinstance(text, str):
+            problem = "messages must be a list and control_text a string"
+        if problem:
+            self._log.warning(
+                f"shadow:{problem.split()[0]}", "turnout: dropping a shadow sample: %s", problem
+            )
+            return None
+        return {
+            "id": _event_id(),
+            "decision_id": decision.decision_id,
+            "plan": decision.plan,
+            "run": decision.run,
+            "plan_version": decision.plan_version,
+            "unit": decision.unit,
+            "ts": ts,
+            "request": {"messages": messages, "params": params or {}, "json_schema": schema},
+            "control": {
+                "text": text,
+                "latency_ms": float(latency_ms),
+                "ttft_ms": None if ttft_ms is None else float(ttft_ms),
+                "error": error,
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+            },
         }
 
 
