@@ -148,6 +148,10 @@ TURNOUT_RAW_RETENTION_DAYS = env_int("TURNOUT_RAW_RETENTION_DAYS", 30, minimum=1
 TURNOUT_INGEST_MAX_BATCH = env_int("TURNOUT_INGEST_MAX_BATCH", 1000, minimum=1, maximum=100_000)
 # Candidate calls one shadow task makes at once (they wait on the network, not the CPU).
 TURNOUT_SHADOW_CONCURRENCY = env_int("TURNOUT_SHADOW_CONCURRENCY", 32, minimum=1, maximum=1000)
+# The same page (channel, dedup key, event) within this window folds into the open one.
+TURNOUT_ALERT_DEDUP_MINUTES = env_int("TURNOUT_ALERT_DEDUP_MINUTES", 30, minimum=0)
+# Delivery attempts per alert before it is marked failed (transient errors are retried).
+TURNOUT_ALERT_MAX_ATTEMPTS = env_int("TURNOUT_ALERT_MAX_ATTEMPTS", 8, minimum=1, maximum=50)
 # Bearer token /metrics requires; unset: /metrics answers loopback clients only.
 TURNOUT_METRICS_TOKEN = env_str("TURNOUT_METRICS_TOKEN")
 # Decisions per second one SDK key may ask of the server (429 beyond); 0 disables.
@@ -165,6 +169,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "turnout.purge_outcomes",
         "schedule": 3600.0,
         "options": {"expires": 3000.0},
+    },
+    "sweep-alerts": {
+        "task": "turnout.sweep_alerts",
+        "schedule": 15.0,
+        "options": {"expires": 14.0},
     },
     "sweep-shadow": {
         "task": "turnout.sweep_shadow",

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from migrations_app import aggregation, guardrails, plans, selectors
+from migrations_app import aggregation, guardrails, paging, plans, selectors
+from migrations_app.alerts import outbox
 from migrations_app.errors import IllegalTransition
 from migrations_app.guardrails import Bounds, GuardrailSpec, PlanDecision, PlanSettings, StageState
 from migrations_app.models import (
@@ -66,7 +68,7 @@ def _lock(plan_id: int) -> MigrationPlan | None:
     """The plan, row-locked for this transaction; None if another evaluation holds it."""
     return (
         MigrationPlan.objects.select_for_update(skip_locked=True, of=("self",))
-        .select_related("current_stage", "current_run")
+        .select_related("current_stage", "current_run", "control_model", "candidate_model")
         .filter(pk=plan_id)
         .first()
     )
@@ -133,7 +135,47 @@ def plan_evaluate(*, plan_id: int, now: datetime | None = None) -> EvaluationRes
         )
         if acted:
             Evaluation.objects.filter(pk=evaluation.pk).update(acted=True)
+        page = _page_for(action, acted, decision)
+        if page:
+            _page(plan, page, evidence, "; ".join(decision.reasons), now)
     return EvaluationResult(plan.key, action, acted, evaluation.pk)
+
+
+def _page_for(action: str, acted: bool, decision: PlanDecision) -> str | None:
+    """Which page an evaluation sends: its own rollback or pause (not one another actor beat
+    it to), a warning, or a hold that needs eyes (a sample-ratio mismatch)."""
+    if action in ("rollback", "pause"):
+        return action if acted else None
+    if action == "alert":
+        return "alert"
+    if decision.alert:
+        return "hold"
+    return None
+
+
+def _page(
+    plan: MigrationPlan,
+    action: str,
+    evidence: dict[str, Any],
+    reason: str,
+    now: datetime,
+    about: str | None = None,
+) -> None:
+    """Queue the page in the current transaction (it commits with the action or not at all)."""
+    message = paging.alert_message(
+        action=action,
+        plan_key=plan.key,
+        plan_name=plan.name,
+        run=plan.current_run.number if plan.current_run else 0,
+        control_model=plan.control_model.model_id,
+        candidate_model=plan.candidate_model.model_id,
+        evidence=evidence,
+        reason=reason,
+        at=now,
+        dashboard_url=f"{settings.SITE_URL}/plans/{plan.key}/",
+        about=about,
+    )
+    outbox.alert_enqueue(plan=plan, message=message, now=now)
 
 
 def _stage_state(
@@ -240,6 +282,17 @@ RECOVERY_WINDOW = timedelta(minutes=5)
 RECOVERY_WATCH = timedelta(hours=24)
 
 
+def _incident_subject(plan: MigrationPlan, run_id: int) -> str:
+    """What the run's rollback paged about (its dedup subject)."""
+    rollback = (
+        AuditEvent.objects.filter(plan=plan, run_id=run_id, action="rollback")
+        .order_by("-pk")
+        .values_list("evidence", flat=True)
+        .first()
+    )
+    return paging.subject(rollback or {})
+
+
 def recovering_plan_ids(now: datetime | None = None) -> list[int]:
     """Rolled-back plans whose recovery is still being watched."""
     since = (now or timezone.now()) - RECOVERY_WATCH
@@ -290,23 +343,32 @@ def plan_watch_recovery(*, plan_id: int, now: datetime | None = None) -> str:
             "recent": _arm_summary(recent),
             "baseline": _arm_summary(baseline) if baseline else None,
         }
+        subject = _incident_subject(plan, recovery.run_id)
         if check.status == "recovered":
             PlanStage.objects.filter(pk=recovery.pk).update(ended_at=now)
             plans.record_edit(
                 plan, actor=plans.ENGINE, action="recovered", reason=check.summary,
                 evidence=evidence, publish=False,
             )  # fmt: skip
+            # Resolve the rollback's page, and the escalation's, which has a key of its own.
+            _page(plan, "recovered", evidence, check.summary, now, about=subject)
+            _page(plan, "recovered", evidence, check.summary, now, about=f"{subject}:escalated")
             return "recovered"
         overdue = now - recovery.started_at >= timedelta(minutes=plan.escalate_after_minutes)
         escalated = AuditEvent.objects.filter(
             plan=plan, run_id=recovery.run_id, action="escalated"
         ).exists()
         if check.status == "not_recovered" and overdue and not escalated:
+            reason = (
+                f"Not recovered {plan.escalate_after_minutes} minutes after the rollback: "
+                f"{check.summary}"
+            )
             plans.record_edit(
-                plan, actor=plans.ENGINE, action="escalated",
-                reason=f"Not recovered {plan.escalate_after_minutes} minutes after the "
-                f"rollback: {check.summary}",
+                plan, actor=plans.ENGINE, action="escalated", reason=reason,
                 evidence=evidence, publish=False,
             )  # fmt: skip
+            # PagerDuty folds a trigger into an open alert with the same key: an escalation
+            # that must page again needs its own.
+            _page(plan, "escalated", evidence, reason, now, about=f"{subject}:escalated")
             return "escalated"
         return check.status

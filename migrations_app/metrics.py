@@ -26,6 +26,10 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "turnout_ingest_events": ("Events received by the ingest API.", ("kind", "result")),
     "turnout_ingest_rejected": ("Events rejected by the ingest API.", ("kind", "code")),
     "turnout_sdk_dropped_events": ("Events SDKs report having dropped (buffer full).", ()),
+    "turnout_alert_deliveries": (
+        "Alert delivery attempts by channel kind and outcome (delivered, retry, failed).",
+        ("kind", "outcome"),
+    ),
 }
 
 _local: dict[str, float] = {}

@@ -703,3 +703,65 @@ class ShadowAggregate(models.Model):
 
     def __str__(self) -> str:
         return f"shadow {self.stage_id}"
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DELIVERED = "delivered", "Delivered"
+    FAILED = "failed", "Failed"
+
+
+class AlertDelivery(models.Model):
+    """The alert outbox: one message for one channel, written in the same transaction as the
+    action that caused it, delivered by a Celery task after commit. A repeat of the same
+    page (same channel, dedup key and event) within the dedup window is not a new row: it
+    bumps ``repeats`` on the open one, so a flapping guardrail pages once."""
+
+    plan = models.ForeignKey(MigrationPlan, on_delete=models.CASCADE, related_name="alerts")
+    channel = models.ForeignKey(AlertChannel, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=24)
+    severity = models.CharField(max_length=16)
+    dedup_key = models.CharField(max_length=300)
+    message = models.JSONField()
+    status = models.CharField(
+        max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
+    )
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    last_error = models.CharField(max_length=500, blank=True)
+    repeats = models.PositiveIntegerField(default=0)
+    last_seen_at = models.DateTimeField()
+    created_at = models.DateTimeField()
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The sweeper: pending rows due for an attempt.
+            models.Index(fields=["status", "next_attempt_at"], name="alert_due_idx"),
+            # Dedup: an open page for this channel, key and event within the window.
+            models.Index(
+                fields=["channel", "dedup_key", "event", "-created_at"], name="alert_dedup_idx"
+            ),
+        ]
+        verbose_name_plural = "alert deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.dedup_key} -> {self.channel_id}: {self.status}"
+
+
+class AlertAttempt(models.Model):
+    """One try at delivering an alert: what the receiver said, and how fast."""
+
+    delivery = models.ForeignKey(AlertDelivery, on_delete=models.CASCADE, related_name="tries")
+    at = models.DateTimeField()
+    ok = models.BooleanField()
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    latency_ms = models.FloatField()
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["delivery", "at"]
+
+    def __str__(self) -> str:
+        return f"{self.delivery_id} at {self.at:%H:%M:%S}: {'ok' if self.ok else self.error}"

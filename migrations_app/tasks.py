@@ -13,6 +13,7 @@ from celery import shared_task
 from django.conf import settings
 
 from migrations_app import engine, ingest, shadow
+from migrations_app.alerts import outbox
 from migrations_app.catalog import catalog_import_prices
 
 
@@ -75,9 +76,7 @@ def watch_recovery(plan_id: int) -> str:
     return engine.plan_watch_recovery(plan_id=plan_id)
 
 
-@shared_task(
-    name="turnout.run_shadow_samples", acks_late=True, soft_time_limit=150, time_limit=180
-)
+@shared_task(name="turnout.run_shadow_samples", acks_late=True, soft_time_limit=150, time_limit=180)
 def run_shadow_samples(sample_ids: list[str]) -> dict[str, int]:
     """Call the candidate for these samples (many at once), compare, aggregate. Safe to run
     twice and after a crash (claims with leases; see shadow.py), hence ``acks_late``."""
@@ -97,3 +96,22 @@ def sweep_shadow() -> int:
 def purge_shadow() -> int:
     """Delete shadow samples past their plan's retention."""
     return shadow.shadow_purge()
+
+
+@shared_task(name="turnout.deliver_alert", acks_late=True, soft_time_limit=30, time_limit=45)
+def deliver_alert(delivery_id: int) -> str:
+    """Deliver one outbox row; on a transient failure, come back after the backoff. Safe to
+    run twice (a compare-and-set claim per attempt)."""
+    attempted = outbox.alert_deliver(delivery_id=delivery_id)
+    if attempted.outcome == "retry":
+        deliver_alert.apply_async((delivery_id,), countdown=attempted.retry_in)
+    return attempted.outcome
+
+
+@shared_task(name="turnout.sweep_alerts", soft_time_limit=10, time_limit=14)
+def sweep_alerts() -> int:
+    """Deliver what is due but has no task on the way (lost enqueue, dead worker)."""
+    due = outbox.alerts_due()
+    for delivery_id in due:
+        deliver_alert.delay(delivery_id)
+    return len(due)
