@@ -9,7 +9,14 @@ import pytest
 from django.utils import timezone
 
 from migrations_app import engine, ingest
-from migrations_app.models import AuditEvent, MigrationPlan, Outcome, PlanStage
+from migrations_app.models import (
+    AlertChannel,
+    AlertDelivery,
+    AuditEvent,
+    MigrationPlan,
+    Outcome,
+    PlanStage,
+)
 from tests.engine.conftest import put_totals, running_plan, synthetic_arm
 from tests.ingest.conftest import Everyone, outcome
 
@@ -56,6 +63,7 @@ def test_control_back_to_baseline_resolves_and_stops_watching():
 
 def test_control_still_failing_escalates_once_after_the_plan_setting():
     plan = rolled_back()
+    plan.alert_channels.add(AlertChannel.objects.create(name="pd", kind="pagerduty"))
     control_traffic(plan, 200, 0.3, seed=5)
     assert engine.plan_watch_recovery(plan_id=plan.pk) == "not_recovered"
     # As if the rollback had happened escalate_after_minutes ago, the traffic still flowing.
@@ -66,6 +74,11 @@ def test_control_still_failing_escalates_once_after_the_plan_setting():
     assert engine.plan_watch_recovery(plan_id=plan.pk) == "not_recovered"
     event = AuditEvent.objects.get(plan=plan, action="escalated")
     assert "control error rate" in event.reason and "server_error" in event.reason
+    # paged again at a higher severity, under a key of its own (PagerDuty would otherwise
+    # fold it into the open incident without paging anyone)
+    page = AlertDelivery.objects.get(plan=plan, event="escalated")
+    assert page.severity == "critical"
+    assert page.dedup_key == f"turnout:{plan.key}:{plan.current_run.number}:error_rate:escalated"
     # the plan did not move: notes only
     plan_after = MigrationPlan.objects.get(pk=plan.pk)
     assert (plan_after.status, plan_after.version) == (plan.status, plan.version)

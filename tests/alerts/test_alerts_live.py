@@ -1,0 +1,100 @@
+"""A live rollback pages every configured channel once, through the outbox and a real Celery
+worker; the recovery resolves the PagerDuty incident with the same dedup key."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from migrations_app import engine, ingest
+from migrations_app.models import AlertChannel, AlertDelivery
+from tests.alerts.conftest import Receiver
+from tests.alerts.smtp import SmtpReceiver
+from tests.conftest import celery_process
+from tests.engine.conftest import put_totals, running_plan, synthetic_arm
+from tests.ingest.conftest import Everyone, outcome
+
+pytestmark = pytest.mark.django_db(transaction=True)
+PATIENCE_SECONDS = 60.0
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + PATIENCE_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.05)
+
+
+def test_a_rollback_pages_every_channel_once_and_the_recovery_resolves_it(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    smtp = SmtpReceiver()
+    monkeypatch.setenv("T_SLACK_URL", f"{receiver.url}/slack")
+    monkeypatch.setenv("T_PD_URL", f"{receiver.url}/pagerduty")
+    monkeypatch.setenv("T_PD_KEY", "routing-key-123")
+    monkeypatch.setenv("T_HOOK_URL", f"{receiver.url}/hook")
+    monkeypatch.setenv("T_HOOK_SECRET", "hook-secret")
+    monkeypatch.setenv("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+    monkeypatch.setenv("EMAIL_PORT", str(smtp.port))
+    channels = [
+        AlertChannel.objects.create(name="slack", kind="slack", url_env="T_SLACK_URL"),
+        AlertChannel.objects.create(
+            name="pd", kind="pagerduty", url_env="T_PD_URL", secret_env="T_PD_KEY"
+        ),
+        AlertChannel.objects.create(
+            name="hook", kind="webhook", url_env="T_HOOK_URL", secret_env="T_HOOK_SECRET"
+        ),
+        AlertChannel.objects.create(name="mail", kind="email", recipients="oncall@example.com"),
+    ]
+    plan = running_plan()
+    plan.alert_channels.set(channels)
+    put_totals(
+        plan,
+        control=synthetic_arm(1, 20_000, error_rate=0.02),
+        candidate=synthetic_arm(2, 20_000, error_rate=0.06),
+    )
+    try:
+        with celery_process(
+            "worker", "--concurrency", "4", "--pool", "threads", "--without-gossip",
+            "--without-mingle", log_name="celery-worker-alerts.log",
+        ):  # fmt: skip
+            assert engine.plan_evaluate(plan_id=plan.pk).acted
+            for _ in range(5):  # the guardrail keeps regressing: no second page
+                engine.plan_evaluate(plan_id=plan.pk)
+            wait_for(lambda: len(receiver.requests) == 3 and len(smtp.messages) == 1)
+            paths = sorted(r.path for r in receiver.requests)
+            assert paths == ["/hook", "/pagerduty", "/slack"]
+            pd = json.loads(next(r for r in receiver.requests if r.path == "/pagerduty").body)
+            assert pd["event_action"] == "trigger" and pd["payload"]["severity"] == "critical"
+            assert pd["dedup_key"].endswith(":error_rate")
+            hook = json.loads(next(r for r in receiver.requests if r.path == "/hook").body)
+            assert hook["alert"]["guardrail"]["metric"] == "error_rate"
+            assert hook["alert"]["guardrail"]["lower"] > 1.5
+            assert "server_error" in hook["alert"]["error_kinds"]["candidate"]
+            assert b"rolled back" in smtp.messages[0]
+
+            # control is healthy after the rollback: the page resolves
+            plan.refresh_from_db()
+            rng = np.random.default_rng(3)
+            events = [
+                outcome(plan, error="server_error" if rng.random() < 0.02 else None)
+                for _ in range(200)
+            ]
+            ingest.outcomes_ingest(identity=Everyone(), payload={"events": events})
+            assert engine.plan_watch_recovery(plan_id=plan.pk) == "recovered"
+            wait_for(
+                lambda: (
+                    sum(r.path == "/pagerduty" for r in receiver.requests) == 3
+                    and not AlertDelivery.objects.filter(status="pending").exists()
+                )
+            )
+    finally:
+        smtp.close()
+    resolves = [json.loads(r.body) for r in receiver.requests[3:] if r.path == "/pagerduty"]
+    assert {r["event_action"] for r in resolves} == {"resolve"}
+    assert {r["dedup_key"] for r in resolves} == {pd["dedup_key"], pd["dedup_key"] + ":escalated"}
+    assert set(AlertDelivery.objects.values_list("status", flat=True)) == {"delivered"}
