@@ -10,19 +10,25 @@ import os
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from migrations_app import plans
+from migrations_app.alerts import build_test_message, outbox
 from migrations_app.apikeys import apikey_create
 from migrations_app.errors import DomainError
 from migrations_app.models import (
+    AlertAttempt,
     AlertChannel,
+    AlertDelivery,
     ApiKey,
     ApiKeyScope,
     AuditEvent,
@@ -40,6 +46,7 @@ from migrations_app.phases import (
     validate_guardrail,
     validate_phase,
 )
+from migrations_app.shadow import validate_redaction_patterns
 
 ACTIONS = plans.LIFECYCLE
 OPERATE_PERMISSION = "migrations_app.operate_migrationplan"
@@ -117,7 +124,18 @@ class PlanForm(forms.ModelForm):
             "circuit_breaker_min_requests",
             "escalate_after_minutes",
             "alert_channels",
+            "shadow_budget_usd_per_day",
+            "shadow_retention_days",
+            "redaction_patterns",
+            "fallback_to_control",
         )
+
+    def clean_redaction_patterns(self) -> Any:
+        patterns = self.cleaned_data.get("redaction_patterns") or []
+        problems = validate_redaction_patterns(patterns)
+        if problems:
+            raise forms.ValidationError(problems)
+        return patterns
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
@@ -299,7 +317,7 @@ class MigrationPlanAdmin(admin.ModelAdmin):
     )
     list_filter = ("status",)
     search_fields = ("key", "name")
-    actions = [_bulk_action(name) for name in ACTIONS]
+    actions = [*(_bulk_action(name) for name in ACTIONS), "send_test_alert"]
     change_form_template = "admin/migrations_app/migrationplan/change_form.html"
     fieldsets = (
         (None, {"fields": ("key", "name", "description", "owner", "lifecycle")}),
@@ -334,6 +352,17 @@ class MigrationPlanAdmin(admin.ModelAdmin):
                     "circuit_breaker_min_requests",
                     "escalate_after_minutes",
                     "alert_channels",
+                )
+            },
+        ),
+        (
+            "Shadow mode and requests",
+            {
+                "fields": (
+                    "shadow_budget_usd_per_day",
+                    "shadow_retention_days",
+                    "redaction_patterns",
+                    "fallback_to_control",
                 )
             },
         ),
@@ -374,6 +403,24 @@ class MigrationPlanAdmin(admin.ModelAdmin):
                 for i, row in enumerate(inline.playbook)
             ]
         return kwargs
+
+    @admin.action(description="Send a test alert to the plans' channels", permissions=["operate"])
+    def send_test_alert(self, request: HttpRequest, queryset: QuerySet[MigrationPlan]) -> None:
+        now = timezone.now()
+        queued = 0
+        for plan in queryset:
+            message = build_test_message(
+                plan_key=plan.key,
+                plan_name=plan.name,
+                run=plan.current_run.number if plan.current_run else 0,
+                dashboard_url=f"{settings.SITE_URL}/plans/{plan.key}/",
+                now=now,
+            )
+            with transaction.atomic():
+                queued += len(outbox.alert_enqueue(plan=plan, message=message, now=now))
+        self.message_user(
+            request, f"Queued {queued} test alert(s); see Alert deliveries for the outcome."
+        )
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(OPERATE_PERMISSION)
@@ -530,3 +577,37 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         messages.success(request, f"Revoked {count} key(s).")
+
+
+class AlertAttemptInline(admin.TabularInline):
+    model = AlertAttempt
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ("at", "ok", "status_code", "latency_ms", "error")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(AlertDelivery)
+class AlertDeliveryAdmin(admin.ModelAdmin):
+    """The outbox, read-only: what was paged where, and how each attempt went."""
+
+    list_display = (
+        "created_at", "plan", "channel", "event", "severity", "status", "attempts", "repeats",
+        "last_error",
+    )  # fmt: skip
+    list_filter = ("status", "event", "channel")
+    search_fields = ("plan__key", "dedup_key")
+    list_select_related = ("plan", "channel")
+    inlines = [AlertAttemptInline]
+    readonly_fields = (
+        "plan", "channel", "event", "severity", "dedup_key", "message", "status", "attempts",
+        "next_attempt_at", "last_error", "repeats", "last_seen_at", "created_at", "delivered_at",
+    )  # fmt: skip
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -53,6 +53,10 @@ def _plan_post(**overrides: Any) -> dict[str, Any]:
         "circuit_breaker_error_rate": "0.2",
         "circuit_breaker_min_requests": "50",
         "escalate_after_minutes": "10",
+        "shadow_budget_usd_per_day": "25.00",
+        "shadow_retention_days": "14",
+        "redaction_patterns": '["order-\\\\d+"]',
+        "fallback_to_control": "on",
     }
     data.update(overrides.pop("plan", {}))
     phases = overrides.pop(
@@ -204,6 +208,8 @@ def test_create_a_plan_in_the_admin(admin_client: Client) -> None:
         ),
         ({"phases": []}, "Add at least one phase."),
         ({"plan": {"key": "Not A Key!"}}, "Lowercase letters, digits"),
+        ({"plan": {"redaction_patterns": '["(unclosed"]'}}, "missing ), unterminated"),
+        ({"plan": {"redaction_patterns": '{"a": 1}'}}, "A list of regular expressions"),
     ],
 )
 def test_a_bad_plan_gets_field_errors_and_nothing_is_saved(
@@ -324,3 +330,24 @@ def test_api_key_is_shown_once_and_stored_hashed(admin_client: Client) -> None:
 
     assert apikey_authenticate(plaintext) == key
     assert apikey_authenticate(plaintext[:-1] + "x") is None
+
+
+def test_send_a_test_alert_and_see_it_in_the_outbox(admin_client: Client) -> None:
+    from migrations_app.models import AlertChannel, AlertDelivery
+
+    admin_client.post(reverse("admin:migrations_app_migrationplan_add"), _plan_post())
+    plan = MigrationPlan.objects.get(key="checkout-bot")
+    assert plan.redaction_patterns == ["order-\\d+"] and plan.shadow_retention_days == 14
+    plan.alert_channels.add(AlertChannel.objects.create(name="ops", kind="slack", url_env="X"))
+    response = admin_client.post(
+        reverse("admin:migrations_app_migrationplan_changelist"),
+        {"action": "send_test_alert", "_selected_action": [plan.pk]},
+        follow=True,
+    )
+    assert "Queued 1 test alert(s)" in response.content.decode()
+    row = AlertDelivery.objects.get(plan=plan)
+    assert (row.event, row.severity) == ("test", "info")
+    page = admin_client.get(reverse("admin:migrations_app_alertdelivery_change", args=[row.pk]))
+    assert page.status_code == 200 and row.dedup_key in page.content.decode()
+    listing = admin_client.get(reverse("admin:migrations_app_alertdelivery_changelist"))
+    assert "checkout-bot" in listing.content.decode()
