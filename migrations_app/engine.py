@@ -174,6 +174,7 @@ def _page(
         at=now,
         dashboard_url=f"{settings.SITE_URL}/plans/{plan.key}/",
         about=about,
+        examples=selectors.example_pairs(plan) if action != "recovered" else (),
     )
     outbox.alert_enqueue(plan=plan, message=message, now=now)
 

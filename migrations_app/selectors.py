@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from migrations_app import aggregation
+from migrations_app.alerts.message import ExamplePair
 from migrations_app.models import (
     AuditEvent,
     Evaluation,
@@ -16,6 +17,8 @@ from migrations_app.models import (
     PlanStage,
     PlanStatus,
     ShadowAggregate,
+    ShadowSample,
+    ShadowStatus,
     StageAggregate,
     WindowAggregate,
 )
@@ -63,6 +66,38 @@ def paired_errors(stage: PlanStage | int) -> PairedErrors | None:
         candidate_only=data.get("candidate_only", 0),
         both=data.get("both", 0),
     )
+
+
+def example_pairs(plan: MigrationPlan, limit: int = 3) -> list[ExamplePair]:
+    """The current run's latest shadow pairs, failures and disagreements first: what a page
+    shows so on-call can read the difference, not only count it."""
+    if plan.current_run_id is None:
+        return []
+    recent = ShadowSample.objects.filter(
+        plan=plan, run_id=plan.current_run_id, status=ShadowStatus.DONE
+    ).order_by("-completed_at")[:50]
+
+    def rank(sample: ShadowSample) -> tuple[bool, bool]:
+        return (
+            not sample.candidate.get("error"),
+            bool(sample.comparison.get("normalized_match", False)),
+        )
+
+    pairs = []
+    for sample in sorted(recent, key=rank)[:limit]:
+        prompt = next(
+            (m["content"] for m in reversed(sample.request["messages"]) if m["role"] == "user"),
+            "",
+        )
+        error = sample.candidate.get("error")
+        pairs.append(
+            ExamplePair(
+                prompt=prompt,
+                control=sample.control.get("text", ""),
+                candidate=f"(no answer: {error})" if error else sample.candidate.get("text", ""),
+            )
+        )
+    return pairs
 
 
 def latest_evaluation(stage: PlanStage | int) -> Evaluation | None:

@@ -170,3 +170,16 @@ def test_retention_purges_samples():
     plan = shadow_plan(shadow_retention_days=3)
     ingest(sample(plan), sample(plan))
     assert shadow.shadow_purge(now=timezone.now() + timedelta(days=3, minutes=1)) == 2
+
+
+def test_pages_show_the_latest_pairs_failures_first():
+    plan = shadow_plan()
+    events = [sample(plan) for _ in range(4)]
+    ingest(*events)
+    shadow.shadow_run([e["id"] for e in events[:3]], call=answer(), compare=same)
+    shadow.shadow_run([events[3]["id"]], call=answer(text="", error="rate_limited"), compare=same)
+    pairs = selectors.example_pairs(plan)
+    assert len(pairs) == 3
+    assert pairs[0].candidate == "(no answer: rate_limited)"
+    assert pairs[0].prompt == "My order 1234 never arrived."
+    assert pairs[1].candidate == "I have reshipped order 1234."
