@@ -20,6 +20,10 @@ install: $(STAMP)
 run: install
 	$(PY) -m controlplane.launcher
 
+# The control plane, a plan, live traffic and a candidate that regresses (Ctrl-C stops it).
+demo: install
+	$(PY) -m controlplane.demo
+
 lint: install
 	$(VENV)/bin/ruff check .
 
