@@ -1,11 +1,11 @@
 """`make demo`: the control plane, a plan, live traffic, and a candidate that regresses.
 
 Starts Turnout as `make run` does (web, stream, worker, beat; the engine evaluates every 5 s
-here), creates the plan ``demo-chat`` (GPT-4o to GPT-4o mini: A/B split 50 %, then a rollout to 75 and
-100 %, a minute and 500 requests per arm per step) with a webhook alert
+here), creates the plan ``demo-chat`` (GPT-4o to GPT-4o mini: A/B split 50 % for a minute, then a
+rollout to 75 and 100 %, two minutes each; 500 requests per arm per step) with a webhook alert
 channel that this process receives and prints, and sends ~25 requests a second through the
 SDK (decide, then report how the call went). After ``--regress-after`` seconds the
-candidate starts failing six times as often (2 % to 12 %) and answering slower: watch the engine roll
+candidate starts failing far more often (2 % to 15 %) and answering slower: watch the engine roll
 the plan back on its own, every SDK switch to control, and the page arrive, with the
 evidence, in the admin's audit trail and the plan's dashboard.
 """
@@ -28,13 +28,13 @@ PLAN = "demo-chat"
 PHASES = [
     {"kind": "ab_split", "percent": 50.0, "steps": [], "min_duration_minutes": 1,
      "min_samples": 500},
-    {"kind": "rollout", "percent": None, "steps": [75, 100], "min_duration_minutes": 1,
+    {"kind": "rollout", "percent": None, "steps": [75, 100], "min_duration_minutes": 2,
      "min_samples": 500},
 ]  # fmt: skip
 # Tolerances a demo can prove inside within a minute of traffic (absolute error rate and
 # satisfaction), so the plan visibly advances before the candidate regresses.
 GUARDRAILS = [
-    {"metric": "error_rate", "tolerance_kind": "absolute", "tolerance": 0.05, "action": "rollback"},
+    {"metric": "error_rate", "tolerance_kind": "absolute", "tolerance": 0.03, "action": "rollback"},
     {"metric": "latency_p95", "tolerance_kind": "relative", "tolerance": 1.5, "action": "rollback"},
     {"metric": "satisfaction", "tolerance_kind": "absolute", "tolerance": 0.15, "action": "alert"},
     {
@@ -118,7 +118,7 @@ def traffic(base: str, stream: str, key: str, regress_after: float, stop: thread
             now = time.time()
             if not regressed and now - started >= regress_after:
                 regressed = True
-                say("the candidate regresses now: 6x the errors, 1.5x the latency")
+                say("the candidate regresses now: 15 % errors instead of 2 %, 1.5x the latency")
             d = client.decide(PLAN, unit=f"user-{rng.integers(0, 5000)}")
             bad = regressed and d.arm == "candidate"
             counts[d.arm] += 1
@@ -126,7 +126,7 @@ def traffic(base: str, stream: str, key: str, regress_after: float, stop: thread
                 d,
                 latency_ms=float(900 * np.exp(rng.normal(0, 0.4)) * (1.5 if bad else 1.0)),
                 ttft_ms=float(220 * np.exp(rng.normal(0, 0.3))),
-                error="server_error" if rng.random() < (0.12 if bad else 0.02) else None,
+                error="server_error" if rng.random() < (0.15 if bad else 0.02) else None,
                 input_tokens=int(rng.integers(400, 1600)),
                 output_tokens=int(rng.integers(80, 500)),
             )
@@ -141,14 +141,14 @@ def traffic(base: str, stream: str, key: str, regress_after: float, stop: thread
                     )
                 counts = {"control": 0, "candidate": 0}
                 last_arm_line = now
-            time.sleep(0.025)
+            time.sleep(0.02)
     finally:
         client.close()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--regress-after", type=float, default=180.0, help="seconds")
+    parser.add_argument("--regress-after", type=float, default=120.0, help="seconds")
     args = parser.parse_args()
     env = {**os.environ}
     env.setdefault("DEBUG", "1")

@@ -345,6 +345,9 @@ def plan_watch_recovery(*, plan_id: int, now: datetime | None = None) -> str:
             "baseline": _arm_summary(baseline) if baseline else None,
         }
         subject = _incident_subject(plan, recovery.run_id)
+        escalated = AuditEvent.objects.filter(
+            plan=plan, run_id=recovery.run_id, action="escalated"
+        ).exists()
         if check.status == "recovered":
             PlanStage.objects.filter(pk=recovery.pk).update(ended_at=now)
             plans.record_edit(
@@ -353,12 +356,10 @@ def plan_watch_recovery(*, plan_id: int, now: datetime | None = None) -> str:
             )  # fmt: skip
             # Resolve the rollback's page, and the escalation's, which has a key of its own.
             _page(plan, "recovered", evidence, check.summary, now, about=subject)
-            _page(plan, "recovered", evidence, check.summary, now, about=f"{subject}:escalated")
+            if escalated:
+                _page(plan, "recovered", evidence, check.summary, now, about=f"{subject}:escalated")
             return "recovered"
         overdue = now - recovery.started_at >= timedelta(minutes=plan.escalate_after_minutes)
-        escalated = AuditEvent.objects.filter(
-            plan=plan, run_id=recovery.run_id, action="escalated"
-        ).exists()
         if check.status == "not_recovered" and overdue and not escalated:
             reason = (
                 f"Not recovered {plan.escalate_after_minutes} minutes after the rollback: "

@@ -39,8 +39,7 @@ def rolled_back() -> MigrationPlan:
 def control_traffic(plan: MigrationPlan, n: int, error_rate: float, seed: int) -> None:
     rng = np.random.default_rng(seed)
     events = [
-        outcome(plan, error="server_error" if rng.random() < error_rate else None)
-        for _ in range(n)
+        outcome(plan, error="server_error" if rng.random() < error_rate else None) for _ in range(n)
     ]
     assert ingest.outcomes_ingest(identity=Everyone(), payload={"events": events}).stored == n
 
@@ -82,3 +81,20 @@ def test_control_still_failing_escalates_once_after_the_plan_setting():
     # the plan did not move: notes only
     plan_after = MigrationPlan.objects.get(pk=plan.pk)
     assert (plan_after.status, plan_after.version) == (plan.status, plan.version)
+
+
+def test_recovery_after_an_escalation_resolves_both_pages():
+    from migrations_app import plans
+
+    plan = rolled_back()
+    plan.alert_channels.add(AlertChannel.objects.create(name="pd", kind="pagerduty"))
+    plans.record_edit(plan, actor=plans.ENGINE, action="escalated", reason="x", publish=False)
+    control_traffic(plan, 200, 0.02, seed=7)
+    assert engine.plan_watch_recovery(plan_id=plan.pk) == "recovered"
+    keys = set(
+        AlertDelivery.objects.filter(plan=plan, event="recovered").values_list(
+            "dedup_key", flat=True
+        )
+    )
+    base = f"turnout:{plan.key}:{plan.current_run.number}:error_rate"
+    assert keys == {base, f"{base}:escalated"}
