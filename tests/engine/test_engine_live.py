@@ -72,12 +72,21 @@ def test_a_tripled_error_rate_is_rolled_back_and_every_sdk_switches_to_control(
     key = start_plan(
         "live-rollback",
         phases=[
-            {"kind": "ab_split", "percent": 50.0, "steps": [], "min_duration_minutes": 0,
-             "min_samples": 1_000_000},
+            {
+                "kind": "ab_split",
+                "percent": 50.0,
+                "steps": [],
+                "min_duration_minutes": 0,
+                "min_samples": 1_000_000,
+            },
         ],  # fmt: skip
         guardrails=[
-            {"metric": "error_rate", "tolerance_kind": "relative", "tolerance": 1.5,
-             "action": "rollback"},
+            {
+                "metric": "error_rate",
+                "tolerance_kind": "relative",
+                "tolerance": 1.5,
+                "action": "rollback",
+            },
         ],  # fmt: skip
     )
     client = turnout.Client(live_server_process, key, flush_interval=0.2)
@@ -119,16 +128,34 @@ def test_a_healthy_candidate_advances_through_its_steps_and_completes(
     key = start_plan(
         "live-advance",
         phases=[
-            {"kind": "ab_split", "percent": 50.0, "steps": [], "min_duration_minutes": 0,
-             "min_samples": 1_500},
-            {"kind": "rollout", "percent": None, "steps": [50, 100], "min_duration_minutes": 0,
-             "min_samples": 1_500},
+            {
+                "kind": "ab_split",
+                "percent": 50.0,
+                "steps": [],
+                "min_duration_minutes": 0,
+                "min_samples": 1_500,
+            },
+            {
+                "kind": "rollout",
+                "percent": None,
+                "steps": [50, 100],
+                "min_duration_minutes": 0,
+                "min_samples": 1_500,
+            },
         ],  # fmt: skip
         guardrails=[
-            {"metric": "error_rate", "tolerance_kind": "absolute", "tolerance": 0.05,
-             "action": "rollback"},
-            {"metric": "latency_p95", "tolerance_kind": "relative", "tolerance": 1.5,
-             "action": "rollback"},
+            {
+                "metric": "error_rate",
+                "tolerance_kind": "absolute",
+                "tolerance": 0.05,
+                "action": "rollback",
+            },
+            {
+                "metric": "latency_p95",
+                "tolerance_kind": "relative",
+                "tolerance": 1.5,
+                "action": "rollback",
+            },
         ],  # fmt: skip
     )
     client = turnout.Client(live_server_process, key, flush_interval=0.2)
