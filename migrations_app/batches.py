@@ -5,6 +5,7 @@ name the field and a stable code, and the answer a batch gets (stored, duplicate
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,8 @@ MAX_UNIT_LENGTH = 256
 MAX_MS = 24 * 3600 * 1000.0  # a request that took a day is a unit mistake, not a latency
 MAX_TOKENS = 2**31 - 1
 FUTURE_SLACK = timedelta(minutes=5)  # client clocks drift; more than this is a bad timestamp
+# PostgreSQL text cannot hold NUL, and a lone surrogate (valid in JSON's \ud800) has no UTF-8.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +65,36 @@ class Invalid(Exception):
 # --- field checks ------------------------------------------------------------------------
 
 
+def is_text(value: Any, max_length: int) -> bool:
+    """A string the database can store and compare: 1 to ``max_length`` characters, no NUL,
+    no lone surrogate. (Check before a value goes into any query, even a lookup.)"""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= max_length
+        and _UNSTORABLE.search(value) is None
+    )
+
+
 def text(event: Mapping[str, Any], name: str, max_length: int) -> str:
     value = event.get(name)
     if value is None:
         raise Invalid(name, "required", f"{name} is required.")
-    if not isinstance(value, str) or not value or len(value) > max_length:
-        raise Invalid(name, "invalid", f"{name} must be a string of 1 to {max_length} characters.")
+    if not is_text(value, max_length):
+        raise Invalid(
+            name,
+            "invalid",
+            f"{name} must be a string of 1 to {max_length} characters, without NUL or lone"
+            " surrogates.",
+        )
     return value
+
+
+def finite_number(value: Any) -> bool:
+    """A JSON number that is not NaN or infinite. (Python's json reads the literals NaN and
+    Infinity; ``math.isfinite`` would overflow on a 400-digit integer, which compares fine.)"""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def number(event: Mapping[str, Any], name: str, *, required: bool, maximum: float) -> float | None:
@@ -77,7 +103,7 @@ def number(event: Mapping[str, Any], name: str, *, required: bool, maximum: floa
         if required:
             raise Invalid(name, "required", f"{name} is required.")
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not finite_number(value):
         raise Invalid(name, "invalid", f"{name} must be a number.")
     if not 0 <= value <= maximum:
         raise Invalid(name, "out_of_range", f"{name} must be between 0 and {maximum:g}.")

@@ -17,7 +17,6 @@ still in an SDK buffer). It is stored and held, then counted when its outcome ar
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +39,9 @@ from migrations_app.batches import (
     Rejection,
     check_batch_size,
     events_of,
+    finite_number,
     integer,
+    is_text,
     number,
     text,
     timestamp,
@@ -56,6 +57,7 @@ from migrations_app.selectors import PlanInfo, plan_infos
 from migrations_app.stats import ArmAggregates
 
 ARMS = ("control", "candidate")
+PLAN_KEY_LENGTH = 63
 
 
 # --- outcomes ----------------------------------------------------------------------------
@@ -82,7 +84,7 @@ def _parse_outcome(
         raise Invalid("event", "invalid", "Each event must be an object.")
     event_id = text(event, "id", MAX_ID_LENGTH)
     decision_id = text(event, "decision_id", MAX_ID_LENGTH)
-    key = text(event, "plan", 63)
+    key = text(event, "plan", PLAN_KEY_LENGTH)
     info = plans.get(key)
     if info is None or not identity.may_see(info.plan.pk):
         raise Invalid("plan", "plan_not_found", f"No plan with key {key!r}.")
@@ -106,7 +108,7 @@ def _parse_outcome(
     latency = number(event, "latency_ms", required=True, maximum=MAX_MS)
     ttft = number(event, "ttft_ms", required=False, maximum=MAX_MS)
     error = event.get("error")
-    if error is not None and error not in ERROR_KINDS:
+    if error is not None and (not isinstance(error, str) or error not in ERROR_KINDS):
         raise Invalid("error", "invalid", f"error must be null or one of {sorted(ERROR_KINDS)}.")
     input_tokens = integer(event, "input_tokens", required=False)
     output_tokens = integer(event, "output_tokens", required=False)
@@ -143,7 +145,9 @@ def outcomes_ingest(*, identity: Any, payload: Any) -> IngestResult:
     check_batch_size(events)
     now = timezone.now()
     plans = plan_infos(
-        e["plan"] for e in events if isinstance(e, Mapping) and isinstance(e.get("plan"), str)
+        e["plan"]
+        for e in events
+        if isinstance(e, Mapping) and is_text(e.get("plan"), PLAN_KEY_LENGTH)
     )
     result = IngestResult()
     parsed: dict[str, _Outcome] = {}
@@ -263,12 +267,12 @@ def _parse_feedback(event: Any, now: datetime) -> tuple[str, str, float, float, 
     event_id = text(event, "id", MAX_ID_LENGTH)
     decision_id = text(event, "decision_id", MAX_ID_LENGTH)
     scale = event.get("scale", "thumbs")
-    if scale not in FEEDBACK_SCALES:
+    if not isinstance(scale, str) or scale not in FEEDBACK_SCALES:
         raise Invalid("scale", "invalid", f"scale must be one of {sorted(FEEDBACK_SCALES)}.")
     score = event.get("score")
     if score is None:
         raise Invalid("score", "required", "score is required.")
-    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+    if not finite_number(score):
         raise Invalid("score", "invalid", "score must be a number.")
     if (scale == "thumbs" and score not in (-1, 1)) or (scale == "five" and not 1 <= score <= 5):
         allowed = "-1 or 1" if scale == "thumbs" else "1 to 5"

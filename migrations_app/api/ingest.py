@@ -48,9 +48,11 @@ def read_json_body(request: Request) -> Any:
             )
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError covers bad JSON and bad UTF-8, and also integers beyond Python's digit limit;
+    # RecursionError is nesting deeper than the parser's stack.
+    except (ValueError, RecursionError) as exc:
         raise DomainError(
-            f"The body is not valid JSON: {exc}", code="parse_error", status=400
+            f"The body is not valid JSON: {str(exc)[:200]}", code="parse_error", status=400
         ) from None
 
 
