@@ -27,11 +27,15 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-# System packages the suite needs: Debian's docker-compose (validates docker/compose.yml).
+# System packages the suite needs: Debian's docker-compose (validates docker/compose.yml) and
+# Debian's Chromium (the browser tests drive it through Playwright; no browser download).
 system-deps:
 	@command -v docker-compose >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; } || \
 		echo "warning: docker-compose missing and not root: the compose check will fail"
+	@[ -x /usr/bin/chromium ] || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "warning: /usr/bin/chromium missing and not root: the browser tests will be skipped"
 
 test: install system-deps lint
 	DEBUG=1 DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
