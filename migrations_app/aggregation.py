@@ -126,6 +126,38 @@ def cluster_delta(old: UnitTotals, new: UnitTotals) -> ArmAggregates:
     )
 
 
+def cluster_deltas(moves: Iterable[tuple[UnitTotals, UnitTotals]]) -> ArmAggregates:
+    """The summed cluster-sum change of many units' moves (old, new), exactly rounded: the
+    same as adding :func:`cluster_delta` of each, at a fraction of the cost (one ingest batch
+    moves hundreds of units)."""
+    units = [0, 0, 0, 0]
+    sums: list[list[list[float]]] = [[[], [], []] for _ in range(4)]
+    for old, new in moves:
+        pairs = (
+            (old.errors, old.requests, new.errors, new.requests),
+            (old.cost_sum, old.cost_n, new.cost_sum, new.cost_n),
+            (old.feedback_sum, old.feedback_n, new.feedback_sum, new.feedback_n),
+            (old.feedback_n, old.requests, new.feedback_n, new.requests),
+        )
+        for i, (y0, n0, y1, n1) in enumerate(pairs):
+            if n0 == 0 and n1 != 0:
+                units[i] += 1
+            yy, yn, nn = sums[i]
+            yy.append(y1 * y1 - y0 * y0)
+            yn.append(y1 * n1 - y0 * n0)
+            nn.append(n1 * n1 - n0 * n0)
+    error, cost, feedback, rate = (
+        ClusterSums(units[i], math.fsum(yy), math.fsum(yn), math.fsum(nn))
+        for i, (yy, yn, nn) in enumerate(sums)
+    )
+    return ArmAggregates(
+        error_clusters=error,
+        cost_clusters=cost,
+        feedback_clusters=feedback,
+        feedback_rate_clusters=rate,
+    )
+
+
 # --- storage form ------------------------------------------------------------------------
 
 

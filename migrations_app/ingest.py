@@ -17,6 +17,8 @@ still in an SDK buffer). It is stored and held, then counted when its outcome ar
 
 from __future__ import annotations
 
+import json
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -165,11 +167,7 @@ def outcomes_ingest(*, identity: Any, payload: Any) -> IngestResult:
         with transaction.atomic():
             stored = _insert_outcomes(list(parsed.values()), now)
             new = [parsed[event_id] for event_id in stored]
-            held = list(
-                Feedback.objects.filter(
-                    decision_id__in={o.decision_id for o in new}, outcome__isnull=True
-                ).values_list("pk", flat=True)
-            )
+            held = _held_feedback({o.decision_id for o in new})
             aggregate([(o.stage_id, o.facts) for o in new if o.stage_id is not None], [])
             if held:
                 _apply_feedback(held)
@@ -193,13 +191,61 @@ def _dropped(payload: Any) -> int:
     return 0
 
 
+# PostgreSQL gets a batch's rows as one JSON parameter (an array of row arrays) that the
+# statement unpacks with typed casts: one short statement whatever the batch size, serialised
+# by json.dumps in C. The portable form (one placeholder per value) spends more time building
+# and adapting the query than the database spends storing the rows (bench/bench_ingest.py).
+# Numbers survive exactly (repr in, float8in out); datetimes go as ISO 8601 with microseconds.
+# Tests switch this off to run the portable path on PostgreSQL too; SQLite (the embedded
+# mode) always takes it.
+FAST_PATH = True
+
+
+def _fast() -> bool:
+    return FAST_PATH and connection.vendor == "postgresql"
+
+
+def _json_rows(pg_types: Sequence[str]) -> str:
+    """A SELECT of typed columns from the JSON parameter made by :func:`_json_param`."""
+    columns = ", ".join(
+        f"(r->{i})::{t}" if t == "jsonb" else f"(r->>{i})::{t}" for i, t in enumerate(pg_types)
+    )
+    return f"SELECT {columns} FROM json_array_elements(%s::json) AS r"
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot send {type(value).__name__} as JSON")
+
+
+def _json_param(rows: Any) -> str:
+    return json.dumps(rows, separators=(",", ":"), allow_nan=False, default=_iso)
+
+
 def _insert_returning(
-    table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], key: str
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    key: str,
+    pg_types: Sequence[str],
 ) -> list[Any]:
-    """Multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING key``: the keys it stored.
-    (PostgreSQL and SQLite >= 3.35 both speak it; the ORM's bulk_create cannot say which
-    rows were new.)"""
+    """``INSERT ... ON CONFLICT DO NOTHING RETURNING key``: the keys it stored. (PostgreSQL
+    and SQLite >= 3.35 both speak it; the ORM's bulk_create cannot say which rows were new.)
+
+    Rows go in key order (the key is the first column): two batches sharing events then wait
+    for each other in the same order instead of deadlocking."""
     qn = connection.ops.quote_name
+    rows = sorted(rows, key=lambda row: row[0])
+    if _fast():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {qn(table)} ({', '.join(qn(c) for c in columns)}) "
+                f"{_json_rows(pg_types)} "
+                f"ON CONFLICT ({qn(key)}) DO NOTHING RETURNING {qn(key)}",
+                [_json_param(rows)],
+            )
+            return [r[0] for r in cursor.fetchall()]
     one = "(" + ", ".join(["%s"] * len(columns)) + ")"
     stored: list[Any] = []
     # Stay well under SQLite's and PostgreSQL's bound-parameter limits.
@@ -250,7 +296,13 @@ def _insert_outcomes(outcomes: Sequence[_Outcome], now: datetime) -> list[str]:
         )  # fmt: skip
         for o in outcomes
     ]
-    return _insert_returning(Outcome._meta.db_table, columns, rows, "event_id")
+    return _insert_returning(Outcome._meta.db_table, columns, rows, "event_id", _OUTCOME_TYPES)
+
+
+_OUTCOME_TYPES = (
+    "text", "bigint", "bigint", "bigint", "integer", "text", "text", "text", "timestamptz",
+    "timestamptz", "float8", "float8", "text", "integer", "integer", "float8", "timestamptz",
+)  # fmt: skip
 
 
 # --- feedback ----------------------------------------------------------------------------
@@ -309,6 +361,7 @@ def feedback_ingest(*, payload: Any) -> IngestResult:
                 ["event_id", "decision_id", "score", "raw_score", "scale", "ts", "received_at"],
                 [(*r[:5], _dt(r[5]), received) for r in parsed.values()],
                 "event_id",
+                ("text", "text", "float8", "float8", "text", "timestamptz", "timestamptz"),
             )
             if stored:
                 _apply_feedback(stored)
@@ -322,6 +375,25 @@ def feedback_ingest(*, payload: Any) -> IngestResult:
         dropped=0,
     )
     return result
+
+
+def _held_feedback(decision_ids: set[str]) -> list[str]:
+    """Ids of feedback held for these decisions (not yet counted)."""
+    if not decision_ids:
+        return []
+    if _fast():  # one array parameter, not one placeholder per id
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT event_id FROM {Feedback._meta.db_table} WHERE outcome_id IS NULL "
+                "AND decision_id IN (SELECT json_array_elements_text(%s::json))",
+                [_json_param(sorted(decision_ids))],
+            )
+            return [r[0] for r in cursor.fetchall()]
+    return list(
+        Feedback.objects.filter(decision_id__in=decision_ids, outcome__isnull=True).values_list(
+            "pk", flat=True
+        )
+    )
 
 
 def _apply_feedback(feedback_ids: Sequence[str]) -> int:
@@ -392,34 +464,54 @@ def aggregate(
     for stage_id, facts in outcomes:
         by_window[(stage_id, facts.window, facts.arm)].append(facts)
         by_unit[(stage_id, facts.arm, facts.unit)].append(facts)
-    deltas: dict[tuple[int, datetime, str], ArmAggregates] = {
-        key: aggregation.outcome_delta(rows) for key, rows in by_window.items()
-    }
+    deltas: dict[tuple[int, datetime, str], list[ArmAggregates]] = defaultdict(list)
+    for key, rows in by_window.items():
+        deltas[key].append(aggregation.outcome_delta(rows))
     changes: dict[tuple[int, str, str], UnitTotals] = {
         key: aggregation.unit_change(rows) for key, rows in by_unit.items()
     }
     # A unit's cluster-sum change is booked in the window of its first event in the batch:
     # only the stage's sum of windows is ever tested, so any one of its windows will do.
     unit_window = {key: (key[0], rows[0].window, key[1]) for key, rows in by_unit.items()}
+    scores: dict[tuple[int, datetime, str], list[float]] = defaultdict(list)
+    feedback_units: dict[tuple[int, str, str], list[float]] = defaultdict(list)
     for stage_id, facts, score in feedback:
         wkey = (stage_id, facts.window, facts.arm)
         ukey = (stage_id, facts.arm, facts.unit)
-        deltas[wkey] = deltas.get(wkey, ArmAggregates()) + aggregation.feedback_delta([score])
-        changes[ukey] = changes.get(ukey, UnitTotals()) + UnitTotals(
-            feedback_n=1, feedback_sum=score
-        )
+        scores[wkey].append(score)
+        feedback_units[ukey].append(score)
         unit_window.setdefault(ukey, wkey)
-    for ukey, (old, new) in _upsert_unit_totals(changes).items():
-        wkey = unit_window[ukey]
-        deltas[wkey] = deltas.get(wkey, ArmAggregates()) + aggregation.cluster_delta(old, new)
-    _merge_windows(deltas)
+    for wkey, values in scores.items():
+        deltas[wkey].append(aggregation.feedback_delta(values))
+    for ukey, values in feedback_units.items():
+        changes[ukey] = changes.get(ukey, UnitTotals()) + UnitTotals(
+            feedback_n=len(values), feedback_sum=math.fsum(values)
+        )
+    moves: dict[tuple[int, datetime, str], list[tuple[UnitTotals, UnitTotals]]] = defaultdict(list)
+    for ukey, move in _upsert_unit_totals(changes).items():
+        moves[unit_window[ukey]].append(move)
+    for wkey, window_moves in moves.items():
+        deltas[wkey].append(aggregation.cluster_deltas(window_moves))
+    window_deltas = {key: ArmAggregates.merge(items) for key, items in deltas.items()}
+    _merge_windows(window_deltas)
     stage_deltas: dict[tuple[int, str], list[ArmAggregates]] = defaultdict(list)
-    for (stage_id, _, arm), delta in deltas.items():
+    for (stage_id, _, arm), delta in window_deltas.items():
         stage_deltas[(stage_id, arm)].append(delta)
     _merge_stages({key: ArmAggregates.merge(items) for key, items in stage_deltas.items()})
 
 
 _UNIT_FIELDS = ("requests", "errors", "cost_n", "cost_sum", "feedback_n", "feedback_sum")
+_UNIT_TYPES = (  # stage_id, arm, unit, *_UNIT_FIELDS
+    "bigint",
+    "text",
+    "text",
+    "integer",
+    "integer",
+    "integer",
+    "float8",
+    "integer",
+    "float8",
+)
 
 
 def _upsert_unit_totals(
@@ -434,20 +526,24 @@ def _upsert_unit_totals(
     updates = ", ".join(f"{qn(f)} = {table}.{qn(f)} + EXCLUDED.{qn(f)}" for f in _UNIT_FIELDS)
     keys = sorted(changes)
     result: dict[tuple[int, str, str], tuple[UnitTotals, UnitTotals]] = {}
-    chunk = 2000
+    chunk = len(keys) if _fast() else 2000
+    upsert = (
+        f"INSERT INTO {table} ({', '.join(qn(c) for c in columns)}) "
+        f"{{source}} "
+        f"ON CONFLICT ({qn('stage_id')}, {qn('arm')}, {qn('unit')}) DO UPDATE SET {updates} "
+        f"RETURNING {', '.join(qn(c) for c in columns)}"
+    )
     with connection.cursor() as cursor:
         for start in range(0, len(keys), chunk):
             part = keys[start : start + chunk]
-            params = [
-                v for key in part for v in (*key, *(getattr(changes[key], f) for f in _UNIT_FIELDS))
-            ]
-            cursor.execute(
-                f"INSERT INTO {table} ({', '.join(qn(c) for c in columns)}) "
-                f"VALUES {', '.join([one] * len(part))} "
-                f"ON CONFLICT ({qn('stage_id')}, {qn('arm')}, {qn('unit')}) DO UPDATE SET {updates} "
-                f"RETURNING {', '.join(qn(c) for c in columns)}",
-                params,
-            )
+            rows = [(*key, *(getattr(changes[key], f) for f in _UNIT_FIELDS)) for key in part]
+            if _fast():
+                source = _json_rows(_UNIT_TYPES)
+                params: list[Any] = [_json_param(rows)]
+            else:
+                source = f"VALUES {', '.join([one] * len(part))}"
+                params = [value for row in rows for value in row]
+            cursor.execute(upsert.format(source=source), params)
             for stage_id, arm, unit, *values in cursor.fetchall():
                 key = (stage_id, arm, unit)
                 new = UnitTotals(*values)
@@ -468,6 +564,7 @@ def _merge_windows(deltas: Mapping[tuple[int, datetime, str], ArmAggregates]) ->
         .filter(stage_id__in={k[0] for k in keys}, window__in={k[1] for k in keys})
         .order_by("stage_id", "window", "arm")
     }
+    changed = []
     for key in keys:
         row = rows[key]
         merged = aggregation.from_json(row.data) + deltas[key]
@@ -479,7 +576,8 @@ def _merge_windows(deltas: Mapping[tuple[int, datetime, str], ArmAggregates]) ->
         row.cost_sum = merged.cost_sum
         row.feedback_n = merged.feedback_n
         row.feedback_sum = merged.feedback_sum
-        row.save(update_fields=[*_WINDOW_COLUMNS, "data"])
+        changed.append(row)
+    _update_rows(WindowAggregate, changed, [*_WINDOW_COLUMNS, "data"], _WINDOW_TYPES)
 
 
 _WINDOW_COLUMNS = (
@@ -491,6 +589,32 @@ _WINDOW_COLUMNS = (
     "feedback_n",
     "feedback_sum",
 )
+_WINDOW_TYPES = ("integer", "integer", "float8", "integer", "float8", "integer", "float8", "jsonb")
+
+
+def _update_rows(
+    model: Any, rows: Sequence[Any], fields: Sequence[str], pg_types: Sequence[str]
+) -> None:
+    """Write ``fields`` of rows already locked and changed in memory: on PostgreSQL one
+    ``UPDATE ... FROM`` the JSON parameter, elsewhere a save per row."""
+    if not rows:
+        return
+    if not _fast():
+        for row in rows:
+            row.save(update_fields=fields)
+        return
+    qn = connection.ops.quote_name
+    names = ", ".join(qn(f) for f in fields)
+    sets = ", ".join(f"{qn(f)} = v.{qn(f)}" for f in fields)
+    values = [
+        [row.pk, *(getattr(row, f) for f in fields)] for row in sorted(rows, key=lambda r: r.pk)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {qn(model._meta.db_table)} AS t SET {sets} "
+            f"FROM ({_json_rows(('bigint', *pg_types))}) AS v(id, {names}) WHERE t.id = v.id",
+            [_json_param(values)],
+        )
 
 
 def _merge_stages(deltas: Mapping[tuple[int, str], ArmAggregates]) -> None:
@@ -504,12 +628,19 @@ def _merge_stages(deltas: Mapping[tuple[int, str], ArmAggregates]) -> None:
         .filter(stage_id__in={k[0] for k in keys})
         .order_by("stage_id", "arm")
     }
+    now = timezone.now()
     for key in keys:
         row = rows[key]
         merged = aggregation.from_json(row.data) + deltas[key]
         row.data = aggregation.to_json(merged)
         row.requests = merged.requests
-        row.save(update_fields=["data", "requests", "updated_at"])
+        row.updated_at = now  # bulk_update skips auto_now
+    _update_rows(
+        StageAggregate,
+        [rows[key] for key in keys],
+        ["data", "requests", "updated_at"],
+        ("jsonb", "integer", "timestamptz"),
+    )
 
 
 # --- retention ---------------------------------------------------------------------------

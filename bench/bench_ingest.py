@@ -1,0 +1,262 @@
+"""Ingest throughput: events/s through ``POST /api/v1/outcomes`` into PostgreSQL with aggregation,
+beside a raw ``COPY`` of the same rows into a table of the same shape, in the same run.
+
+Starts the production server stack (gunicorn WSGI workers, DEBUG off, PostgreSQL and Redis) and
+drives it from separate load processes, each posting pre-built gzip batches of 500 events
+(what the SDK sends) one after another over a kept-alive connection. The events are a realistic
+mix: 20,000 units, both arms of an A/B split, errors of several kinds, some unknown usage and
+missing TTFT, timestamps over the last three minutes. The figure is the wall time from the first
+request to the last answer, and the run checks that every event was stored once and counted
+in the aggregates.
+
+The ceiling: the same rows, already priced and windowed, written with ``COPY`` from one client
+into a scratch table ``LIKE`` the outcome table (same columns and indexes), no validation and no
+aggregation.
+
+Needs PostgreSQL and Redis as in `make test`.
+Run: .venv/bin/python bench/bench_ingest.py [--events 200000] [--loaders 4] [--workers 2 --threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import multiprocessing
+import os
+import pickle
+import random
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _stack import bench_env, ensure_database, gunicorn, setup_django  # noqa: E402
+
+DB_NAME = "turnout_bench_ingest"
+REDIS_DB = 9
+PORT = 8395
+PLAN_KEY = "bench-ingest"
+BATCH = 500
+UNITS = 20_000
+ERRORS = ["timeout", "rate_limited", "server_error", "overloaded"]
+
+
+def make_plan_and_key() -> tuple[Any, str]:
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+
+    from migrations_app import plans
+    from migrations_app.apikeys import apikey_create
+
+    user = get_user_model().objects.filter(
+        username="bench"
+    ).first() or get_user_model().objects.create_superuser("bench", "", "bench-password")
+    actor = plans.Actor.for_user(user)
+    # The bench database is ours: start every run from empty ingest tables.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "TRUNCATE migrations_app_feedback, migrations_app_outcome, migrations_app_unittotals,"
+            " migrations_app_windowaggregate, migrations_app_stageaggregate"
+        )
+    from migrations_app.models import MigrationPlan
+
+    MigrationPlan.objects.filter(key=PLAN_KEY).delete()
+    plans.plan_create(
+        key=PLAN_KEY,
+        name="bench ingest",
+        control={"model": "openai:gpt-4o-2024-08-06", "params": {"temperature": 0.2}},
+        candidate={"model": "anthropic:claude-sonnet-4-20250514", "params": {"temperature": 0.2}},
+        actor=actor,
+    )
+    plans.plan_start(plan_key=PLAN_KEY, actor=actor)
+    plans.plan_advance(plan_key=PLAN_KEY, actor=actor)  # A/B split, 10 % candidate
+    plan = MigrationPlan.objects.get(key=PLAN_KEY)
+    return plan, apikey_create(name="bench-ingest", scopes=["report"])[1]
+
+
+def make_events(plan: Any, n: int, rng: random.Random) -> list[dict[str, Any]]:
+    now = time.time()
+    events = []
+    for _ in range(n):
+        arm = "candidate" if rng.random() < 0.1 else "control"
+        unknown_usage = rng.random() < 0.05
+        events.append(
+            {
+                "id": uuid.uuid4().hex,
+                "decision_id": uuid.uuid4().hex,
+                "plan": plan.key,
+                "run": plan.current_run.number,
+                "plan_version": plan.version,
+                "arm": arm,
+                "unit": f"user-{rng.randrange(UNITS)}",
+                "ts": now - rng.uniform(1, 180),
+                "latency_ms": rng.lognormvariate(6.5, 0.5),
+                "ttft_ms": None if rng.random() < 0.2 else rng.lognormvariate(5, 0.4),
+                "error": rng.choice(ERRORS) if rng.random() < 0.03 else None,
+                "input_tokens": None if unknown_usage else rng.randrange(100, 4000),
+                "output_tokens": None if unknown_usage else rng.randrange(10, 1000),
+            }
+        )
+    return events
+
+
+def gzip_batches(events: list[dict[str, Any]]) -> list[bytes]:
+    return [
+        gzip.compress(
+            json.dumps(
+                {"client": {"sdk": "bench", "dropped": 0}, "events": events[i : i + BATCH]},
+                separators=(",", ":"),
+            ).encode(),
+            compresslevel=5,
+        )
+        for i in range(0, len(events), BATCH)
+    ]
+
+
+def load(args: tuple[str, str, str, int, int, Any]) -> tuple[int, int, float, float]:
+    """One load process: post its share of the batches one after another. Returns (stored,
+    rejected, first request time, last answer time)."""
+    import httpx
+
+    base, key, path, index, loaders, barrier = args
+    with open(path, "rb") as f:
+        bodies = pickle.load(f)[index::loaders]
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Content-Type": "application/json",
+        "Content-Encoding": "gzip",
+    }
+    stored = rejected = 0
+    with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
+        client.get("/api/v1/ping")  # connect before the clock starts
+        barrier.wait()
+        started = time.time()
+        for body in bodies:
+            response = client.post("/api/v1/outcomes", content=body)
+            response.raise_for_status()
+            answer = response.json()
+            stored += answer["stored"]
+            rejected += len(answer["rejected"])
+    return stored, rejected, started, time.time()
+
+
+def run_load(base: str, key: str, bodies: list[bytes], loaders: int) -> tuple[int, int, float]:
+    with tempfile.NamedTemporaryFile(suffix=".pickle", delete=False) as f:
+        pickle.dump(bodies, f)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(loaders)
+        with ctx.Pool(loaders) as pool:
+            results = pool.map(load, [(base, key, f.name, i, loaders, barrier) for i in range(loaders)])
+    os.unlink(f.name)
+    stored = sum(r[0] for r in results)
+    rejected = sum(r[1] for r in results)
+    elapsed = max(r[3] for r in results) - min(r[2] for r in results)
+    return stored, rejected, elapsed
+
+
+def copy_rate(plan: Any, events: list[dict[str, Any]]) -> float:
+    """Rows/s of a raw COPY of the same rows (priced, windowed) into a table LIKE the outcome
+    table, from one client."""
+    from datetime import UTC, datetime
+
+    from django.db import connection
+
+    from migrations_app.aggregation import window_start
+    from migrations_app.selectors import plan_infos
+
+    info = plan_infos([plan.key])[plan.key]
+    run_id, _, stage_id = info.at(plan.version)
+    received = datetime.now(UTC)
+    rows = []
+    for e in events:
+        ts = datetime.fromtimestamp(e["ts"], tz=UTC)
+        rows.append(
+            (
+                e["id"], plan.pk, run_id, stage_id, e["plan_version"], e["decision_id"], e["arm"],
+                e["unit"], ts, window_start(ts), e["latency_ms"], e["ttft_ms"], e["error"] or "",
+                e["input_tokens"], e["output_tokens"],
+                info.cost(e["arm"], e["input_tokens"], e["output_tokens"]), received,
+            )
+        )  # fmt: skip
+    columns = (
+        "event_id, plan_id, run_id, stage_id, plan_version, decision_id, arm, unit, ts, \"window\","
+        " latency_ms, ttft_ms, error, input_tokens, output_tokens, cost_usd, received_at"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS bench_outcome_copy")
+        cursor.execute(
+            "CREATE TABLE bench_outcome_copy (LIKE migrations_app_outcome INCLUDING ALL)"
+        )
+    raw = connection.connection  # the psycopg connection under Django's
+    started = time.perf_counter()
+    with raw.cursor() as cursor:
+        with cursor.copy(f"COPY bench_outcome_copy ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    raw.commit()
+    elapsed = time.perf_counter() - started
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM bench_outcome_copy")
+        assert cursor.fetchone()[0] == len(rows)
+        cursor.execute("DROP TABLE bench_outcome_copy")
+    return len(rows) / elapsed
+
+
+def check_exact(plan: Any, total: int) -> None:
+    from migrations_app import aggregation
+    from migrations_app.models import Outcome, StageAggregate, WindowAggregate
+
+    stored = Outcome.objects.filter(plan=plan).count()
+    stage = sum(
+        aggregation.from_json(d).requests
+        for d in StageAggregate.objects.filter(stage__plan=plan).values_list("data", flat=True)
+    )
+    windows = sum(WindowAggregate.objects.filter(stage__plan=plan).values_list("requests", flat=True))
+    assert stored == stage == windows == total, (stored, stage, windows, total)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--loaders", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    opts = parser.parse_args()
+
+    env = bench_env(DB_NAME, REDIS_DB)
+    ensure_database(DB_NAME)
+    setup_django(env)
+    from django.db import connection
+
+    plan, key = make_plan_and_key()
+    rng = random.Random(7)
+    warmup = make_events(plan, 4 * BATCH, rng)
+    events = make_events(plan, opts.events, rng)
+    bodies = gzip_batches(events)
+    connection.close()
+
+    with gunicorn(env, PORT, opts.workers, opts.threads) as base:
+        run_load(base, key, gzip_batches(warmup), opts.loaders)
+        stored, rejected, elapsed = run_load(base, key, bodies, opts.loaders)
+    assert rejected == 0 and stored == len(events), (stored, rejected)
+    check_exact(plan, len(events) + len(warmup))
+    api = len(events) / elapsed
+    ceiling = copy_rate(plan, events)
+    print(
+        f"stack: gunicorn {opts.workers} WSGI workers x {opts.threads} threads, DEBUG off,"
+        f" PostgreSQL + Redis; load: {opts.loaders} processes posting gzip batches of {BATCH}"
+    )
+    print(f"events: {len(events):,} ({len(bodies)} batches), every one stored once and aggregated")
+    print(f"POST /api/v1/outcomes   {api:10,.0f} events/s   ({elapsed:.2f} s)")
+    print(f"raw COPY (ceiling)      {ceiling:10,.0f} rows/s")
+    print(f"ingest / COPY           {api / ceiling:10.0%}   (goals: >= 20,000 events/s, >= 25 %)")
+
+
+if __name__ == "__main__":
+    main()
