@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stack import bench_env, ensure_database, gunicorn, setup_django  # noqa: E402
+from _stack import bench_env, ensure_database, gunicorn, setup_django
 
 DB_NAME = "turnout_bench_ingest"
 REDIS_DB = 9
@@ -152,7 +152,9 @@ def run_load(base: str, key: str, bodies: list[bytes], loaders: int) -> tuple[in
     with ctx.Manager() as manager:
         barrier = manager.Barrier(loaders)
         with ctx.Pool(loaders) as pool:
-            results = pool.map(load, [(base, key, f.name, i, loaders, barrier) for i in range(loaders)])
+            results = pool.map(
+                load, [(base, key, f.name, i, loaders, barrier) for i in range(loaders)]
+            )
     os.unlink(f.name)
     stored = sum(r[0] for r in results)
     rejected = sum(r[1] for r in results)
@@ -185,7 +187,7 @@ def copy_rate(plan: Any, events: list[dict[str, Any]]) -> float:
             )
         )  # fmt: skip
     columns = (
-        "event_id, plan_id, run_id, stage_id, plan_version, decision_id, arm, unit, ts, \"window\","
+        'event_id, plan_id, run_id, stage_id, plan_version, decision_id, arm, unit, ts, "window",'
         " latency_ms, ttft_ms, error, input_tokens, output_tokens, cost_usd, received_at"
     )
     with connection.cursor() as cursor:
@@ -217,7 +219,9 @@ def check_exact(plan: Any, total: int) -> None:
         aggregation.from_json(d).requests
         for d in StageAggregate.objects.filter(stage__plan=plan).values_list("data", flat=True)
     )
-    windows = sum(WindowAggregate.objects.filter(stage__plan=plan).values_list("requests", flat=True))
+    windows = sum(
+        WindowAggregate.objects.filter(stage__plan=plan).values_list("requests", flat=True)
+    )
     assert stored == stage == windows == total, (stored, stage, windows, total)
 
 
