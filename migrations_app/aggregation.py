@@ -46,7 +46,18 @@ class UnitTotals:
     feedback_sum: float = 0.0
 
     def __add__(self, other: UnitTotals) -> UnitTotals:
-        return UnitTotals(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        return UnitTotals(*(a + b for a, b in zip(self.values(), other.values(), strict=True)))
+
+    def values(self) -> tuple[int, int, int, float, int, float]:
+        """The fields in order (``dataclasses.astuple`` deep-copies, and this is per unit)."""
+        return (
+            self.requests,
+            self.errors,
+            self.cost_n,
+            self.cost_sum,
+            self.feedback_n,
+            self.feedback_sum,
+        )
 
 
 def window_start(ts: datetime) -> datetime:

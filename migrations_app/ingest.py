@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from migrations_app.batches import (
 )
 from migrations_app.models import (
     Feedback,
+    MigrationPlan,
     Outcome,
     StageAggregate,
     WindowAggregate,
@@ -146,10 +148,12 @@ def outcomes_ingest(*, identity: Any, payload: Any) -> IngestResult:
     events = events_of(payload)
     check_batch_size(events)
     now = timezone.now()
-    plans = plan_infos(
-        e["plan"]
-        for e in events
-        if isinstance(e, Mapping) and is_text(e.get("plan"), PLAN_KEY_LENGTH)
+    plans = _plan_infos(
+        {
+            e["plan"]
+            for e in events
+            if isinstance(e, Mapping) and is_text(e.get("plan"), PLAN_KEY_LENGTH)
+        }
     )
     result = IngestResult()
     parsed: dict[str, _Outcome] = {}
@@ -183,6 +187,45 @@ def outcomes_ingest(*, identity: Any, payload: Any) -> IngestResult:
     return result
 
 
+# PlanInfo per plan key, remembered by each process: a plan's version history only grows, so
+# the cached one answers for every version it knows as long as the plan (pk) and its current
+# version are unchanged, which one indexed query checks per batch. Prices are re-read at
+# least every PLAN_CACHE_SECONDS (a catalog price edit applies within that time).
+PLAN_CACHE_SECONDS = 60.0
+_plan_cache: dict[str, tuple[float, PlanInfo]] = {}
+
+
+def _plan_infos(keys: set[str]) -> dict[str, PlanInfo]:
+    if not keys:
+        return {}
+    now = time.monotonic()
+    current = dict(
+        (key, (pk, version))
+        for key, pk, version in MigrationPlan.objects.filter(key__in=keys).values_list(
+            "key", "pk", "version"
+        )
+    )
+    found: dict[str, PlanInfo] = {}
+    stale: set[str] = set()
+    for key, (pk, version) in current.items():
+        cached = _plan_cache.get(key)
+        if (
+            cached is not None
+            and cached[0] > now
+            and (cached[1].plan.pk, cached[1].plan.version) == (pk, version)
+        ):
+            found[key] = cached[1]
+        else:
+            stale.add(key)
+    if stale:
+        if len(_plan_cache) > 10_000:
+            _plan_cache.clear()  # bounded, whatever the number of plans
+        for key, info in plan_infos(stale).items():
+            _plan_cache[key] = (now + PLAN_CACHE_SECONDS, info)
+            found[key] = info
+    return found
+
+
 def _dropped(payload: Any) -> int:
     client = payload.get("client") if isinstance(payload, Mapping) else None
     dropped = client.get("dropped") if isinstance(client, Mapping) else None
@@ -210,7 +253,7 @@ def _json_rows(pg_types: Sequence[str]) -> str:
     columns = ", ".join(
         f"(r->{i})::{t}" if t == "jsonb" else f"(r->>{i})::{t}" for i, t in enumerate(pg_types)
     )
-    return f"SELECT {columns} FROM json_array_elements(%s::json) AS r"
+    return f"SELECT {columns} FROM jsonb_array_elements(%s::jsonb) AS r"
 
 
 def _iso(value: Any) -> str:
@@ -273,6 +316,25 @@ def _insert_outcomes(outcomes: Sequence[_Outcome], now: datetime) -> list[str]:
         "unit", "ts", "window", "latency_ms", "ttft_ms", "error", "input_tokens",
         "output_tokens", "cost_usd", "received_at",
     ]  # fmt: skip
+    if _fast():  # datetimes straight to ISO strings, a batch's few windows formatted once
+        received_iso = now.isoformat()
+        windows: dict[datetime, str] = {}
+        fast_rows = []
+        for o in outcomes:
+            f = o.facts
+            window = windows.get(f.window)
+            if window is None:
+                window = windows[f.window] = f.window.isoformat()
+            fast_rows.append(
+                (
+                    o.event_id, o.plan_id, o.run_id, o.stage_id, o.plan_version, o.decision_id,
+                    f.arm, f.unit, o.ts.isoformat(), window, f.latency_ms, f.ttft_ms, f.error,
+                    o.input_tokens, o.output_tokens, f.cost_usd, received_iso,
+                )
+            )  # fmt: skip
+        return _insert_returning(
+            Outcome._meta.db_table, columns, fast_rows, "event_id", _OUTCOME_TYPES
+        )
     received = _dt(now)
     rows = [
         (
@@ -536,7 +598,7 @@ def _upsert_unit_totals(
     with connection.cursor() as cursor:
         for start in range(0, len(keys), chunk):
             part = keys[start : start + chunk]
-            rows = [(*key, *(getattr(changes[key], f) for f in _UNIT_FIELDS)) for key in part]
+            rows = [(*key, *changes[key].values()) for key in part]
             if _fast():
                 source = _json_rows(_UNIT_TYPES)
                 params: list[Any] = [_json_param(rows)]
@@ -546,10 +608,9 @@ def _upsert_unit_totals(
             cursor.execute(upsert.format(source=source), params)
             for stage_id, arm, unit, *values in cursor.fetchall():
                 key = (stage_id, arm, unit)
-                new = UnitTotals(*values)
-                change = changes[key]
-                old = UnitTotals(*(getattr(new, f) - getattr(change, f) for f in _UNIT_FIELDS))
-                result[key] = (old, new)
+                change = changes[key].values()
+                old = UnitTotals(*(v - c for v, c in zip(values, change, strict=True)))
+                result[key] = (old, UnitTotals(*values))
     return result
 
 
