@@ -314,6 +314,7 @@ class MigrationPlanAdmin(admin.ModelAdmin):
         "control_model",
         "candidate_model",
         "updated_at",
+        "dashboard",
     )
     list_filter = ("status",)
     search_fields = ("key", "name")
@@ -375,6 +376,14 @@ class MigrationPlanAdmin(admin.ModelAdmin):
         if obj.status != PlanStatus.RUNNING:
             return "—"
         return f"phase {obj.phase_index + 1}, step {obj.step_index + 1}"
+
+    @admin.display(description="dashboard")
+    def dashboard(self, obj: MigrationPlan) -> str:
+        return format_html(
+            '<a href="{}">dashboard</a> · <a href="{}">report</a>',
+            reverse("plan-dashboard", args=[obj.key]),
+            reverse("plan-report", args=[obj.key]),
+        )
 
     @admin.display(description="lifecycle")
     def lifecycle(self, obj: MigrationPlan) -> str:

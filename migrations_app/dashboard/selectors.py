@@ -1,0 +1,508 @@
+"""Reads for the plan dashboard and the migration report. Nothing here writes.
+
+Every figure comes from the window and stage aggregates (never raw outcomes), the engine's
+stored evaluations and the audit trail, and every statistic from ``stats.py``: the page
+shows what the engine saw, not a second computation. The number of queries does not grow
+with the data: a week of minute windows is one query, binned here into chart points.
+
+``window_series`` was meant to come from the aggregation side (``aggregates.py``); it did
+not exist when the dashboard was built, so it lives here, reading the same rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import connection
+from django.db.models import DateTimeField, F, Func, Sum, Value
+
+from migrations_app import selectors as core
+from migrations_app import stats
+from migrations_app.dashboard import format as fmt
+from migrations_app.models import (
+    AuditEvent,
+    Evaluation,
+    Guardrail,
+    MigrationPlan,
+    PlanPhase,
+    PlanRun,
+    PlanStage,
+    PlanStatus,
+    StageAggregate,
+    WindowAggregate,
+)
+from migrations_app.phases import Position, next_position, position
+from migrations_app.stats import ArmAggregates, Buckets
+
+ARMS = ("control", "candidate")
+RECOVERY = "recovery"  # plans.RECOVERY; not imported to keep this module free of writers
+# Chart points per series at most: a week of minutes is binned into ~200 points.
+MAX_POINTS = 200
+STEP_CHOICES = (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440)
+DEFAULT_RANGE = timedelta(hours=24)
+MAX_RANGE = timedelta(days=14)
+PROJECTION_WINDOW = timedelta(hours=1)
+MINUTES_PER_MONTH = 30 * 24 * 60
+TIMELINE_LIMIT = 50
+
+
+def step_minutes_for(span: timedelta) -> int:
+    """The smallest round bin (in minutes) that keeps a span under MAX_POINTS points."""
+    minutes = max(1.0, span.total_seconds() / 60)
+    for step in STEP_CHOICES:
+        if minutes / step <= MAX_POINTS:
+            return step
+    return STEP_CHOICES[-1]
+
+
+# --- window series ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Bin:
+    requests: int = 0
+    errors: int = 0
+    errors_by_kind: Counter[str] = field(default_factory=Counter)
+    latency: Counter[int] = field(default_factory=Counter)
+    latency_zero: int = 0
+    ttft: Counter[int] = field(default_factory=Counter)
+    ttft_zero: int = 0
+    cost_n: int = 0
+    cost_sum: float = 0.0
+    feedback_n: int = 0
+    feedback_sum: float = 0.0
+
+    def aggregates(self) -> ArmAggregates:
+        return ArmAggregates(
+            requests=self.requests,
+            errors=self.errors,
+            errors_by_kind=dict(self.errors_by_kind),
+            latency=Buckets(counts=dict(self.latency), zero_count=self.latency_zero),
+            ttft=Buckets(counts=dict(self.ttft), zero_count=self.ttft_zero),
+            cost_n=self.cost_n,
+            cost_sum=self.cost_sum,
+            feedback_n=self.feedback_n,
+            feedback_sum=self.feedback_sum,
+        )
+
+
+def _add_buckets(counter: Counter[int], data: Mapping[str, Any] | None) -> int:
+    if not data:
+        return 0
+    for key, count in data.get("counts", {}).items():
+        counter[int(key)] += int(count)
+    return int(data.get("zero", 0))
+
+
+def window_series(
+    stage_ids: Sequence[int], *, since: datetime, until: datetime, step_minutes: int
+) -> dict[str, list[tuple[datetime, ArmAggregates]]]:
+    """Per arm, the stages' windows in [since, until) summed into bins of ``step_minutes``
+    (bin start, aggregates): counts, error kinds, latency and ttft buckets, cost and
+    feedback sums. Cluster sums are left out: charts do not test, they describe. One query."""
+    step = timedelta(minutes=step_minutes)
+    bins: dict[tuple[str, int], _Bin] = {}
+    rows = (
+        WindowAggregate.objects.filter(stage_id__in=stage_ids, window__gte=since, window__lt=until)
+        # Only the JSON parts a chart reads: the cluster sums and log sums stay in the database.
+        .values_list(
+            "window",
+            "arm",
+            "requests",
+            "errors",
+            "cost_n",
+            "cost_sum",
+            "feedback_n",
+            "feedback_sum",
+            "data__errors_by_kind",
+            "data__latency",
+            "data__ttft",
+        )  # fmt: skip
+    )
+    for window, arm, requests, errors, cost_n, cost_sum, fb_n, fb_sum, kinds, lat, ttft in rows:
+        index = int((window - since) / step)
+        b = bins.get((arm, index))
+        if b is None:
+            b = bins[(arm, index)] = _Bin()
+        b.requests += requests
+        b.errors += errors
+        b.cost_n += cost_n
+        b.cost_sum += cost_sum
+        b.feedback_n += fb_n
+        b.feedback_sum += fb_sum
+        if kinds:
+            b.errors_by_kind.update(kinds)
+        b.latency_zero += _add_buckets(b.latency, lat)
+        b.ttft_zero += _add_buckets(b.ttft, ttft)
+    series: dict[str, list[tuple[datetime, ArmAggregates]]] = {arm: [] for arm in ARMS}
+    for (arm, index), b in sorted(bins.items(), key=lambda item: item[0][1]):
+        series.setdefault(arm, []).append((since + index * step, b.aggregates()))
+    return series
+
+
+# --- figures from aggregates (one definition each, used by the charts and the report) ---
+
+
+def quantile(buckets: Buckets, p: float) -> float | None:
+    """The p-quantile's point estimate, as the engine's quantile test computes it."""
+    if buckets.total == 0:
+        return None
+    return stats.quantile_interval(buckets, p, 0.05)[0]
+
+
+def error_rate(agg: ArmAggregates) -> float | None:
+    return agg.errors / agg.requests if agg.requests else None
+
+
+def satisfaction(agg: ArmAggregates) -> float | None:
+    return agg.feedback_sum / agg.feedback_n if agg.feedback_n else None
+
+
+def cost_per_request(agg: ArmAggregates) -> float | None:
+    return agg.cost_sum / agg.cost_n if agg.cost_n else None
+
+
+# --- the evaluations' bounds over time ---------------------------------------------------
+
+
+def bound_series(
+    plan: MigrationPlan, run: PlanRun, *, since: datetime, until: datetime, step_minutes: int
+) -> list[tuple[datetime, dict[str, Any]]]:
+    """The running bounds per guardrail, the last evaluation of each bin: (when, bounds).
+    The engine evaluates every few seconds; the chart needs one point per bin. One query."""
+    query = Evaluation.objects.filter(
+        plan=plan, run=run, created_at__gte=since, created_at__lt=until
+    )
+    if connection.vendor == "postgresql":
+        # DISTINCT ON (bin): PostgreSQL keeps one row per bin, so a week of evaluations
+        # every 15 s (40 000 rows) reaches Python as at most MAX_POINTS rows.
+        binned = query.annotate(
+            bin=Func(
+                Value(timedelta(minutes=step_minutes)),
+                F("created_at"),
+                Value(since),
+                function="date_bin",
+                output_field=DateTimeField(),
+            )
+        )
+        rows = binned.order_by("bin", "-created_at", "-pk").distinct("bin")
+        return [(at, bounds) for at, bounds, _ in rows.values_list("created_at", "bounds", "bin")]
+    latest: dict[int, tuple[datetime, dict[str, Any]]] = {}
+    step = timedelta(minutes=step_minutes)
+    for created_at, bounds in query.order_by("created_at", "pk").values_list(
+        "created_at", "bounds"
+    ):
+        latest[int((created_at - since) / step)] = (created_at, bounds)
+    return [latest[k] for k in sorted(latest)]
+
+
+# --- where the plan is -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NextStep:
+    """What happens next: the following position's weights, and what it waits for."""
+
+    label: str
+    earliest: datetime | None
+    samples_needed: int
+    samples: Mapping[str, int]
+    auto: bool
+
+
+def describe_position(kind: str | None, weight_bp: int, shadow_bp: int) -> str:
+    """A position in words, e.g. "rollout: candidate 25 %"."""
+    if kind is None:
+        return "no phase"
+    if kind == "shadow":
+        return f"shadow: {shadow_bp / 100:g} % of control requests copied to the candidate"
+    if kind == RECOVERY:
+        return "recovery: all traffic on control"
+    name = {"ab_split": "A/B split", "rollout": "rollout"}.get(kind, kind)
+    return f"{name}: candidate {weight_bp / 100:g} %, control {(10_000 - weight_bp) / 100:g} %"
+
+
+def next_step(
+    plan: MigrationPlan,
+    phases: Sequence[PlanPhase],
+    stage: PlanStage | None,
+    stage_requests: Mapping[str, int],
+) -> NextStep | None:
+    """The move the engine will make when the stage's criteria are met (None: not running)."""
+    if plan.status != PlanStatus.RUNNING or stage is None:
+        return None
+    rules = core.phase_rules_of(phases)
+    phase = phases[plan.phase_index] if plan.phase_index < len(phases) else None
+    following = next_position(rules, plan.phase_index, plan.step_index)
+    if following is None:
+        label = "complete the migration: all traffic to the candidate"
+    else:
+        there: Position = position(rules, *following)
+        label = describe_position(there.phase, there.weight_bp, there.shadow_bp)
+    # The minimum duration restarts at a resume (engine._stage_state reads it the same way).
+    since = max(stage.started_at, plan.step_started_at or stage.started_at)
+    minutes = phase.min_duration_minutes if phase else 0
+    return NextStep(
+        label=label,
+        earliest=since + timedelta(minutes=minutes),
+        samples_needed=phase.min_samples if phase else 0,
+        samples=stage_requests,
+        auto=phase.auto_advance if phase else False,
+    )
+
+
+# --- cost projection ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CostProjection:
+    arm: str
+    model: str
+    input_price: float
+    output_price: float
+    requests_per_minute: float
+    cost_per_request: float | None
+    monthly_at_current_split: float | None
+    monthly_if_all_traffic: float | None
+
+    @property
+    def per_request_text(self) -> str:
+        return fmt.value(self.cost_per_request, "$")
+
+    @property
+    def split_text(self) -> str:
+        return fmt.money(self.monthly_at_current_split)
+
+    @property
+    def all_text(self) -> str:
+        return fmt.money(self.monthly_if_all_traffic)
+
+
+def cost_projection(
+    plan: MigrationPlan,
+    stages: Mapping[int, PlanStage],
+    *,
+    now: datetime,
+) -> list[CostProjection]:
+    """Each arm's monthly cost at the last hour's traffic: at the current split, and if all
+    traffic went to it. Cost per request is what ingest priced from the catalog. One query."""
+    since = now - PROJECTION_WINDOW
+    rows = (
+        WindowAggregate.objects.filter(stage_id__in=list(stages), window__gte=since)
+        .values("stage_id", "arm")
+        .annotate(requests=Sum("requests"), cost_n=Sum("cost_n"), cost_sum=Sum("cost_sum"))
+        .order_by()
+    )
+    requests = dict.fromkeys(ARMS, 0)
+    cost_n = dict.fromkeys(ARMS, 0)
+    cost_sum = dict.fromkeys(ARMS, 0.0)
+    production = 0
+    for row in rows:
+        arm = row["arm"]
+        requests[arm] += row["requests"]
+        cost_n[arm] += row["cost_n"]
+        cost_sum[arm] += row["cost_sum"]
+        # In shadow the candidate answers copies of control requests: not extra traffic.
+        if not (stages[row["stage_id"]].kind == "shadow" and arm == "candidate"):
+            production += row["requests"]
+    run_start = min((s.started_at for s in stages.values()), default=since)
+    minutes = max(1.0, (now - max(since, run_start)).total_seconds() / 60)
+    out = []
+    for arm, spec in (("control", plan.control_model), ("candidate", plan.candidate_model)):
+        per_request = cost_sum[arm] / cost_n[arm] if cost_n[arm] else None
+        rate = requests[arm] / minutes
+        out.append(
+            CostProjection(
+                arm=arm,
+                model=str(spec.model_id),
+                input_price=float(spec.input_price_per_mtok),
+                output_price=float(spec.output_price_per_mtok),
+                requests_per_minute=rate,
+                cost_per_request=per_request,
+                monthly_at_current_split=None
+                if per_request is None
+                else rate * MINUTES_PER_MONTH * per_request,
+                monthly_if_all_traffic=None
+                if per_request is None
+                else production / minutes * MINUTES_PER_MONTH * per_request,
+            )
+        )
+    return out
+
+
+# --- the whole page ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GuardrailView:
+    metric: str
+    label: str
+    action: str
+    status: str
+    summary: str
+    estimate: float | None
+    lower: float | None
+    upper: float | None
+    tolerance: float | None
+    tolerance_kind: str
+    harm: str
+    notes: Sequence[str]
+
+    @property
+    def status_text(self) -> str:
+        return self.status.replace("_", " ") or "-"
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardData:
+    plan: MigrationPlan
+    run: PlanRun | None
+    stage: PlanStage | None
+    stages: Mapping[int, PlanStage]
+    phases: Sequence[PlanPhase]
+    guardrails: Sequence[Guardrail]
+    position: Position
+    where: str
+    next: NextStep | None
+    stage_requests: Mapping[str, int]
+    evaluation: Evaluation | None
+    verdicts: Sequence[GuardrailView]
+    windows: Mapping[str, list[tuple[datetime, ArmAggregates]]]
+    bounds: Sequence[tuple[datetime, dict[str, Any]]]
+    costs: Sequence[CostProjection]
+    timeline: Sequence[AuditEvent]
+    since: datetime
+    until: datetime
+    step_minutes: int
+
+
+def plan_for_dashboard(key: str) -> MigrationPlan | None:
+    return (
+        MigrationPlan.objects.select_related(
+            "current_run", "current_stage", "control_model", "candidate_model"
+        )
+        .filter(key=key)
+        .first()
+    )
+
+
+def verdict_views(evaluation: Evaluation | None) -> list[GuardrailView]:
+    """The evaluation's per-guardrail verdicts, with the sentence ``stats.summarise`` wrote."""
+    if evaluation is None:
+        return []
+    out = []
+    for g in evaluation.decision.get("guardrails", []):
+        v = g.get("verdict", {})
+        out.append(
+            GuardrailView(
+                metric=g["metric"],
+                label=g["metric"].replace("_", " "),
+                action=g.get("action", ""),
+                status=v.get("status", ""),
+                summary=v.get("summary", ""),
+                estimate=v.get("estimate"),
+                lower=v.get("lower"),
+                upper=v.get("upper"),
+                tolerance=v.get("tolerance"),
+                tolerance_kind=v.get("tolerance_kind", "relative"),
+                harm=v.get("harm", "increase"),
+                notes=v.get("notes", []),
+            )
+        )
+    return out
+
+
+def dashboard_data(
+    plan: MigrationPlan, *, now: datetime, span: timedelta | None = None
+) -> DashboardData:
+    """Everything the page shows, in a fixed number of queries."""
+    run = plan.current_run
+    phases = list(plan.phases.all())
+    guardrails = list(plan.guardrails.all())
+    stages: dict[int, PlanStage] = (
+        {s.pk: s for s in PlanStage.objects.filter(run=run).order_by("started_at", "pk")}
+        if run
+        else {}
+    )
+    stage = plan.current_stage
+    stage_requests = dict.fromkeys(ARMS, 0)
+    if stage is not None:
+        stage_requests.update(
+            StageAggregate.objects.filter(stage=stage).values_list("arm", "requests")
+        )
+    # The verdicts of the stage being compared; after it ends, the plan's last word.
+    if stage is not None and stage.kind != RECOVERY:
+        evaluation = core.latest_evaluation(stage)
+    else:
+        evaluation = Evaluation.objects.filter(plan=plan).order_by("-created_at", "-pk").first()
+    until = (run.ended_at if run and run.ended_at else now) + timedelta(minutes=1)
+    run_start = run.started_at if run else now
+    since = max(run_start, until - (span or DEFAULT_RANGE))
+    since = since.replace(second=0, microsecond=0)
+    step = step_minutes_for(until - since)
+    windows = (
+        window_series(list(stages), since=since, until=until, step_minutes=step)
+        if stages
+        else {arm: [] for arm in ARMS}
+    )
+    bounds = bound_series(plan, run, since=since, until=until, step_minutes=step) if run else []
+    here = core.plan_position(plan)
+    if plan.status == PlanStatus.RUNNING:
+        where = describe_position(here.phase, here.weight_bp, here.shadow_bp)
+    elif stage is not None and stage.kind == RECOVERY:
+        where = describe_position(RECOVERY, 0, 0)
+    else:
+        where = {
+            PlanStatus.DRAFT: "not started: all traffic on control",
+            PlanStatus.PAUSED: "paused: all traffic on control until resumed",
+            PlanStatus.ROLLED_BACK: "rolled back: all traffic on control",
+            PlanStatus.COMPLETED: "completed: all traffic on the candidate",
+            PlanStatus.ARCHIVED: "archived",
+        }.get(PlanStatus(plan.status), plan.status)
+    timeline = list(
+        AuditEvent.objects.filter(plan=plan)
+        .select_related("run")
+        .order_by("-created_at", "-pk")[:TIMELINE_LIMIT]
+    )
+    return DashboardData(
+        plan=plan,
+        run=run,
+        stage=stage,
+        stages=stages,
+        phases=phases,
+        guardrails=guardrails,
+        position=here,
+        where=where,
+        next=next_step(plan, phases, stage, stage_requests),
+        stage_requests=stage_requests,
+        evaluation=evaluation,
+        verdicts=verdict_views(evaluation),
+        windows=windows,
+        bounds=bounds,
+        costs=cost_projection(plan, stages, now=now) if stages else [],
+        timeline=timeline,
+        since=since,
+        until=until,
+        step_minutes=step,
+    )
+
+
+def arm_totals(stage_ids: Iterable[int]) -> dict[str, ArmAggregates]:
+    """Each arm's aggregates summed over several stages (two rows per stage)."""
+    from migrations_app.aggregation import from_json
+
+    parts: dict[str, list[ArmAggregates]] = {arm: [] for arm in ARMS}
+    for arm, data in StageAggregate.objects.filter(stage_id__in=list(stage_ids)).values_list(
+        "arm", "data"
+    ):
+        parts.setdefault(arm, []).append(from_json(data))
+    return {arm: ArmAggregates.merge(items) for arm, items in parts.items()}
+
+
+def finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
