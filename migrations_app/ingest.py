@@ -248,6 +248,14 @@ def _fast() -> bool:
     return FAST_PATH and connection.vendor == "postgresql"
 
 
+def _pg_cursor() -> Any:
+    """A psycopg cursor on Django's connection, inside its transaction, binding parameters on
+    the server: the batch's JSON travels as a parameter instead of being escaped into the SQL
+    text (Django's cursors bind on the client), and psycopg prepares a statement used often."""
+    connection.ensure_connection()
+    return connection.connection.cursor()
+
+
 def _json_rows(pg_types: Sequence[str]) -> str:
     """A SELECT of typed columns from the JSON parameter made by :func:`_json_param`."""
     columns = ", ".join(
@@ -281,7 +289,7 @@ def _insert_returning(
     qn = connection.ops.quote_name
     rows = sorted(rows, key=lambda row: row[0])
     if _fast():
-        with connection.cursor() as cursor:
+        with _pg_cursor() as cursor:
             cursor.execute(
                 f"INSERT INTO {qn(table)} ({', '.join(qn(c) for c in columns)}) "
                 f"{_json_rows(pg_types)} "
@@ -444,7 +452,7 @@ def _held_feedback(decision_ids: set[str]) -> list[str]:
     if not decision_ids:
         return []
     if _fast():  # one array parameter, not one placeholder per id
-        with connection.cursor() as cursor:
+        with _pg_cursor() as cursor:
             cursor.execute(
                 f"SELECT event_id FROM {Feedback._meta.db_table} WHERE outcome_id IS NULL "
                 "AND decision_id IN (SELECT json_array_elements_text(%s::json))",
@@ -595,7 +603,7 @@ def _upsert_unit_totals(
         f"ON CONFLICT ({qn('stage_id')}, {qn('arm')}, {qn('unit')}) DO UPDATE SET {updates} "
         f"RETURNING {', '.join(qn(c) for c in columns)}"
     )
-    with connection.cursor() as cursor:
+    with _pg_cursor() if _fast() else connection.cursor() as cursor:
         for start in range(0, len(keys), chunk):
             part = keys[start : start + chunk]
             rows = [(*key, *changes[key].values()) for key in part]
@@ -616,15 +624,22 @@ def _upsert_unit_totals(
 
 def _merge_windows(deltas: Mapping[tuple[int, datetime, str], ArmAggregates]) -> None:
     keys = sorted(deltas)
-    WindowAggregate.objects.bulk_create(
-        [WindowAggregate(stage_id=s, window=w, arm=a) for s, w, a in keys], ignore_conflicts=True
-    )
-    rows = {
-        (row.stage_id, row.window, row.arm): row
-        for row in WindowAggregate.objects.select_for_update()
-        .filter(stage_id__in={k[0] for k in keys}, window__in={k[1] for k in keys})
-        .order_by("stage_id", "window", "arm")
-    }
+    if _fast():
+        rows = _lock_or_create(
+            WindowAggregate, ("stage_id", "window", "arm"), ("bigint", "timestamptz", "text"),
+            keys, _WINDOW_BLANK,
+        )  # fmt: skip
+    else:
+        WindowAggregate.objects.bulk_create(
+            [WindowAggregate(stage_id=s, window=w, arm=a) for s, w, a in keys],
+            ignore_conflicts=True,
+        )
+        rows = {
+            (row.stage_id, row.window, row.arm): row
+            for row in WindowAggregate.objects.select_for_update()
+            .filter(stage_id__in={k[0] for k in keys}, window__in={k[1] for k in keys})
+            .order_by("stage_id", "window", "arm")
+        }
     changed = []
     for key in keys:
         row = rows[key]
@@ -651,6 +666,44 @@ _WINDOW_COLUMNS = (
     "feedback_sum",
 )
 _WINDOW_TYPES = ("integer", "integer", "float8", "integer", "float8", "integer", "float8", "jsonb")
+# A new row's columns, as SQL (the models' defaults live in Python, not in the database).
+_WINDOW_BLANK = {**{c: "0" for c in _WINDOW_COLUMNS}, "data": "'{}'::jsonb"}
+_STAGE_BLANK = {"requests": "0", "data": "'{}'::jsonb", "updated_at": "now()"}
+
+
+class _Row:
+    """A locked aggregate row as the fast path reads it (id and data); the merge then sets
+    the columns to write, like on a model instance."""
+
+    def __init__(self, pk: int, data: Any) -> None:
+        self.pk = pk
+        self.data = json.loads(data) if isinstance(data, str) else data
+
+
+def _lock_or_create(
+    model: Any,
+    key_fields: Sequence[str],
+    key_types: Sequence[str],
+    keys: Sequence[tuple[Any, ...]],
+    blank: Mapping[str, str],
+) -> dict[tuple[Any, ...], Any]:
+    """Each key's row, created blank where missing and locked, in one statement: an upsert
+    whose conflict branch rewrites only a key column (to itself), which takes the row lock
+    and returns the row. Keys are sorted, so concurrent batches lock in the same order."""
+    qn = connection.ops.quote_name
+    table = qn(model._meta.db_table)
+    names = ", ".join(qn(n) for n in (*key_fields, *blank))
+    keys_sql = ", ".join(qn(f) for f in key_fields)
+    select = _json_rows(key_types).replace(" FROM ", f", {', '.join(blank.values())} FROM ", 1)
+    first = qn(key_fields[0])
+    with _pg_cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} ({names}) {select} "
+            f"ON CONFLICT ({keys_sql}) DO UPDATE SET {first} = EXCLUDED.{first} "
+            f"RETURNING id, {keys_sql}, data",
+            [_json_param([list(k) for k in keys])],
+        )
+        return {tuple(found): _Row(pk, data) for pk, *found, data in cursor.fetchall()}
 
 
 def _update_rows(
@@ -670,7 +723,7 @@ def _update_rows(
     values = [
         [row.pk, *(getattr(row, f) for f in fields)] for row in sorted(rows, key=lambda r: r.pk)
     ]
-    with connection.cursor() as cursor:
+    with _pg_cursor() as cursor:
         cursor.execute(
             f"UPDATE {qn(model._meta.db_table)} AS t SET {sets} "
             f"FROM ({_json_rows(('bigint', *pg_types))}) AS v(id, {names}) WHERE t.id = v.id",
@@ -680,22 +733,27 @@ def _update_rows(
 
 def _merge_stages(deltas: Mapping[tuple[int, str], ArmAggregates]) -> None:
     keys = sorted(deltas)
-    StageAggregate.objects.bulk_create(
-        [StageAggregate(stage_id=s, arm=a) for s, a in keys], ignore_conflicts=True
-    )
-    rows = {
-        (row.stage_id, row.arm): row
-        for row in StageAggregate.objects.select_for_update()
-        .filter(stage_id__in={k[0] for k in keys})
-        .order_by("stage_id", "arm")
-    }
+    if _fast():
+        rows = _lock_or_create(
+            StageAggregate, ("stage_id", "arm"), ("bigint", "text"), keys, _STAGE_BLANK
+        )
+    else:
+        StageAggregate.objects.bulk_create(
+            [StageAggregate(stage_id=s, arm=a) for s, a in keys], ignore_conflicts=True
+        )
+        rows = {
+            (row.stage_id, row.arm): row
+            for row in StageAggregate.objects.select_for_update()
+            .filter(stage_id__in={k[0] for k in keys})
+            .order_by("stage_id", "arm")
+        }
     now = timezone.now()
     for key in keys:
         row = rows[key]
         merged = aggregation.from_json(row.data) + deltas[key]
         row.data = aggregation.to_json(merged)
         row.requests = merged.requests
-        row.updated_at = now  # bulk_update skips auto_now
+        row.updated_at = now  # neither path's write applies auto_now
     _update_rows(
         StageAggregate,
         [rows[key] for key in keys],
