@@ -11,6 +11,7 @@ not exist when the dashboard was built, so it lives here, reading the same rows.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +21,7 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import DateTimeField, F, Func, Sum, Value
+from django.db.models.expressions import RawSQL
 
 from migrations_app import selectors as core
 from migrations_app import stats
@@ -68,9 +70,10 @@ class _Bin:
     requests: int = 0
     errors: int = 0
     errors_by_kind: Counter[str] = field(default_factory=Counter)
-    latency: Counter[int] = field(default_factory=Counter)
+    # Bucket keys stay strings (as stored) while summing; converted once per bin.
+    latency: dict[str, int] = field(default_factory=dict)
     latency_zero: int = 0
-    ttft: Counter[int] = field(default_factory=Counter)
+    ttft: dict[str, int] = field(default_factory=dict)
     ttft_zero: int = 0
     cost_n: int = 0
     cost_sum: float = 0.0
@@ -82,8 +85,12 @@ class _Bin:
             requests=self.requests,
             errors=self.errors,
             errors_by_kind=dict(self.errors_by_kind),
-            latency=Buckets(counts=dict(self.latency), zero_count=self.latency_zero),
-            ttft=Buckets(counts=dict(self.ttft), zero_count=self.ttft_zero),
+            latency=Buckets(
+                counts={int(k): v for k, v in self.latency.items()}, zero_count=self.latency_zero
+            ),
+            ttft=Buckets(
+                counts={int(k): v for k, v in self.ttft.items()}, zero_count=self.ttft_zero
+            ),
             cost_n=self.cost_n,
             cost_sum=self.cost_sum,
             feedback_n=self.feedback_n,
@@ -91,12 +98,49 @@ class _Bin:
         )
 
 
-def _add_buckets(counter: Counter[int], data: Mapping[str, Any] | None) -> int:
-    if not data:
-        return 0
-    for key, count in data.get("counts", {}).items():
-        counter[int(key)] += int(count)
-    return int(data.get("zero", 0))
+def _add_counts(acc: dict[str, int], counts: Mapping[str, int] | None) -> None:
+    if counts:
+        get = acc.get
+        for key, count in counts.items():
+            acc[key] = get(key, 0) + count
+
+
+_SCALARS = (
+    "window",
+    "arm",
+    "requests",
+    "errors",
+    "cost_n",
+    "cost_sum",
+    "feedback_n",
+    "feedback_sum",
+)
+# PostgreSQL sends the JSON parts a chart reads as one small text per row (one parse each);
+# the cluster sums and log sums stay in the database.
+_PARTS_SQL = (
+    "jsonb_build_array(d->'errors_by_kind', d->'latency'->'counts', d->'latency'->'zero', "
+    "d->'ttft'->'counts', d->'ttft'->'zero')::text"
+).replace("d->", '"migrations_app_windowaggregate"."data"->')
+
+
+def _window_rows(stage_ids: Sequence[int], since: datetime, until: datetime) -> Iterable[Any]:
+    """(window, arm, requests, errors, cost_n, cost_sum, feedback_n, feedback_sum,
+    [errors_by_kind, latency counts, latency zero, ttft counts, ttft zero])."""
+    query = WindowAggregate.objects.filter(
+        stage_id__in=stage_ids, window__gte=since, window__lt=until
+    )
+    if connection.vendor == "postgresql":
+        for *scalars, parts in query.annotate(parts=RawSQL(_PARTS_SQL, ())).values_list(
+            *_SCALARS, "parts"
+        ):
+            yield (*scalars, json.loads(parts))
+        return
+    for *scalars, kinds, lat, ttft in query.values_list(
+        *_SCALARS, "data__errors_by_kind", "data__latency", "data__ttft"
+    ):
+        lat, ttft = lat or {}, ttft or {}
+        parts = [kinds, lat.get("counts"), lat.get("zero"), ttft.get("counts"), ttft.get("zero")]
+        yield (*scalars, parts)
 
 
 def window_series(
@@ -107,24 +151,10 @@ def window_series(
     feedback sums. Cluster sums are left out: charts do not test, they describe. One query."""
     step = timedelta(minutes=step_minutes)
     bins: dict[tuple[str, int], _Bin] = {}
-    rows = (
-        WindowAggregate.objects.filter(stage_id__in=stage_ids, window__gte=since, window__lt=until)
-        # Only the JSON parts a chart reads: the cluster sums and log sums stay in the database.
-        .values_list(
-            "window",
-            "arm",
-            "requests",
-            "errors",
-            "cost_n",
-            "cost_sum",
-            "feedback_n",
-            "feedback_sum",
-            "data__errors_by_kind",
-            "data__latency",
-            "data__ttft",
-        )  # fmt: skip
-    )
-    for window, arm, requests, errors, cost_n, cost_sum, fb_n, fb_sum, kinds, lat, ttft in rows:
+    for window, arm, requests, errors, cost_n, cost_sum, fb_n, fb_sum, parts in _window_rows(
+        stage_ids, since, until
+    ):
+        kinds, lat, lat_zero, ttft, ttft_zero = parts
         index = int((window - since) / step)
         b = bins.get((arm, index))
         if b is None:
@@ -137,8 +167,10 @@ def window_series(
         b.feedback_sum += fb_sum
         if kinds:
             b.errors_by_kind.update(kinds)
-        b.latency_zero += _add_buckets(b.latency, lat)
-        b.ttft_zero += _add_buckets(b.ttft, ttft)
+        _add_counts(b.latency, lat)
+        _add_counts(b.ttft, ttft)
+        b.latency_zero += lat_zero or 0
+        b.ttft_zero += ttft_zero or 0
     series: dict[str, list[tuple[datetime, ArmAggregates]]] = {arm: [] for arm in ARMS}
     for (arm, index), b in sorted(bins.items(), key=lambda item: item[0][1]):
         series.setdefault(arm, []).append((since + index * step, b.aggregates()))

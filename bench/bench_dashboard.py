@@ -1,0 +1,219 @@
+"""Dashboard server time for a plan with 10^6 outcomes behind it and a week of windows.
+
+Builds, in PostgreSQL, one running plan whose A/B stage started a week ago: a window
+aggregate per arm per minute for 7 days (10,080 minutes x 2 arms, ~50 outcomes each:
+10^6 outcomes in all, through the real ``aggregation.outcome_delta``), the stage totals,
+an engine evaluation every 15 s for the week (40,320 rows, the engine's own decision and
+bounds) and 500 audit events. Then times the dashboard in-process through Django's full
+request stack (middleware, session auth, view, template), as the web server would run it:
+the page with its default range (the last 24 h), the 7-day range, the live partial, and
+the report. Prints median and p95 over --runs requests, and the query count. Goal: < 300 ms.
+
+Needs PostgreSQL as in `make test`.
+Run: .venv/bin/python bench/bench_dashboard.py [--runs 20] [--outcomes 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DB_NAME = "turnout_bench_dashboard"
+ENV = {
+    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
+    "REDIS_URL": "redis://127.0.0.1:6379/10",
+    "DEBUG": "0",
+    "SECRET_KEY": "bench-only-secret",
+    "ALLOWED_HOSTS": "127.0.0.1,testserver",
+    "LOG_LEVEL": "WARNING",
+    "DJANGO_SETTINGS_MODULE": "controlplane.settings",
+}
+MINUTES = 7 * 24 * 60
+
+
+def setup() -> None:
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}"')
+        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    os.environ.update(ENV)
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", "--noinput", verbosity=0)
+
+
+def build(outcomes: int) -> str:
+    from django.contrib.auth import get_user_model
+    from django.db import transaction
+    from django.utils import timezone
+
+    from migrations_app import aggregation, engine, plans
+    from migrations_app.aggregation import OutcomeFacts
+    from migrations_app.catalog import seed_catalog
+    from migrations_app.models import (
+        Evaluation,
+        MigrationPlan,
+        PlanRun,
+        PlanStage,
+        StageAggregate,
+        WindowAggregate,
+    )  # fmt: skip
+    from migrations_app.stats import ArmAggregates
+
+    seed_catalog()
+    user = get_user_model().objects.create_superuser("bench", "", "pw")
+    actor = plans.Actor.for_user(user)
+    key = "bench-dashboard"
+    plans.plan_create(
+        key=key, name="Bench", actor=actor,
+        control={"model": "openai:gpt-4o-2024-08-06"},
+        candidate={"model": "anthropic:claude-sonnet-4-20250514"},
+        phases=[{"kind": "ab_split", "percent": 50.0, "min_duration_minutes": 60,
+                 "min_samples": 1000, "auto_advance": False},
+                {"kind": "rollout", "steps": [100]}],
+    )  # fmt: skip
+    plans.plan_start(plan_key=key, actor=actor)
+    plan = MigrationPlan.objects.get(key=key)
+    now = timezone.now()
+    began = aggregation.window_start(now - timedelta(minutes=MINUTES))
+    PlanRun.objects.filter(pk=plan.current_run_id).update(started_at=began)
+    PlanStage.objects.filter(pk=plan.current_stage_id).update(started_at=began)
+    MigrationPlan.objects.filter(pk=plan.pk).update(step_started_at=began)
+    stage = plan.current_stage
+
+    rng = np.random.default_rng(1)
+    per_window = max(1, outcomes // (MINUTES * 2))
+    t0 = time.perf_counter()
+    totals: dict[str, list[ArmAggregates]] = {"control": [], "candidate": []}
+    rows = []
+    for m in range(MINUTES):
+        window = began + timedelta(minutes=m)
+        for arm, scale in (("control", 700.0), ("candidate", 760.0)):
+            lat = rng.lognormal(0, 0.35, per_window) * scale
+            ttft = lat / 4
+            errs = rng.random(per_window) < 0.01
+            delta = aggregation.outcome_delta(
+                OutcomeFacts(
+                    arm,
+                    f"u{i}",
+                    window,
+                    float(lat[i]),
+                    float(ttft[i]),
+                    "timeout" if errs[i] else "",
+                    0.002,
+                )  # fmt: skip
+                for i in range(per_window)
+            ) + aggregation.feedback_delta(rng.random(per_window // 5).round())
+            totals[arm].append(delta)
+            rows.append(
+                WindowAggregate(
+                    stage=stage,
+                    arm=arm,
+                    window=window,
+                    requests=delta.requests,
+                    errors=delta.errors,
+                    latency_sum=delta.latency_sum,
+                    cost_n=delta.cost_n,
+                    cost_sum=delta.cost_sum,
+                    feedback_n=delta.feedback_n,
+                    feedback_sum=delta.feedback_sum,
+                    data=aggregation.to_json(delta),
+                )  # fmt: skip
+            )
+    with transaction.atomic():
+        WindowAggregate.objects.bulk_create(rows, batch_size=2000)
+        for arm, parts in totals.items():
+            merged = ArmAggregates.merge(parts)
+            StageAggregate.objects.create(
+                stage=stage, arm=arm, requests=merged.requests, data=aggregation.to_json(merged)
+            )
+    print(
+        f"windows: {len(rows)} rows ({per_window * len(rows):,} outcomes) "
+        f"built in {time.perf_counter() - t0:.1f} s"
+    )
+    engine.plan_evaluate(plan_id=plan.pk)
+    real = Evaluation.objects.filter(plan=plan).latest("pk")
+    Evaluation.objects.bulk_create(
+        (
+            Evaluation(
+                plan=plan,
+                run_id=real.run_id,
+                stage_id=real.stage_id,
+                plan_version=real.plan_version,
+                action="hold",
+                decision=real.decision,
+                bounds=real.bounds,
+                control_requests=real.control_requests,
+                candidate_requests=real.candidate_requests,
+                created_at=began + timedelta(seconds=15 * i),
+            )  # fmt: skip
+            for i in range(MINUTES * 4)
+        ),
+        batch_size=5000,
+    )
+    plan.refresh_from_db()
+    for i in range(500):
+        plans.record_edit(plan, actor=actor, action="edit", reason=f"note {i}", publish=False)
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE")
+    return key
+
+
+def timed(client, path: str, runs: int) -> tuple[float, float, int]:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.get(path)  # warm: templates compiled, connection open
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        response = client.get(path)
+        samples.append((time.perf_counter() - start) * 1000)
+        assert response.status_code == 200, (path, response.status_code)
+    with CaptureQueriesContext(connection) as captured:
+        client.get(path)
+    samples.sort()
+    p95 = samples[min(len(samples) - 1, int(0.95 * len(samples)))]
+    return statistics.median(samples), p95, len(captured.captured_queries)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--outcomes", type=int, default=1_000_000)
+    args = parser.parse_args()
+    setup()
+    key = build(args.outcomes)
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    client = Client()
+    client.force_login(get_user_model().objects.get(username="bench"))
+    print(f"server time over {args.runs} requests (in-process, full request stack):")
+    for label, path in (
+        ("dashboard, last 24 h (default)", f"/plans/{key}/"),
+        ("dashboard, 7 days", f"/plans/{key}/?hours=168"),
+        ("live partial, last 24 h", f"/plans/{key}/live"),
+        ("report", f"/plans/{key}/report"),
+    ):
+        median, p95, queries = timed(client, path, args.runs)
+        print(f"  {label:32s} median {median:6.1f} ms  p95 {p95:6.1f} ms  {queries} queries")
+
+
+if __name__ == "__main__":
+    main()
