@@ -16,7 +16,7 @@ from migrations_app.aggregation import window_start
 from migrations_app.dashboard import selectors as sel
 from migrations_app.models import AuditEvent, MigrationPlan, PlanStatus
 from tests.dashboard.data import feed, running_plan
-from tests.factories import make_user
+from tests.factories import make_plan, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -208,3 +208,11 @@ def test_live_partial_is_the_changing_part_only() -> None:
     body = response.content.decode()
     assert response.status_code == 200 and response["Cache-Control"] == "no-store"
     assert body.lstrip().startswith('<div class="live-body"') and "<html" not in body
+
+
+def test_a_draft_plan_has_a_page_with_nothing_to_chart_yet() -> None:
+    make_plan("draft")
+    html = staff("olga", operate=True).get("/plans/draft/").content.decode()
+    assert "not started: all traffic on control" in html
+    assert "No evaluation yet" in html and "No traffic yet." in html
+    assert "/act/" not in html.split('id="where"', 1)[1].split("</section>", 1)[0]
