@@ -35,6 +35,8 @@ from migrations_app.models import (
     PlanRun,
     PlanStage,
     PlanStatus,
+    ShadowSample,
+    ShadowStatus,
     StageAggregate,
     WindowAggregate,
 )
@@ -367,6 +369,59 @@ def cost_projection(
     return out
 
 
+# --- shadow pairs ------------------------------------------------------------------------
+
+SHADOW_PAIRS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowPair:
+    """One request both models answered (redacted at storage), with its comparison scores."""
+
+    at: datetime | None
+    prompt: str
+    control: str
+    candidate: str
+    candidate_error: str
+    scores: Sequence[tuple[str, str]]
+
+
+def _score(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def shadow_pairs(plan: MigrationPlan, limit: int = SHADOW_PAIRS) -> list[ShadowPair]:
+    """The current run's latest compared shadow pairs, newest first. One query."""
+    if plan.current_run_id is None:
+        return []
+    rows = (
+        ShadowSample.objects.filter(plan=plan, run_id=plan.current_run_id, status=ShadowStatus.DONE)
+        .order_by("-completed_at")
+        .only("request", "control", "candidate", "comparison", "completed_at")[:limit]
+    )
+    pairs = []
+    for sample in rows:
+        messages = sample.request.get("messages", []) if isinstance(sample.request, dict) else []
+        prompt = next(
+            (m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), ""
+        )
+        pairs.append(
+            ShadowPair(
+                at=sample.completed_at,
+                prompt=str(prompt),
+                control=str(sample.control.get("text", "")),
+                candidate=str(sample.candidate.get("text", "")),
+                candidate_error=str(sample.candidate.get("error") or ""),
+                scores=[(k, _score(v)) for k, v in sorted(sample.comparison.items())],
+            )
+        )
+    return pairs
+
+
 # --- the whole page ----------------------------------------------------------------------
 
 
@@ -407,6 +462,7 @@ class DashboardData:
     windows: Mapping[str, list[tuple[datetime, ArmAggregates]]]
     bounds: Sequence[tuple[datetime, dict[str, Any]]]
     costs: Sequence[CostProjection]
+    shadow: Sequence[ShadowPair]
     timeline: Sequence[AuditEvent]
     since: datetime
     until: datetime
@@ -517,6 +573,7 @@ def dashboard_data(
         windows=windows,
         bounds=bounds,
         costs=cost_projection(plan, stages, now=now) if stages else [],
+        shadow=shadow_pairs(plan),
         timeline=timeline,
         since=since,
         until=until,

@@ -14,7 +14,7 @@ from django.utils import timezone
 from migrations_app import engine, stats
 from migrations_app.aggregation import window_start
 from migrations_app.dashboard import selectors as sel
-from migrations_app.models import AuditEvent, MigrationPlan, PlanStatus
+from migrations_app.models import AuditEvent, MigrationPlan, PlanStatus, ShadowSample, ShadowStatus
 from tests.dashboard.data import feed, running_plan
 from tests.factories import make_plan, make_user
 
@@ -216,3 +216,31 @@ def test_a_draft_plan_has_a_page_with_nothing_to_chart_yet() -> None:
     assert "not started: all traffic on control" in html
     assert "No evaluation yet" in html and "No traffic yet." in html
     assert "/act/" not in html.split('id="where"', 1)[1].split("</section>", 1)[0]
+
+
+def test_shadow_pairs_are_shown_side_by_side_escaped_with_their_scores() -> None:
+    plan = running_plan("p1")
+    now = timezone.now()
+    for i, (candidate, comparison) in enumerate(
+        (
+            (
+                {"text": "<b>Sure</b>, it ships Monday."},
+                {"normalized_match": False, "similarity": 0.61},
+            ),
+            ({"error": "timeout"}, {}),
+        )
+    ):
+        ShadowSample.objects.create(
+            sample_id=f"s{i}", plan=plan, run=plan.current_run, stage=plan.current_stage,
+            decision_id=f"d{i}", unit="u1", status=ShadowStatus.DONE,
+            request={"messages": [{"role": "user", "content": f"When does order {i} ship?"}]},
+            control={"text": "It ships on Monday."}, candidate=candidate, comparison=comparison,
+            created_at=now, completed_at=now + timedelta(seconds=i),
+        )  # fmt: skip
+    html = staff("olga", operate=True).get("/plans/p1/").content.decode()
+    section = html.split('id="shadow"', 1)[1].split("</section>", 1)[0]
+    assert section.count('class="shadow-pair"') == 2
+    # Newest first: the failed answer, then the compared one.
+    assert section.index("no answer: timeout") < section.index("&lt;b&gt;Sure&lt;/b&gt;")
+    assert "similarity: 0.61" in section and "normalized_match: no" in section
+    assert "When does order 0 ship?" in section and "<b>Sure" not in section
