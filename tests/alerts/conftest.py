@@ -34,6 +34,8 @@ class Reply:
     body: bytes = b"ok"
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    # Held until the test sets it: a receiver that is slow for exactly as long as needed.
+    gate: threading.Event | None = None
 
 
 class Receiver:
@@ -57,6 +59,8 @@ class Receiver:
                     reply = receiver.replies.pop(0) if receiver.replies else receiver.default
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
+                if reply.gate is not None:
+                    reply.gate.wait()
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
