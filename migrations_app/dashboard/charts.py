@@ -33,6 +33,13 @@ def _per_arm(
     ]
 
 
+def _kind_rate(kind: str) -> Callable[[ArmAggregates], float | None]:
+    def rate(a: ArmAggregates) -> float | None:
+        return a.errors_by_kind.get(kind, 0) / a.requests if a.requests else None
+
+    return rate
+
+
 def _ms(v: float) -> str:
     return f"{v:,.0f}"
 
@@ -50,7 +57,7 @@ def window_charts(
 ) -> list[tuple[str, str]]:
     """(name, svg) per chart: request rate, error rate by kind, p50/p95 latency, p95 ttft,
     satisfaction, cost per request, each per arm."""
-    bounds = {"start": start.timestamp(), "end": end.timestamp()}
+    x0, x1 = start.timestamp(), end.timestamp()
     kinds: Counter[str] = Counter()
     for arm in sel.ARMS:
         for _, agg in windows.get(arm, ()):
@@ -62,12 +69,7 @@ def window_charts(
             error_series.append(
                 svg.Series(
                     f"{arm} {kind}",
-                    _points(
-                        windows.get(arm, ()),
-                        lambda a, k=kind: (
-                            a.errors_by_kind.get(k, 0) / a.requests if a.requests else None
-                        ),
-                    ),
+                    _points(windows.get(arm, ()), _kind_rate(kind)),
                     svg.PALETTE[(2 + i) % len(svg.PALETTE)],
                     dashed=arm == "candidate",
                 )
@@ -83,11 +85,15 @@ def window_charts(
                 "Requests per minute",
                 _per_arm(windows, lambda a: a.requests / step_minutes),
                 fmt=lambda v: f"{v:,.3g}",
-                **bounds,
+                start=x0,
+                end=x1,
             ),
         ),
-        ("errors", svg.Chart("Error rate by kind", error_series, fmt=_pct, **bounds)),
-        ("latency", svg.Chart("Latency p50 and p95", latency, unit="ms", fmt=_ms, **bounds)),
+        ("errors", svg.Chart("Error rate by kind", error_series, fmt=_pct, start=x0, end=x1)),
+        (
+            "latency",
+            svg.Chart("Latency p50 and p95", latency, unit="ms", fmt=_ms, start=x0, end=x1),
+        ),
         (
             "ttft",
             svg.Chart(
@@ -95,7 +101,8 @@ def window_charts(
                 _per_arm(windows, lambda a: sel.quantile(a.ttft, 0.95)),
                 unit="ms",
                 fmt=_ms,
-                **bounds,
+                start=x0,
+                end=x1,
             ),
         ),
         (
@@ -104,13 +111,18 @@ def window_charts(
                 "Satisfaction (mean feedback, 0-1)",
                 _per_arm(windows, sel.satisfaction),
                 fmt=lambda v: f"{v:.2f}",
-                **bounds,
+                start=x0,
+                end=x1,
             ),
         ),
         (
             "cost",
             svg.Chart(
-                "Cost per request", _per_arm(windows, sel.cost_per_request), fmt=_usd, **bounds
+                "Cost per request",
+                _per_arm(windows, sel.cost_per_request),
+                fmt=_usd,
+                start=x0,
+                end=x1,
             ),
         ),
     ]

@@ -80,7 +80,7 @@ def render(chart: Chart, *, width: int = 560, height: int = 190) -> str:
     left, right, top, bottom = 56, 12, 26, 40
     plot_w, plot_h = width - left - right, height - top - bottom
     xs = [t for s in chart.series for t, v in s.points if _finite(v)]
-    ys = [v for s in chart.series for _, v in s.points if _finite(v)]
+    ys: list[float] = [v for s in chart.series for _, v in s.points if v is not None and _finite(v)]
     ys += [r.value for r in chart.rules if math.isfinite(r.value)]
     title = escape(chart.title + (f" ({chart.unit})" if chart.unit else ""))
     head = (
