@@ -171,10 +171,10 @@ def outcomes_ingest(*, identity: Any, payload: Any) -> IngestResult:
         with transaction.atomic():
             stored = _insert_outcomes(list(parsed.values()), now)
             new = [parsed[event_id] for event_id in stored]
-            held = _held_feedback({o.decision_id for o in new})
-            aggregate([(o.stage_id, o.facts) for o in new if o.stage_id is not None], [])
-            if held:
-                _apply_feedback(held)
+            # Held feedback is claimed (locked) before the aggregate rows, as in every other
+            # transaction that counts feedback: one lock order, no deadlock.
+            claimed, _ = _claim_feedback(_held_feedback({o.decision_id for o in new}))
+            aggregate([(o.stage_id, o.facts) for o in new if o.stage_id is not None], claimed)
         result.stored = len(stored)
         result.duplicates += len(parsed) - len(stored)
     metrics.count_ingest(
@@ -470,6 +470,19 @@ def _apply_feedback(feedback_ids: Sequence[str]) -> int:
     """Count held feedback whose outcome exists; returns how many were applied. Call inside
     a transaction: the rows are locked, so each feedback is counted exactly once even when
     an ingest and the sweeper reach it at the same time."""
+    claimed, linked = _claim_feedback(feedback_ids)
+    aggregate([], claimed)
+    return linked
+
+
+def _claim_feedback(
+    feedback_ids: Sequence[str],
+) -> tuple[list[tuple[int, OutcomeFacts, float]], int]:
+    """Lock the held feedback among ``feedback_ids`` whose outcome exists and link it to that
+    outcome. Returns what the caller must aggregate in the same transaction (feedback whose
+    outcome is in a stage) and how many were linked."""
+    if not feedback_ids:
+        return [], 0
     held = list(
         Feedback.objects.select_for_update()
         .filter(pk__in=feedback_ids, outcome__isnull=True)
@@ -477,7 +490,7 @@ def _apply_feedback(feedback_ids: Sequence[str]) -> int:
         .values_list("pk", "decision_id", "score")
     )
     if not held:
-        return 0
+        return [], 0
     # A decision reported twice (two outcome events) gets its feedback on the first.
     outcomes: dict[str, Outcome] = {}
     for outcome in (
@@ -498,8 +511,7 @@ def _apply_feedback(feedback_ids: Sequence[str]) -> int:
             applied.append((outcome.stage_id, facts, score))
     for outcome_pk, pks in links.items():
         Feedback.objects.filter(pk__in=pks).update(outcome_id=outcome_pk)
-    aggregate([], applied)
-    return sum(len(p) for p in links.values())
+    return applied, sum(len(p) for p in links.values())
 
 
 def apply_held_feedback(*, limit: int = 5000) -> int:
