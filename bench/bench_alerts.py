@@ -6,7 +6,7 @@ in the same transaction (as the engine does); the page goes to a signed webhook 
 a local HTTP receiver in this process. Measured: commit -> request received.
 
 Needs PostgreSQL and Redis as in `make test`.
-Run: .venv/bin/python bench/bench_alerts.py [--runs 50]
+Run: .venv/bin/python bench/bench_alerts.py [--runs 50]  (BENCH_REDIS_URL overrides Redis db 6)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "turnout_bench_alerts"
 ENV = {
     "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
-    "REDIS_URL": "redis://127.0.0.1:6379/6",
+    "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6"),
     "DEBUG": "0",
     "SECRET_KEY": "bench-only-secret",
     "ALLOWED_HOSTS": "127.0.0.1",
