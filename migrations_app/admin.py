@@ -98,6 +98,40 @@ class ModelSpecAdmin(admin.ModelAdmin):
 @admin.register(AlertChannel)
 class AlertChannelAdmin(admin.ModelAdmin):
     list_display = ("name", "kind", "enabled", "destination")
+    actions = ["send_test_alert"]
+
+    @admin.action(description="Send a test alert to the selected channels", permissions=["change"])
+    def send_test_alert(self, request: HttpRequest, queryset: QuerySet[AlertChannel]) -> None:
+        """Through the outbox like any page, to this channel only. An outbox row belongs to a
+        plan, and the message names one: the most recently updated plan using the channel."""
+        now = timezone.now()
+        queued, unused = 0, []
+        for channel in queryset.order_by("pk"):
+            plan = channel.plans.order_by("-updated_at", "-pk").first()
+            if plan is None:
+                unused.append(channel.name)
+                continue
+            message = build_test_message(
+                plan_key=plan.key,
+                plan_name=plan.name,
+                run=plan.current_run.number if plan.current_run else 0,
+                dashboard_url=f"{settings.SITE_URL}/plans/{plan.key}/",
+                now=now,
+            )
+            with transaction.atomic():
+                queued += len(
+                    outbox.alert_enqueue(plan=plan, message=message, now=now, channels=[channel])
+                )
+        if queued:
+            self.message_user(
+                request, f"Queued {queued} test alert(s); see Alert deliveries for the outcome."
+            )
+        if unused:
+            self.message_user(
+                request,
+                f"Not sent to {', '.join(unused)}: add the channel to a plan first.",
+                level=messages.WARNING,
+            )
 
     @admin.display(description="destination")
     def destination(self, obj: AlertChannel) -> str:

@@ -280,9 +280,11 @@ def build_test_message(
 ) -> AlertMessage:
     """The message behind the admin's "send test alert" action.
 
-    Its dedup key is unique per send, so a test never folds into a real incident.
+    Its dedup key is unique per send (to the microsecond: two clicks within one second are
+    two tests), so a test never folds into a real incident or into the previous test.
     """
     acted_at = format_utc(now)
+    sent = now.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     return AlertMessage(
         plan_key=plan_key,
         plan_name=plan_name,
@@ -292,6 +294,6 @@ def build_test_message(
         reason="this channel works",
         action_taken="Nothing: this is a test alert sent from the Turnout admin.",
         acted_at=acted_at,
-        dedup_key=dedup_key(plan_key, run, f"test-{acted_at}"),
+        dedup_key=dedup_key(plan_key, run, f"test-{sent}"),
         dashboard_url=dashboard_url,
     )

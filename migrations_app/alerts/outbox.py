@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -29,7 +30,13 @@ from django.utils import timezone
 
 from migrations_app import metrics
 from migrations_app.alerts import AlertMessage, DeliveryError, get_channel, resolve_target
-from migrations_app.models import AlertAttempt, AlertDelivery, DeliveryStatus, MigrationPlan
+from migrations_app.models import (
+    AlertAttempt,
+    AlertChannel,
+    AlertDelivery,
+    DeliveryStatus,
+    MigrationPlan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +46,22 @@ MAX_BACKOFF_S = 300.0
 
 
 def alert_enqueue(
-    *, plan: MigrationPlan, message: AlertMessage, now: datetime | None = None
+    *,
+    plan: MigrationPlan,
+    message: AlertMessage,
+    now: datetime | None = None,
+    channels: Sequence[AlertChannel] | None = None,
 ) -> list[AlertDelivery]:
-    """Queue ``message`` for each of the plan's enabled channels. Call inside the transaction
-    of the action that causes the alert. Returns the new rows (repeats fold into open ones)."""
+    """Queue ``message`` for each of the plan's enabled channels, or for ``channels`` when
+    given (the admin's test of one channel, enabled or not: it is how one checks a channel
+    before turning it on). Call inside the transaction of the action that causes the alert.
+    Returns the new rows (repeats fold into open ones)."""
     now = now or timezone.now()
     window = timedelta(minutes=settings.TURNOUT_ALERT_DEDUP_MINUTES)
     created: list[AlertDelivery] = []
-    for channel in plan.alert_channels.filter(enabled=True).order_by("pk"):
+    if channels is None:
+        channels = list(plan.alert_channels.filter(enabled=True).order_by("pk"))
+    for channel in channels:
         repeated = AlertDelivery.objects.filter(
             channel=channel,
             dedup_key=message.dedup_key,

@@ -88,8 +88,15 @@ def test_test_message_never_folds_into_an_incident() -> None:
         dashboard_url="https://turnout.example.com/plans/support-chat/",
         now=datetime(2025, 6, 3, 14, 5, tzinfo=UTC),
     )
+    same_second = build_test_message(
+        plan_key="support-chat",
+        plan_name="Support chat",
+        run=3,
+        dashboard_url="https://turnout.example.com/plans/support-chat/",
+        now=datetime(2025, 6, 3, 14, 0, 0, 250_000, tzinfo=UTC),
+    )
     assert first.event == "test" and first.severity == "info"
-    assert first.dedup_key != later.dedup_key
+    assert len({first.dedup_key, later.dedup_key, same_second.dedup_key}) == 3
     assert first.dedup_key != rollback_message().dedup_key
 
 
