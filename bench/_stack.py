@@ -69,9 +69,50 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.
     raise RuntimeError(f"nothing listens on {port}")
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (Linux /proc)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process (Linux /proc): a gunicorn master's workers."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return found
+
+
+def database_backends(db_name: str) -> list[int]:
+    """PostgreSQL backend pids connected to a database now."""
+    import psycopg
+
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (db_name,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
 @contextmanager
-def gunicorn(env: dict[str, str], port: int, workers: int, threads: int) -> Iterator[str]:
-    """gunicorn WSGI workers serving the API; yields the base URL."""
+def gunicorn(
+    env: dict[str, str], port: int, workers: int, threads: int
+) -> Iterator[tuple[str, int]]:
+    """gunicorn WSGI workers serving the API; yields the base URL and the master's pid."""
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "gunicorn", "controlplane.wsgi:application",
@@ -83,7 +124,7 @@ def gunicorn(env: dict[str, str], port: int, workers: int, threads: int) -> Iter
     )  # fmt: skip
     try:
         wait_for_port(port, proc)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=15)

@@ -35,7 +35,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stack import bench_env, ensure_database, gunicorn, setup_django
+from _stack import (
+    bench_env,
+    children,
+    cpu_seconds,
+    database_backends,
+    ensure_database,
+    gunicorn,
+    setup_django,
+)
 
 DB_NAME = "turnout_bench_ingest"
 REDIS_DB = 9
@@ -245,9 +253,12 @@ def main() -> None:
     bodies = gzip_batches(events)
     connection.close()
 
-    with gunicorn(env, PORT, opts.workers, opts.threads) as base:
+    with gunicorn(env, PORT, opts.workers, opts.threads) as (base, master):
         run_load(base, key, gzip_batches(warmup), opts.loaders)
+        web, backends = children(master), database_backends(DB_NAME)
+        web_cpu, db_cpu = cpu_seconds(web), cpu_seconds(backends)
         stored, rejected, elapsed = run_load(base, key, bodies, opts.loaders)
+        web_cpu, db_cpu = cpu_seconds(web) - web_cpu, cpu_seconds(backends) - db_cpu
     assert rejected == 0 and stored == len(events), (stored, rejected)
     check_exact(plan, len(events) + len(warmup))
     api = len(events) / elapsed
@@ -260,6 +271,11 @@ def main() -> None:
     print(f"POST /api/v1/outcomes   {api:10,.0f} events/s   ({elapsed:.2f} s)")
     print(f"raw COPY (ceiling)      {ceiling:10,.0f} rows/s")
     print(f"ingest / COPY           {api / ceiling:10.0%}   (goals: >= 20,000 events/s, >= 25 %)")
+    per_batch = 1000 / len(bodies)
+    print(
+        f"CPU per batch of {BATCH}: web workers {web_cpu * per_batch:.1f} ms,"
+        f" PostgreSQL backends {db_cpu * per_batch:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

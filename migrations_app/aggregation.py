@@ -16,6 +16,9 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from migrations_app.stats import ArmAggregates, Buckets, ClusterSums
 
 WINDOW_SECONDS = 60
@@ -114,59 +117,37 @@ def unit_change(facts: Iterable[OutcomeFacts]) -> UnitTotals:
     )
 
 
-def _pair_delta(y0: float, n0: float, y1: float, n1: float) -> ClusterSums:
-    return ClusterSums(
-        units=int(n0 == 0 and n1 != 0),
-        sum_yy=y1 * y1 - y0 * y0,
-        sum_yn=y1 * n1 - y0 * n0,
-        sum_nn=n1 * n1 - n0 * n0,
-    )
+# The (Y, N) columns of each cluster sum among a unit's totals, in UnitTotals.values() order
+# (requests, errors, cost_n, cost_sum, feedback_n, feedback_sum).
+_CLUSTER_COLUMNS = {
+    "error_clusters": (1, 0),  # errors per request
+    "cost_clusters": (3, 2),  # cost per costed request
+    "feedback_clusters": (5, 4),  # score per feedback
+    "feedback_rate_clusters": (4, 0),  # feedbacks per request
+}
+
+
+def cluster_deltas(old: npt.ArrayLike, new: npt.ArrayLike) -> ArmAggregates:
+    """The cluster-sum change when units' totals move from ``old`` to ``new`` (one row per
+    unit, columns as :meth:`UnitTotals.values`): per cluster sum, (Y+y)**2 - Y**2 and so on,
+    summed over the units exactly rounded, and the units seen for the first time."""
+    before = np.asarray(old, dtype=np.float64).reshape(-1, 6)
+    after = np.asarray(new, dtype=np.float64).reshape(-1, 6)
+    sums = {}
+    for name, (y, n) in _CLUSTER_COLUMNS.items():
+        y0, n0, y1, n1 = before[:, y], before[:, n], after[:, y], after[:, n]
+        sums[name] = ClusterSums(
+            units=int(np.count_nonzero((n0 == 0) & (n1 != 0))),
+            sum_yy=math.fsum((y1 * y1 - y0 * y0).tolist()),
+            sum_yn=math.fsum((y1 * n1 - y0 * n0).tolist()),
+            sum_nn=math.fsum((n1 * n1 - n0 * n0).tolist()),
+        )
+    return ArmAggregates(**sums)
 
 
 def cluster_delta(old: UnitTotals, new: UnitTotals) -> ArmAggregates:
     """The cluster-sum change when one unit's totals move from ``old`` to ``new``."""
-    return ArmAggregates(
-        error_clusters=_pair_delta(old.errors, old.requests, new.errors, new.requests),
-        cost_clusters=_pair_delta(old.cost_sum, old.cost_n, new.cost_sum, new.cost_n),
-        feedback_clusters=_pair_delta(
-            old.feedback_sum, old.feedback_n, new.feedback_sum, new.feedback_n
-        ),
-        feedback_rate_clusters=_pair_delta(
-            old.feedback_n, old.requests, new.feedback_n, new.requests
-        ),
-    )
-
-
-def cluster_deltas(moves: Iterable[tuple[UnitTotals, UnitTotals]]) -> ArmAggregates:
-    """The summed cluster-sum change of many units' moves (old, new), exactly rounded: the
-    same as adding :func:`cluster_delta` of each, at a fraction of the cost (one ingest batch
-    moves hundreds of units)."""
-    units = [0, 0, 0, 0]
-    sums: list[list[list[float]]] = [[[], [], []] for _ in range(4)]
-    for old, new in moves:
-        pairs = (
-            (old.errors, old.requests, new.errors, new.requests),
-            (old.cost_sum, old.cost_n, new.cost_sum, new.cost_n),
-            (old.feedback_sum, old.feedback_n, new.feedback_sum, new.feedback_n),
-            (old.feedback_n, old.requests, new.feedback_n, new.requests),
-        )
-        for i, (y0, n0, y1, n1) in enumerate(pairs):
-            if n0 == 0 and n1 != 0:
-                units[i] += 1
-            yy, yn, nn = sums[i]
-            yy.append(y1 * y1 - y0 * y0)
-            yn.append(y1 * n1 - y0 * n0)
-            nn.append(n1 * n1 - n0 * n0)
-    error, cost, feedback, rate = (
-        ClusterSums(units[i], math.fsum(yy), math.fsum(yn), math.fsum(nn))
-        for i, (yy, yn, nn) in enumerate(sums)
-    )
-    return ArmAggregates(
-        error_clusters=error,
-        cost_clusters=cost,
-        feedback_clusters=feedback,
-        feedback_rate_clusters=rate,
-    )
+    return cluster_deltas([old.values()], [new.values()])
 
 
 # --- storage form ------------------------------------------------------------------------

@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -253,7 +256,8 @@ def _pg_cursor() -> Any:
     the server: the batch's JSON travels as a parameter instead of being escaped into the SQL
     text (Django's cursors bind on the client), and psycopg prepares a statement used often."""
     connection.ensure_connection()
-    return connection.connection.cursor()
+    # Django opens its connections with ClientCursor as the factory: ask for a plain one.
+    return psycopg.Cursor(connection.connection)
 
 
 def _json_rows(pg_types: Sequence[str]) -> str:
@@ -569,11 +573,12 @@ def aggregate(
         changes[ukey] = changes.get(ukey, UnitTotals()) + UnitTotals(
             feedback_n=len(values), feedback_sum=math.fsum(values)
         )
-    moves: dict[tuple[int, datetime, str], list[tuple[UnitTotals, UnitTotals]]] = defaultdict(list)
-    for ukey, move in _upsert_unit_totals(changes).items():
-        moves[unit_window[ukey]].append(move)
-    for wkey, window_moves in moves.items():
-        deltas[wkey].append(aggregation.cluster_deltas(window_moves))
+    keys, old, new = _upsert_unit_totals(changes)
+    moves: dict[tuple[int, datetime, str], list[int]] = defaultdict(list)
+    for i, ukey in enumerate(keys):
+        moves[unit_window[ukey]].append(i)
+    for wkey, rows in moves.items():
+        deltas[wkey].append(aggregation.cluster_deltas(old[rows], new[rows]))
     window_deltas = {key: ArmAggregates.merge(items) for key, items in deltas.items()}
     _merge_windows(window_deltas)
     stage_deltas: dict[tuple[int, str], list[ArmAggregates]] = defaultdict(list)
@@ -598,16 +603,18 @@ _UNIT_TYPES = (  # stage_id, arm, unit, *_UNIT_FIELDS
 
 def _upsert_unit_totals(
     changes: Mapping[tuple[int, str, str], UnitTotals],
-) -> dict[tuple[int, str, str], tuple[UnitTotals, UnitTotals]]:
-    """Add each change to its unit's totals in one statement per chunk; returns (old, new)
-    per unit. Rows are written in key order, so concurrent batches lock in the same order."""
+) -> tuple[list[tuple[int, str, str]], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Add each change to its unit's totals in one statement per chunk. Returns the units and
+    their totals before and after (one row each, columns as ``UnitTotals.values()``). Rows
+    are written in key order, so concurrent batches lock in the same order."""
     qn = connection.ops.quote_name
     table = qn(UnitTotalsRow._meta.db_table)
     columns = ["stage_id", "arm", "unit", *_UNIT_FIELDS]
     one = "(" + ", ".join(["%s"] * len(columns)) + ")"
     updates = ", ".join(f"{qn(f)} = {table}.{qn(f)} + EXCLUDED.{qn(f)}" for f in _UNIT_FIELDS)
     keys = sorted(changes)
-    result: dict[tuple[int, str, str], tuple[UnitTotals, UnitTotals]] = {}
+    found: list[tuple[int, str, str]] = []
+    totals: list[Sequence[float]] = []
     chunk = len(keys) if _fast() else 2000
     upsert = (
         f"INSERT INTO {table} ({', '.join(qn(c) for c in columns)}) "
@@ -626,12 +633,12 @@ def _upsert_unit_totals(
                 source = f"VALUES {', '.join([one] * len(part))}"
                 params = [value for row in rows for value in row]
             cursor.execute(upsert.format(source=source), params)
-            for stage_id, arm, unit, *values in cursor.fetchall():
-                key = (stage_id, arm, unit)
-                change = changes[key].values()
-                old = UnitTotals(*(v - c for v, c in zip(values, change, strict=True)))
-                result[key] = (old, UnitTotals(*values))
-    return result
+            for row in cursor.fetchall():
+                found.append(row[:3])
+                totals.append(row[3:])
+    new = np.array(totals, dtype=np.float64).reshape(-1, len(_UNIT_FIELDS))
+    added = np.array([changes[key].values() for key in found], dtype=np.float64)
+    return found, new - added.reshape(new.shape), new
 
 
 def _merge_windows(deltas: Mapping[tuple[int, datetime, str], ArmAggregates]) -> None:
