@@ -214,3 +214,12 @@ def test_purge_deletes_old_raw_rows_and_keeps_aggregates(settings):
     assert ingest.outcomes_purge(now=later, batch=3) == 4
     assert not Outcome.objects.filter(plan=plan).exists()
     assert totals(plan, "control").requests == 4
+
+
+def test_deleting_a_plan_still_deletes_its_outcomes_without_database_constraints():
+    plan = split_plan()
+    events = [outcome(plan) for _ in range(3)]
+    ingest.outcomes_ingest(identity=Everyone(), payload={"events": events})
+    assert Outcome.objects.filter(plan=plan).count() == 3
+    plan.delete()  # the ORM cascades (Outcome's foreign keys have no database constraint)
+    assert not Outcome.objects.filter(pk__in=[e["id"] for e in events]).exists()
