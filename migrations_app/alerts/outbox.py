@@ -108,7 +108,13 @@ def alert_deliver(*, delivery_id: int, now: datetime | None = None) -> Attempted
     """Try to deliver one outbox row now (see the module docstring)."""
     now = now or timezone.now()
     row = AlertDelivery.objects.select_related("channel").filter(pk=delivery_id).first()
-    if row is None or row.status != DeliveryStatus.PENDING or row.next_attempt_at > now:
+    if row is None or row.status != DeliveryStatus.PENDING:
+        return Attempted("not_due")
+    # A row never tried is due whatever its timestamp says: it was stamped by the clock of
+    # the process that enqueued it, and a worker whose clock is behind would otherwise leave
+    # the page to the sweeper. The claim below still lets only one task have it. Once tried,
+    # next_attempt_at is the backoff or the lease of an attempt in flight: respect it.
+    if row.attempts and row.next_attempt_at > now:
         return Attempted("not_due")
     claimed = AlertDelivery.objects.filter(
         pk=row.pk, status=DeliveryStatus.PENDING, attempts=row.attempts

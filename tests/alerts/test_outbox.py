@@ -111,3 +111,21 @@ def test_due_rows_are_found_by_the_sweeper(receiver, monkeypatch):
     assert outbox.alerts_due() == [row.pk]
     outbox.alert_deliver(delivery_id=row.pk)
     assert outbox.alerts_due() == []
+
+
+def test_a_fresh_row_is_due_even_when_stamped_by_a_clock_ahead_of_the_worker(receiver, monkeypatch):
+    plan = plan_with(webhook("ops", receiver, monkeypatch))
+    ahead = timezone.now() + timedelta(minutes=2)
+    [row] = outbox.alert_enqueue(plan=plan, message=rollback_message(), now=ahead)
+    assert outbox.alert_deliver(delivery_id=row.pk).outcome == "delivered"
+    assert len(receiver.requests) == 1
+
+
+def test_a_row_in_flight_or_backing_off_is_not_due(receiver, monkeypatch):
+    plan = plan_with(webhook("ops", receiver, monkeypatch))
+    receiver.reply(503)
+    [row] = outbox.alert_enqueue(plan=plan, message=rollback_message())
+    assert outbox.alert_deliver(delivery_id=row.pk).outcome == "retry"
+    # a duplicate task before the backoff is over sends nothing
+    assert outbox.alert_deliver(delivery_id=row.pk).outcome == "not_due"
+    assert len(receiver.requests) == 1
