@@ -11,6 +11,7 @@ import json
 import zlib
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
@@ -47,6 +48,12 @@ def read_json_body(request: Request) -> Any:
                 status=413,
             )
     try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass  # not strict JSON: the standard parser decides (below) what it is
+    try:
+        # Python's parser reads what orjson refuses and the events' checks then reject one by
+        # one: NaN and Infinity literals, integers beyond 64 bits, lone surrogates.
         return json.loads(body)
     # ValueError covers bad JSON and bad UTF-8, and also integers beyond Python's digit limit;
     # RecursionError is nesting deeper than the parser's stack.
