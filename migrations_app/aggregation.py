@@ -197,6 +197,55 @@ def from_json(data: Mapping[str, Any]) -> ArmAggregates:
     return ArmAggregates(**values)
 
 
+_FIELD_KINDS = tuple(
+    (
+        f.name,
+        "clusters"
+        if f.name.endswith("_clusters")
+        else "buckets"
+        if f.name in ("latency", "ttft")
+        else "kinds"
+        if f.name == "errors_by_kind"
+        else "int"
+        if f.type == "int"
+        else "float",
+    )
+    for f in fields(ArmAggregates)
+)
+
+
 def merge_json(stored: Mapping[str, Any] | None, delta: ArmAggregates) -> dict[str, Any]:
-    """A stored row's data plus a delta, in storage form."""
-    return to_json(from_json(stored or {}) + delta)
+    """A stored row's data plus a delta, in storage form.
+
+    The same as ``to_json(from_json(stored) + delta)`` (the sum of two floats is already
+    exactly rounded, as ``ArmAggregates.merge`` would make it), but it touches only the
+    delta's buckets, not every stored one: ingest merges into each window and stage row on
+    every batch, and a stage's buckets only grow."""
+    out = dict(stored or {})
+    for name, kind in _FIELD_KINDS:
+        value = getattr(delta, name)
+        current = out.get(name)
+        if kind == "clusters":
+            units, yy, yn, nn = current if current is not None else (0, 0.0, 0.0, 0.0)
+            out[name] = [
+                int(units) + value.units,
+                float(yy) + value.sum_yy,
+                float(yn) + value.sum_yn,
+                float(nn) + value.sum_nn,
+            ]
+        elif kind == "buckets":
+            zero, counts = (int(current["zero"]), dict(current["counts"])) if current else (0, {})
+            for key, count in value.counts.items():
+                text = str(key)
+                counts[text] = int(counts.get(text, 0)) + count
+            out[name] = {"zero": zero + value.zero_count, "counts": counts}
+        elif kind == "kinds":
+            kinds = {str(k): int(v) for k, v in (current or {}).items()}
+            for k, v in value.items():
+                kinds[k] = kinds.get(k, 0) + v
+            out[name] = kinds
+        elif kind == "int":
+            out[name] = int(current or 0) + value
+        else:
+            out[name] = float(current or 0.0) + value
+    return out

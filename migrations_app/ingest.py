@@ -664,15 +664,9 @@ def _merge_windows(deltas: Mapping[tuple[int, datetime, str], ArmAggregates]) ->
     changed = []
     for key in keys:
         row = rows[key]
-        merged = aggregation.from_json(row.data) + deltas[key]
-        row.data = aggregation.to_json(merged)
-        row.requests = merged.requests
-        row.errors = merged.errors
-        row.latency_sum = merged.latency_sum
-        row.cost_n = merged.cost_n
-        row.cost_sum = merged.cost_sum
-        row.feedback_n = merged.feedback_n
-        row.feedback_sum = merged.feedback_sum
+        row.data = data = aggregation.merge_json(row.data, deltas[key])
+        for column in _WINDOW_COLUMNS:  # the columns charts group by copy the data
+            setattr(row, column, data[column])
         changed.append(row)
     _update_rows(WindowAggregate, changed, [*_WINDOW_COLUMNS, "data"], _WINDOW_TYPES)
 
@@ -771,9 +765,8 @@ def _merge_stages(deltas: Mapping[tuple[int, str], ArmAggregates]) -> None:
     now = timezone.now()
     for key in keys:
         row = rows[key]
-        merged = aggregation.from_json(row.data) + deltas[key]
-        row.data = aggregation.to_json(merged)
-        row.requests = merged.requests
+        row.data = aggregation.merge_json(row.data, deltas[key])
+        row.requests = row.data["requests"]
         row.updated_at = now  # neither path's write applies auto_now
     _update_rows(
         StageAggregate,
