@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -24,9 +24,9 @@ from migrations_app.stats import ArmAggregates, Buckets, ClusterSums
 WINDOW_SECONDS = 60
 
 
-@dataclass(frozen=True, slots=True)
-class OutcomeFacts:
-    """What one outcome contributes (already validated, cost already priced)."""
+class OutcomeFacts(NamedTuple):
+    """What one outcome contributes (already validated, cost already priced). A named tuple:
+    ingest makes one per event, and a tuple is the cheapest immutable record to make."""
 
     arm: str
     unit: str

@@ -123,15 +123,30 @@ def integer(event: Mapping[str, Any], name: str, *, required: bool, minimum: int
     return value
 
 
+_bounds: tuple[datetime, float, float] | None = None
+
+
+def _ts_bounds(now: datetime) -> tuple[float, float]:
+    """(earliest, latest) acceptable event time in epoch seconds, computed once per batch
+    (a batch passes one ``now`` to every event's check)."""
+    global _bounds
+    cached = _bounds
+    if cached is None or cached[0] is not now:
+        retention = timedelta(days=settings.TURNOUT_RAW_RETENTION_DAYS)
+        cached = (now, (now - retention).timestamp(), (now + FUTURE_SLACK).timestamp())
+        _bounds = cached
+    return cached[1], cached[2]
+
+
 def timestamp(event: Mapping[str, Any], now: datetime) -> datetime:
     seconds = number(event, "ts", required=True, maximum=4e9)
     assert seconds is not None
-    ts = datetime.fromtimestamp(seconds, tz=UTC)
-    if ts > now + FUTURE_SLACK:
+    earliest, latest = _ts_bounds(now)
+    if seconds > latest:
         raise Invalid("ts", "out_of_range", "ts is in the future; check the client's clock.")
-    if ts < now - timedelta(days=settings.TURNOUT_RAW_RETENTION_DAYS):
+    if seconds < earliest:
         raise Invalid("ts", "out_of_range", "ts is older than the retention period.")
-    return ts
+    return datetime.fromtimestamp(seconds, tz=UTC)
 
 
 def events_of(payload: Any, key: str = "events") -> list[Any]:

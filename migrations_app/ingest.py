@@ -21,9 +21,8 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -70,8 +69,7 @@ PLAN_KEY_LENGTH = 63
 # --- outcomes ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Outcome:
+class _Outcome(NamedTuple):
     event_id: str
     plan_id: int
     run_id: int | None
@@ -85,16 +83,24 @@ class _Outcome:
 
 
 def _parse_outcome(
-    event: Any, plans: Mapping[str, PlanInfo], identity: Any, now: datetime
+    event: Any,
+    plans: Mapping[str, PlanInfo],
+    identity: Any,
+    now: datetime,
+    routes: dict[tuple[str, int], tuple[int | None, int | None, int | None]],
 ) -> _Outcome:
+    """One event, checked field by field (the first bad field is the one named). ``routes``
+    remembers, within the batch, the run and stage each (plan, version) was routed in."""
     if not isinstance(event, Mapping):
         raise Invalid("event", "invalid", "Each event must be an object.")
     event_id = text(event, "id", MAX_ID_LENGTH)
     decision_id = text(event, "decision_id", MAX_ID_LENGTH)
     key = text(event, "plan", PLAN_KEY_LENGTH)
     info = plans.get(key)
-    if info is None or not identity.may_see(info.plan.pk):
+    plan_id = info.plan.pk if info is not None else None
+    if plan_id is None or not identity.may_see(plan_id):
         raise Invalid("plan", "plan_not_found", f"No plan with key {key!r}.")
+    assert info is not None
     version = integer(event, "plan_version", required=True, minimum=1)
     assert version is not None
     if version > info.plan.version:
@@ -102,7 +108,10 @@ def _parse_outcome(
             "plan_version", "unknown_version", f"Plan {key!r} has no version {version} yet."
         )
     run_number = integer(event, "run", required=True)
-    run_id, known_run, stage_id = info.at(version)
+    route = routes.get((key, version))
+    if route is None:
+        route = routes[(key, version)] = info.at(version)
+    run_id, known_run, stage_id = route
     if (known_run or 0) != run_number:
         raise Invalid(
             "run", "run_mismatch", f"Plan {key!r} was at run {known_run or 0} at version {version}."
@@ -122,7 +131,7 @@ def _parse_outcome(
     assert latency is not None
     return _Outcome(
         event_id=event_id,
-        plan_id=info.plan.pk,
+        plan_id=plan_id,
         run_id=run_id,
         stage_id=stage_id,
         plan_version=version,
@@ -160,9 +169,10 @@ def outcomes_ingest(*, identity: Any, payload: Any) -> IngestResult:
     )
     result = IngestResult()
     parsed: dict[str, _Outcome] = {}
+    routes: dict[tuple[str, int], tuple[int | None, int | None, int | None]] = {}
     for index, event in enumerate(events):
         try:
-            outcome = _parse_outcome(event, plans, identity, now)
+            outcome = _parse_outcome(event, plans, identity, now, routes)
         except Invalid as bad:
             result.rejected.append(Rejection(index, bad.field, bad.code, bad.message))
             continue
