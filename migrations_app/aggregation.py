@@ -49,7 +49,14 @@ class UnitTotals:
     feedback_sum: float = 0.0
 
     def __add__(self, other: UnitTotals) -> UnitTotals:
-        return UnitTotals(*(a + b for a, b in zip(self.values(), other.values(), strict=True)))
+        return UnitTotals(
+            self.requests + other.requests,
+            self.errors + other.errors,
+            self.cost_n + other.cost_n,
+            self.cost_sum + other.cost_sum,
+            self.feedback_n + other.feedback_n,
+            self.feedback_sum + other.feedback_sum,
+        )
 
     def values(self) -> tuple[int, int, int, float, int, float]:
         """The fields in order (``dataclasses.astuple`` deep-copies, and this is per unit)."""
@@ -133,7 +140,7 @@ def cluster_deltas(old: npt.ArrayLike, new: npt.ArrayLike) -> ArmAggregates:
     summed over the units exactly rounded, and the units seen for the first time."""
     before = np.asarray(old, dtype=np.float64).reshape(-1, 6)
     after = np.asarray(new, dtype=np.float64).reshape(-1, 6)
-    sums = {}
+    sums: dict[str, ClusterSums] = {}
     for name, (y, n) in _CLUSTER_COLUMNS.items():
         y0, n0, y1, n1 = before[:, y], before[:, n], after[:, y], after[:, n]
         sums[name] = ClusterSums(
@@ -142,7 +149,12 @@ def cluster_deltas(old: npt.ArrayLike, new: npt.ArrayLike) -> ArmAggregates:
             sum_yn=math.fsum((y1 * n1 - y0 * n0).tolist()),
             sum_nn=math.fsum((n1 * n1 - n0 * n0).tolist()),
         )
-    return ArmAggregates(**sums)
+    return ArmAggregates(
+        error_clusters=sums["error_clusters"],
+        cost_clusters=sums["cost_clusters"],
+        feedback_clusters=sums["feedback_clusters"],
+        feedback_rate_clusters=sums["feedback_rate_clusters"],
+    )
 
 
 def cluster_delta(old: UnitTotals, new: UnitTotals) -> ArmAggregates:
