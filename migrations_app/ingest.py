@@ -589,8 +589,8 @@ def aggregate(
     moves: dict[tuple[int, datetime, str], list[int]] = defaultdict(list)
     for i, ukey in enumerate(keys):
         moves[unit_window[ukey]].append(i)
-    for wkey, rows in moves.items():
-        deltas[wkey].append(aggregation.cluster_deltas(old[rows], new[rows]))
+    for wkey, indices in moves.items():
+        deltas[wkey].append(aggregation.cluster_deltas(old[indices], new[indices]))
     window_deltas = {key: ArmAggregates.merge(items) for key, items in deltas.items()}
     _merge_windows(window_deltas)
     stage_deltas: dict[tuple[int, str], list[ArmAggregates]] = defaultdict(list)
