@@ -112,18 +112,6 @@ def feedback_delta(scores: Iterable[float]) -> ArmAggregates:
     )
 
 
-def unit_change(facts: Iterable[OutcomeFacts]) -> UnitTotals:
-    """How some outcomes of one unit move its totals."""
-    rows = list(facts)
-    costs = [r.cost_usd for r in rows if r.cost_usd is not None]
-    return UnitTotals(
-        requests=len(rows),
-        errors=sum(1 for r in rows if r.error),
-        cost_n=len(costs),
-        cost_sum=math.fsum(costs),
-    )
-
-
 # The (Y, N) columns of each cluster sum among a unit's totals, in UnitTotals.values() order
 # (requests, errors, cost_n, cost_sum, feedback_n, feedback_sum).
 _CLUSTER_COLUMNS = {

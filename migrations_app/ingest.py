@@ -558,19 +558,31 @@ def aggregate(
     if not outcomes and not feedback:
         return
     by_window: dict[tuple[int, datetime, str], list[OutcomeFacts]] = defaultdict(list)
-    by_unit: dict[tuple[int, str, str], list[OutcomeFacts]] = defaultdict(list)
+    # Per unit, in one pass (hundreds of units per batch): requests, errors, known costs, and
+    # the window of its first event in the batch. The unit's cluster-sum change is booked in
+    # that window: only the stage's sum of windows is ever tested, so any of them will do.
+    units: dict[tuple[int, str, str], tuple[list[int], list[float], tuple[int, datetime, str]]]
+    units = {}
     for stage_id, facts in outcomes:
-        by_window[(stage_id, facts.window, facts.arm)].append(facts)
-        by_unit[(stage_id, facts.arm, facts.unit)].append(facts)
+        wkey = (stage_id, facts.window, facts.arm)
+        by_window[wkey].append(facts)
+        ukey = (stage_id, facts.arm, facts.unit)
+        unit = units.get(ukey)
+        if unit is None:
+            unit = units[ukey] = ([0, 0], [], wkey)
+        unit[0][0] += 1
+        if facts.error:
+            unit[0][1] += 1
+        if facts.cost_usd is not None:
+            unit[1].append(facts.cost_usd)
     deltas: dict[tuple[int, datetime, str], list[ArmAggregates]] = defaultdict(list)
     for key, rows in by_window.items():
         deltas[key].append(aggregation.outcome_delta(rows))
     changes: dict[tuple[int, str, str], UnitTotals] = {
-        key: aggregation.unit_change(rows) for key, rows in by_unit.items()
+        key: UnitTotals(counts[0], counts[1], len(costs), math.fsum(costs))
+        for key, (counts, costs, _) in units.items()
     }
-    # A unit's cluster-sum change is booked in the window of its first event in the batch:
-    # only the stage's sum of windows is ever tested, so any one of its windows will do.
-    unit_window = {key: (key[0], rows[0].window, key[1]) for key, rows in by_unit.items()}
+    unit_window = {key: window for key, (_, _, window) in units.items()}
     scores: dict[tuple[int, datetime, str], list[float]] = defaultdict(list)
     feedback_units: dict[tuple[int, str, str], list[float]] = defaultdict(list)
     for stage_id, facts, score in feedback:
