@@ -13,6 +13,9 @@ The ceiling: the same rows, already priced and windowed, written with ``COPY`` f
 into a scratch table ``LIKE`` the outcome table (same columns and indexes), no validation and no
 aggregation.
 
+Also printed: CPU time per batch in the web workers and in the PostgreSQL backends (from /proc),
+which moves less than the rate when other work shares the machine.
+
 Needs PostgreSQL and Redis as in `make test`.
 Run: .venv/bin/python bench/bench_ingest.py [--events 200000] [--loaders 4] [--workers 2 --threads 2]
 """
@@ -253,6 +256,7 @@ def main() -> None:
     bodies = gzip_batches(events)
     connection.close()
 
+    load_before = os.getloadavg()[0]
     with gunicorn(env, PORT, opts.workers, opts.threads) as (base, master):
         run_load(base, key, gzip_batches(warmup), opts.loaders)
         web, backends = children(master), database_backends(DB_NAME)
@@ -268,6 +272,9 @@ def main() -> None:
         f" PostgreSQL + Redis; load: {opts.loaders} processes posting gzip batches of {BATCH}"
     )
     print(f"events: {len(events):,} ({len(bodies)} batches), every one stored once and aggregated")
+    print(
+        f"machine: {os.cpu_count()} cores, 1-minute load average {load_before:.2f} before the run"
+    )
     print(f"POST /api/v1/outcomes   {api:10,.0f} events/s   ({elapsed:.2f} s)")
     print(f"raw COPY (ceiling)      {ceiling:10,.0f} rows/s")
     print(f"ingest / COPY           {api / ceiling:10.0%}   (goals: >= 20,000 events/s, >= 25 %)")
