@@ -133,6 +133,8 @@ class Prompted:
     json_wanted: bool = False
     schema: Mapping[str, Any] | None = None
     include_usage: bool = True  # OpenAI chat streams carry usage only when asked
+    #: The request body as received (for tests that check what an adapter put on the wire).
+    body: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def last(self) -> str:

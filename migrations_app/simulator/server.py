@@ -17,7 +17,7 @@ import sys
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -290,7 +290,7 @@ class _Handler(BaseHTTPRequestHandler):
         sim = self.server.simulator
         if not isinstance(body, dict):
             return self._error(route, "bad_request", "", sim.profile(DEFAULT), "0")
-        prompted = parse(body)
+        prompted = replace(parse(body), body=body)
         draw = sim.draw(prompted, route)
         profile = draw.profile
         rid = f"sim{draw.number}"

@@ -51,6 +51,7 @@ FLAVOURS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "openai-chat": ("openai", "/v1", {}),
     "openai-responses": ("openai", "/v1", {"api": "responses"}),
     "openai_compatible": ("openai_compatible", "/v1", {}),
+    "anthropic": ("anthropic", "", {}),
 }
 
 

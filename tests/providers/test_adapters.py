@@ -36,10 +36,22 @@ OPENAI_KINDS = {
     "content_filter": ("content_filter", False, None),
     "connection": ("connection", True, None),
 }
+ANTHROPIC_KINDS = {
+    "rate_limited": ("rate_limited", True, 429),
+    # Anthropic says "credit balance too low" with a 400 invalid_request_error.
+    "quota": ("bad_request", False, 400),
+    "overloaded": ("overloaded", True, 529),
+    "server_error": ("server_error", True, 500),
+    "bad_request": ("bad_request", False, 400),
+    "auth": ("auth", False, 401),
+    "content_filter": ("content_filter", False, None),
+    "connection": ("connection", True, None),
+}
 EXPECTED = {
     "openai-chat": OPENAI_KINDS,
     "openai-responses": OPENAI_KINDS,
     "openai_compatible": OPENAI_KINDS,
+    "anthropic": ANTHROPIC_KINDS,
 }
 CASES = [(flavour, kind) for flavour in FLAVOURS for kind in EXPECTED[flavour]]
 
