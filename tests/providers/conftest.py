@@ -52,6 +52,7 @@ FLAVOURS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "openai-responses": ("openai", "/v1", {"api": "responses"}),
     "openai_compatible": ("openai_compatible", "/v1", {}),
     "anthropic": ("anthropic", "", {}),
+    "gemini": ("gemini", "", {}),
 }
 
 

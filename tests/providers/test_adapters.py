@@ -47,11 +47,24 @@ ANTHROPIC_KINDS = {
     "content_filter": ("content_filter", False, None),
     "connection": ("connection", True, None),
 }
+GEMINI_KINDS = {
+    "rate_limited": ("rate_limited", True, 429),
+    # A per-day QuotaFailure in a 429: not worth retrying.
+    "quota": ("rate_limited", False, 429),
+    "overloaded": ("overloaded", True, 503),
+    "server_error": ("server_error", True, 500),
+    "bad_request": ("bad_request", False, 400),
+    # A bad Gemini key is a 400 INVALID_ARGUMENT whose ErrorInfo says API_KEY_INVALID.
+    "auth": ("auth", False, 400),
+    "content_filter": ("content_filter", False, None),
+    "connection": ("connection", True, None),
+}
 EXPECTED = {
     "openai-chat": OPENAI_KINDS,
     "openai-responses": OPENAI_KINDS,
     "openai_compatible": OPENAI_KINDS,
     "anthropic": ANTHROPIC_KINDS,
+    "gemini": GEMINI_KINDS,
 }
 CASES = [(flavour, kind) for flavour in FLAVOURS for kind in EXPECTED[flavour]]
 

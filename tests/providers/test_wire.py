@@ -82,3 +82,35 @@ def test_anthropic_json_uses_structured_outputs(make: Make, sim: Simulator) -> N
     body = sim.last_request("model-a").body  # type: ignore[union-attr]
     assert body["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
     assert result.ok and result.text == '{"colour": "Name a colour."}'
+
+
+def test_gemini_maps_system_roles_and_generation_config(make: Make, sim: Simulator) -> None:
+    result = make("gemini", model="gemini-x", params={"top_k": 3}).complete(ASK)
+
+    body = sim.last_request("gemini-x").body  # type: ignore[union-attr]
+    assert result.ok
+    assert body["systemInstruction"]["parts"] == [{"text": "Be brief."}]
+    assert [(c["role"], c["parts"]) for c in body["contents"]] == [
+        ("user", [{"text": "Hi"}]),
+        ("model", [{"text": "Hello."}]),
+        ("user", [{"text": "Name a colour."}]),
+    ]
+    assert body["generationConfig"] == {"temperature": 0.5, "maxOutputTokens": 100, "topK": 3}
+    assert sim.stats()["models"]["gemini-x"]["route:gemini"] == 1
+
+
+def test_gemini_json_and_an_unknown_param(make: Make, sim: Simulator) -> None:
+    schema = {"type": "object", "properties": {"colour": {"type": "string"}}}
+    provider = make("gemini", model="gemini-x")
+    result = provider.complete(
+        Request(messages=[{"role": "user", "content": "Name a colour."}], json_schema=schema)
+    )
+    config = sim.last_request("gemini-x").body["generationConfig"]  # type: ignore[union-attr]
+    assert config["responseMimeType"] == "application/json"
+    assert config["responseJsonSchema"] == schema
+    assert result.ok and result.text == '{"colour": "Name a colour."}'
+
+    # A param Gemini does not know is refused before any call, and not retried.
+    bad = make("gemini", model="gemini-y", params={"frequency_typo": 1}).complete(ASK)
+    assert (bad.error, bad.transient, bad.attempts) == ("bad_request", False, 1)
+    assert "gemini-y" not in sim.stats()["models"]
