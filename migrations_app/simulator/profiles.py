@@ -62,7 +62,9 @@ class Profile:
 
     def __post_init__(self) -> None:
         if self.answer not in ANSWERS:
-            raise ValueError(f"answer: unknown generator {self.answer!r}, expected one of {ANSWERS}")
+            raise ValueError(
+                f"answer: unknown generator {self.answer!r}, expected one of {ANSWERS}"
+            )
         for kind, rate in self.errors.items():
             if kind not in SIM_ERRORS:
                 raise ValueError(f"errors: unknown kind {kind!r}, expected one of {SIM_ERRORS}")

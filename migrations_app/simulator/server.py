@@ -25,7 +25,9 @@ from urllib.parse import urlsplit
 from migrations_app.simulator import vendors
 from migrations_app.simulator.profiles import Profile, Prompted, count_tokens, generate
 
-_GEMINI = re.compile(r"^/(v1|v1beta)/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$")
+_GEMINI = re.compile(
+    r"^/(v1|v1beta)/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$"
+)
 _PROFILE = re.compile(r"^/_sim/profiles/(?P<model>[^/]+)$")
 #: The model name whose profile is the default for models without one of their own.
 DEFAULT = "*"
@@ -64,6 +66,8 @@ class Simulator:
         self._stats: dict[str, Counter[str]] = defaultdict(Counter)
         self._requests = 0
         self._last: dict[str, Prompted] = {}
+        self._in_flight = 0
+        self._peak = 0
         self.stopping = threading.Event()
         self.reset()
         self.httpd = _Server((host, port), _Handler)
@@ -81,7 +85,9 @@ class Simulator:
     # --- lifecycle ---
 
     def start(self) -> Simulator:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="provider-simulator", daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="provider-simulator", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -111,6 +117,7 @@ class Simulator:
             self._stats = defaultdict(Counter)
             self._requests = 0
             self._last = {}
+            self._peak = self._in_flight
 
     def last_request(self, model: str) -> Prompted | None:
         """What the last request for ``model`` asked, as parsed (system prompt, messages, JSON
@@ -134,12 +141,25 @@ class Simulator:
         with self._lock:
             return {
                 "requests": self._requests,
+                # Requests being answered now, and the most at once since the last reset: the
+                # evidence that slow answers overlap rather than queue.
+                "in_flight": self._in_flight,
+                "peak_in_flight": self._peak,
                 "models": {model: dict(counts) for model, counts in sorted(self._stats.items())},
             }
 
     def profiles(self) -> dict[str, Any]:
         with self._lock:
             return {model: p.to_dict() for model, p in sorted(self._profiles.items())}
+
+    def enter(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self._peak = max(self._peak, self._in_flight)
+
+    def leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def draw(self, prompted: Prompted, route: str) -> Draw:
         """Decide one request's fate: the scripted failure if any, else a seeded draw."""
@@ -266,9 +286,7 @@ class _Handler(BaseHTTPRequestHandler):
         if match:
             stream = match["method"] == "streamGenerateContent"
             model = match["model"]
-            return self._vendor(
-                "gemini", body, lambda b: vendors.gemini_parse(b, model, stream)
-            )
+            return self._vendor("gemini", body, lambda b: vendors.gemini_parse(b, model, stream))
         self._send_json(404, {"error": f"no route POST {path}"})
 
     def _authenticated(self, route: str) -> bool:
@@ -287,6 +305,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(reply.status, reply.body, reply.headers)
 
     def _vendor(self, route: str, body: Any, parse: Parse) -> None:
+        sim = self.server.simulator
+        sim.enter()
+        try:
+            self._answer(route, body, parse)
+        finally:
+            sim.leave()
+
+    def _answer(self, route: str, body: Any, parse: Parse) -> None:
         sim = self.server.simulator
         if not isinstance(body, dict):
             return self._error(route, "bad_request", "", sim.profile(DEFAULT), "0")

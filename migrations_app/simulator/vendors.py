@@ -47,9 +47,7 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(
-            str(p.get("text", "")) for p in content if isinstance(p, Mapping)
-        )
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
     return ""
 
 
@@ -125,7 +123,9 @@ def chat_stream(p: Prompted, text: str, usage: Usage, finish: str, pieces: int, 
             "created": 0,
             "model": p.model,
             "system_fingerprint": "fp_sim",
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ],
         }
 
     tail = [_sse(chunk({}, finish))]
@@ -232,7 +232,9 @@ def _response_object(
                 "id": f"msg_{rid}",
                 "status": "completed",
                 "role": "assistant",
-                "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+                "content": [
+                    {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+                ],
             }
         ]
     )
@@ -244,7 +246,9 @@ def _response_object(
         "model": p.model,
         "output": output,
         "error": None,
-        "incomplete_details": {"reason": "content_filter"} if filtered and status != "in_progress" else None,
+        "incomplete_details": {"reason": "content_filter"}
+        if filtered and status != "in_progress"
+        else None,
         "instructions": p.system or None,
         "metadata": {},
         "parallel_tool_calls": True,
@@ -264,7 +268,9 @@ def _response_object(
     }
 
 
-def responses_success(p: Prompted, text: str, usage: Usage, finish: str, rid: str) -> dict[str, Any]:
+def responses_success(
+    p: Prompted, text: str, usage: Usage, finish: str, rid: str
+) -> dict[str, Any]:
     return _response_object(p, text, usage, finish, rid, "completed")
 
 
@@ -276,7 +282,13 @@ def responses_stream(
     def event(kind: str, **data: Any) -> bytes:
         return _sse({"type": kind, "sequence_number": next(seq), **data}, event=kind)
 
-    item = {"type": "message", "id": f"msg_{rid}", "status": "in_progress", "role": "assistant", "content": []}
+    item = {
+        "type": "message",
+        "id": f"msg_{rid}",
+        "status": "in_progress",
+        "role": "assistant",
+        "content": [],
+    }
     part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
     where = {"item_id": f"msg_{rid}", "output_index": 0, "content_index": 0}
     started = _response_object(p, text, usage, finish, rid, "in_progress")
@@ -291,7 +303,10 @@ def responses_stream(
         event("response.output_item.added", output_index=0, item=item),
         event("response.content_part.added", part=part, **where),
     ]
-    body = [event("response.output_text.delta", delta=piece, logprobs=[], **where) for piece in chunks(text, pieces)]
+    body = [
+        event("response.output_text.delta", delta=piece, logprobs=[], **where)
+        for piece in chunks(text, pieces)
+    ]
     done_part = {**part, "text": text}
     tail = [
         event("response.output_text.done", text=text, logprobs=[], **where),
@@ -306,10 +321,12 @@ def responses_stream(
 
 
 def anthropic_parse(body: Mapping[str, Any]) -> Prompted:
-    texts = [
-        _text(m.get("content")) for m in body.get("messages") or [] if isinstance(m, Mapping)
-    ]
-    fmt = ((body.get("output_config") or {}).get("format") or {}) if isinstance(body.get("output_config"), Mapping) else {}
+    texts = [_text(m.get("content")) for m in body.get("messages") or [] if isinstance(m, Mapping)]
+    fmt = (
+        ((body.get("output_config") or {}).get("format") or {})
+        if isinstance(body.get("output_config"), Mapping)
+        else {}
+    )
     schema = fmt.get("schema") if isinstance(fmt, Mapping) else None
     return Prompted(
         model=str(body.get("model", "")),
@@ -326,7 +343,9 @@ def _anthropic_stop(finish: str) -> str:
     return "refusal" if finish == "content_filter" else "end_turn"
 
 
-def anthropic_success(p: Prompted, text: str, usage: Usage, finish: str, rid: str) -> dict[str, Any]:
+def anthropic_success(
+    p: Prompted, text: str, usage: Usage, finish: str, rid: str
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": f"msg_{rid}",
         "type": "message",
@@ -350,11 +369,25 @@ def anthropic_stream(
         message["usage"] = {"input_tokens": usage[0], "output_tokens": 1}
     head = [
         _sse({"type": "message_start", "message": message}, "message_start"),
-        _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}, "content_block_start"),
+        _sse(
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+            "content_block_start",
+        ),
         _sse({"type": "ping"}, "ping"),
     ]
     body = [
-        _sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}, "content_block_delta")
+        _sse(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": piece},
+            },
+            "content_block_delta",
+        )
         for piece in chunks(text, pieces)
     ]
     delta: dict[str, Any] = {
@@ -396,7 +429,11 @@ def anthropic_error(kind: str, model: str, retry_after_s: float | None, rid: str
     headers = {"request-id": f"req_{rid}"}
     if status in (429, 529):
         headers.update(_retry_headers(retry_after_s))
-    body = {"type": "error", "error": {"type": etype, "message": message}, "request_id": f"req_{rid}"}
+    body = {
+        "type": "error",
+        "error": {"type": etype, "message": message},
+        "request_id": f"req_{rid}",
+    }
     return ErrorReply(status, body, headers)
 
 
@@ -404,9 +441,7 @@ def anthropic_error(kind: str, model: str, retry_after_s: float | None, rid: str
 
 
 def gemini_parse(body: Mapping[str, Any], model: str, stream: bool) -> Prompted:
-    texts = [
-        _text(c.get("parts")) for c in body.get("contents") or [] if isinstance(c, Mapping)
-    ]
+    texts = [_text(c.get("parts")) for c in body.get("contents") or [] if isinstance(c, Mapping)]
     system_raw = body.get("systemInstruction") or body.get("system_instruction") or {}
     system = _text(system_raw.get("parts")) if isinstance(system_raw, Mapping) else ""
     config = body.get("generationConfig") or {}
@@ -424,7 +459,11 @@ def gemini_parse(body: Mapping[str, Any], model: str, stream: bool) -> Prompted:
 
 def _gemini_usage(usage: Usage) -> dict[str, int]:
     assert usage is not None
-    return {"promptTokenCount": usage[0], "candidatesTokenCount": usage[1], "totalTokenCount": sum(usage)}
+    return {
+        "promptTokenCount": usage[0],
+        "candidatesTokenCount": usage[1],
+        "totalTokenCount": sum(usage),
+    }
 
 
 _SAFETY = [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}]
@@ -442,13 +481,17 @@ def gemini_success(p: Prompted, text: str, usage: Usage, finish: str, rid: str) 
     return body
 
 
-def gemini_stream(p: Prompted, text: str, usage: Usage, finish: str, pieces: int, rid: str) -> Stream:
+def gemini_stream(
+    p: Prompted, text: str, usage: Usage, finish: str, pieces: int, rid: str
+) -> Stream:
     def frame(data: Any) -> bytes:
         # Google's SSE frames end in CRLF CRLF.
         return f"data: {_dumps(data)}\r\n\r\n".encode()
 
     if finish == "content_filter":
-        return Stream("text/event-stream", [], [], [frame(gemini_success(p, "", usage, finish, rid))])
+        return Stream(
+            "text/event-stream", [], [], [frame(gemini_success(p, "", usage, finish, rid))]
+        )
     parts = chunks(text, pieces)
     frames = []
     for i, piece in enumerate(parts):
@@ -512,7 +555,10 @@ def gemini_error(kind: str, model: str, retry_after_s: float | None) -> ErrorRep
     if kind == "rate_limited" and retry_after_s is not None:
         # Gemini says how long to wait in the body (google.rpc.RetryInfo), not in a header.
         details.append(
-            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_after_s:g}s"}
+            {
+                "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                "retryDelay": f"{retry_after_s:g}s",
+            }
         )
     error: dict[str, Any] = {"code": code, "message": message, "status": status}
     if details:

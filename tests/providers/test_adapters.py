@@ -87,7 +87,9 @@ def test_success_with_usage(make: Make, sim: Simulator, flavour: str) -> None:
 
 
 @pytest.mark.parametrize("flavour", list(FLAVOURS))
-def test_success_without_usage_is_unknown_not_zero(make: Make, sim: Simulator, flavour: str) -> None:
+def test_success_without_usage_is_unknown_not_zero(
+    make: Make, sim: Simulator, flavour: str
+) -> None:
     sim.set_profile("model-a", {"usage": False})
 
     for request in (ASK, replace(ASK, stream=True)):
@@ -97,7 +99,9 @@ def test_success_without_usage_is_unknown_not_zero(make: Make, sim: Simulator, f
 
 
 @pytest.mark.parametrize("flavour", list(FLAVOURS))
-def test_stream_text_usage_and_time_to_first_token(make: Make, sim: Simulator, flavour: str) -> None:
+def test_stream_text_usage_and_time_to_first_token(
+    make: Make, sim: Simulator, flavour: str
+) -> None:
     sim.set_profile("model-a", {"stream_chunks": 5, "latency_median_ms": 60, "latency_p95_ms": 80})
     provider = make(flavour)
 
@@ -163,7 +167,9 @@ def test_retry_gives_up_after_the_attempt_cap(
 
 
 @pytest.mark.parametrize("flavour", list(FLAVOURS))
-def test_retry_after_is_honoured(make: Make, sim: Simulator, sleeper: Sleeper, flavour: str) -> None:
+def test_retry_after_is_honoured(
+    make: Make, sim: Simulator, sleeper: Sleeper, flavour: str
+) -> None:
     sim.set_profile("model-a", {"fail_next": ["rate_limited"], "retry_after_s": 0.75})
 
     result = make(flavour).complete(ASK)
@@ -253,7 +259,10 @@ def test_json_asked_for_is_sent_and_checked(
     [
         (Prompt("none", "ignored"), "You are terse."),
         (Prompt("override", "Answer in French."), "Answer in French."),
-        (Prompt("suffix", "At most three sentences."), "You are terse.\n\nAt most three sentences."),
+        (
+            Prompt("suffix", "At most three sentences."),
+            "You are terse.\n\nAt most three sentences.",
+        ),
     ],
 )
 def test_prompt_adapter_reaches_the_wire(
