@@ -37,6 +37,13 @@ def _arm(
     }
 
 
+def arm_spec(
+    model: ModelSpec, params: dict[str, Any], prompt_mode: str, prompt_text: str
+) -> routing.ArmSpec:
+    """An arm as the SDKs parse it from the snapshot: what the server's own workers call."""
+    return routing.parse_arm(_arm(model, params, prompt_mode, prompt_text))
+
+
 def plan_entry(plan: MigrationPlan) -> dict[str, Any]:
     """One plan as SDKs see it (docs/contracts.md)."""
     status = plan.status

@@ -341,6 +341,12 @@ def _arm(data: Any, where: str) -> ArmSpec:
     )
 
 
+def parse_arm(data: Any, where: str = "arm") -> ArmSpec:
+    """One arm of a snapshot entry; raises :class:`~turnout.errors.SnapshotError` naming the
+    field at fault."""
+    return _arm(data, where)
+
+
 def parse_plan(data: Any) -> PlanSnapshot:
     """One snapshot entry; raises :class:`~turnout.errors.SnapshotError` naming the field at fault."""
     if not isinstance(data, Mapping):
