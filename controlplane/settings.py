@@ -148,6 +148,15 @@ TURNOUT_RAW_RETENTION_DAYS = env_int("TURNOUT_RAW_RETENTION_DAYS", 30, minimum=1
 TURNOUT_INGEST_MAX_BATCH = env_int("TURNOUT_INGEST_MAX_BATCH", 1000, minimum=1, maximum=100_000)
 # Candidate calls one shadow task makes at once (they wait on the network, not the CPU).
 TURNOUT_SHADOW_CONCURRENCY = env_int("TURNOUT_SHADOW_CONCURRENCY", 32, minimum=1, maximum=1000)
+# A claimed shadow sample is another worker's after this long (a worker died mid-call): longer
+# than one call with its retries (TURNOUT_SHADOW_CALL_TIMEOUT per attempt, 60 s of retries).
+TURNOUT_SHADOW_LEASE_SECONDS = env_float(
+    "TURNOUT_SHADOW_LEASE_SECONDS", 180.0, minimum=1.0, maximum=3600.0
+)
+# One candidate call's timeout in a shadow task, per attempt.
+TURNOUT_SHADOW_CALL_TIMEOUT = env_float(
+    "TURNOUT_SHADOW_CALL_TIMEOUT", 30.0, minimum=0.1, maximum=600.0
+)
 # The same page (channel, dedup key, event) within this window folds into the open one.
 TURNOUT_ALERT_DEDUP_MINUTES = env_int("TURNOUT_ALERT_DEDUP_MINUTES", 30, minimum=0)
 # Delivery attempts per alert before it is marked failed (transient errors are retried).

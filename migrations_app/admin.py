@@ -73,7 +73,15 @@ def _add_errors(form: forms.BaseForm, errors: dict[str, list[str]]) -> None:
 
 @admin.register(ProviderConnection)
 class ProviderConnectionAdmin(admin.ModelAdmin):
-    list_display = ("name", "kind", "base_url", "api_key_env", "key_present")
+    list_display = (
+        "name",
+        "kind",
+        "base_url",
+        "api_key_env",
+        "max_concurrent_calls",
+        "max_calls_per_second",
+        "key_present",
+    )
 
     @admin.display(description="key set in this process", boolean=True)
     def key_present(self, obj: ProviderConnection) -> bool:
@@ -162,6 +170,7 @@ class PlanForm(forms.ModelForm):
             "shadow_retention_days",
             "redaction_patterns",
             "fallback_to_control",
+            "judge_model",
         )
 
     def clean_redaction_patterns(self) -> Any:
@@ -398,6 +407,7 @@ class MigrationPlanAdmin(admin.ModelAdmin):
                     "shadow_retention_days",
                     "redaction_patterns",
                     "fallback_to_control",
+                    "judge_model",
                 )
             },
         ),

@@ -44,6 +44,19 @@ class ProviderConnection(models.Model):
         validators=[ENV_VAR_NAME],
         help_text="The NAME of the environment variable holding the key, e.g. OPENAI_API_KEY. Never the key.",
     )
+    # The vendor's limits are per account: Turnout's workers share these counts through Redis
+    # (migrations_app/limits.py) for the calls they make themselves (shadow and judge calls).
+    max_concurrent_calls = models.PositiveIntegerField(
+        default=64,
+        validators=[MinValueValidator(1)],
+        help_text="Calls Turnout's workers make to this provider at once, all workers together.",
+    )
+    max_calls_per_second = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Calls per second Turnout's workers make to this provider; empty: no limit.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -204,6 +217,15 @@ class MigrationPlan(models.Model):
     fallback_to_control = models.BooleanField(
         default=True,
         help_text="complete(): when the candidate fails with a transient error, answer from control.",
+    )
+    judge_model = models.ForeignKey(
+        "ModelSpec",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Optional: a model asked, for each shadow pair, which answer is better (the "
+        "order is randomised to cancel position bias). Its calls are not in the shadow budget.",
     )
     salt = models.CharField(
         max_length=32, default=new_salt, help_text="Bucketing salt; new per plan."

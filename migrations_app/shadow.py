@@ -20,8 +20,11 @@ overshoot the cap by more than one request's cost.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,9 +35,12 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
+from turnout import compare, providers
 from turnout.client import ERROR_KINDS
+from turnout.providers import Provider
+from turnout.routing import ArmSpec
 
-from migrations_app import aggregation, ingest, metrics, plans
+from migrations_app import aggregation, ingest, limits, metrics, plans
 from migrations_app.aggregation import OutcomeFacts
 from migrations_app.batches import (
     MAX_ID_LENGTH,
@@ -53,15 +59,16 @@ from migrations_app.batches import (
 from migrations_app.models import (
     AuditEvent,
     MigrationPlan,
+    ModelSpec,
     ShadowAggregate,
     ShadowSample,
     ShadowStatus,
 )
 from migrations_app.selectors import plan_infos
+from migrations_app.snapshots import arm_spec
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(minutes=2)
 MAX_CONTENT_CHARS = 100_000
 ROLES = frozenset({"system", "user", "assistant"})
 
@@ -308,8 +315,8 @@ def shadow_claim(sample_ids: Sequence[str], *, now: datetime | None = None) -> l
             # Serialises claims of one plan: the budget check and reservation below see
             # every other worker's reservations.
             plan = (
-                MigrationPlan.objects.select_for_update()
-                .select_related("candidate_model")
+                MigrationPlan.objects.select_for_update(of=("self",))
+                .select_related("candidate_model__provider", "judge_model__provider")
                 .get(pk=plan_id)
             )
             spent = _spent_today(plan, now)
@@ -330,7 +337,7 @@ def shadow_claim(sample_ids: Sequence[str], *, now: datetime | None = None) -> l
                     continue
                 spent += estimate or 0.0
                 attempts = sample.attempts + 1
-                lease = now + LEASE
+                lease = now + timedelta(seconds=settings.TURNOUT_SHADOW_LEASE_SECONDS)
                 won = ShadowSample.objects.filter(
                     claimable, pk=sample.pk, attempts=sample.attempts
                 ).update(
@@ -460,22 +467,71 @@ def _add_pair(
     row.save(update_fields=["data", "updated_at"])
 
 
+def shadow_release(sample: ShadowSample) -> bool:
+    """Give a claimed sample back (pending, its reservation dropped) when its call was never
+    made: it is processed again later, by this worker or another."""
+    return bool(
+        ShadowSample.objects.filter(
+            pk=sample.pk, status=ShadowStatus.RUNNING, attempts=sample.attempts
+        ).update(status=ShadowStatus.PENDING, lease_until=None, candidate_cost_usd=None)
+    )
+
+
+def shadow_skip(sample: ShadowSample, reason: str) -> bool:
+    """A claimed sample that cannot be shadowed at all (the workers cannot call the
+    candidate): stored as skipped with the reason, counted nowhere."""
+    return bool(
+        ShadowSample.objects.filter(
+            pk=sample.pk, status=ShadowStatus.RUNNING, attempts=sample.attempts
+        ).update(
+            status=ShadowStatus.SKIPPED,
+            skip_reason=reason[:200],
+            lease_until=None,
+            candidate_cost_usd=None,
+        )
+    )
+
+
+class NotCalled(Exception):
+    """The candidate was not called: ``retry`` says whether a later attempt may be
+    (no free call slot) or not (the workers cannot reach the candidate at all)."""
+
+    def __init__(self, reason: str, *, retry: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry = retry
+
+
 def shadow_run(
     sample_ids: Sequence[str], *, call: Caller, compare: Comparer, concurrency: int | None = None
 ) -> dict[str, int]:
-    """Claim, call the candidate for each sample (many at once), compare, complete."""
+    """Claim, call the candidate and compare for each sample (many at once, in a thread pool:
+    the calls wait on the network), complete each in this thread's transaction."""
     claimed = shadow_claim(sample_ids)
-    counts = {"claimed": len(claimed), "done": 0, "lost": 0}
+    counts = {"claimed": len(claimed), "done": 0, "lost": 0, "released": 0, "skipped": 0}
     if not claimed:
         return counts
     workers = min(concurrency or settings.TURNOUT_SHADOW_CONCURRENCY, len(claimed))
 
-    def one(sample: ShadowSample) -> tuple[ShadowSample, CandidateResult]:
-        return sample, call(sample)
+    # No ORM in the pool's threads: each would open a database connection of its own. The
+    # call and the comparison read only what the claim loaded.
+    def one(
+        sample: ShadowSample,
+    ) -> tuple[ShadowSample, CandidateResult | NotCalled, dict[str, Any]]:
+        try:
+            result = call(sample)
+        except NotCalled as exc:
+            return sample, exc, {}
+        return sample, result, compare(sample, result)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for sample, result in pool.map(one, claimed):
-            if shadow_complete(sample, result, compare(sample, result)):
+        for sample, result, comparison in pool.map(one, claimed):
+            if isinstance(result, NotCalled):
+                if result.retry:
+                    counts["released"] += shadow_release(sample)
+                else:
+                    counts["skipped"] += shadow_skip(sample, result.reason)
+            elif shadow_complete(sample, result, comparison):
                 counts["done"] += 1
             else:
                 counts["lost"] += 1
@@ -509,15 +565,73 @@ def shadow_purge(*, now: datetime | None = None) -> int:
 
 # --- production call and comparison (the SDK's provider adapters and compare module) -------
 
+_MAX_PROVIDERS = 64
+_providers: OrderedDict[str, Provider] = OrderedDict()
+_providers_lock = threading.Lock()
+
+
+def candidate_spec(plan: MigrationPlan) -> ArmSpec:
+    """The plan's candidate arm exactly as its snapshot gives it to the SDKs (the same model,
+    base URL, key variable, params and prompt adjustment)."""
+    return arm_spec(
+        plan.candidate_model,
+        plan.candidate_params,
+        plan.candidate_prompt_mode,
+        plan.candidate_prompt_text,
+    )
+
+
+def _provider(spec: ArmSpec) -> Provider:
+    """One adapter per arm per worker process, shared by the task's threads (adapters are
+    thread-safe and keep their connection pool), the least recently used closed beyond
+    ``_MAX_PROVIDERS``."""
+    key = json.dumps(spec.to_dict(), sort_keys=True, default=str)
+    with _providers_lock:
+        provider = _providers.get(key)
+        if provider is not None:
+            _providers.move_to_end(key)
+            return provider
+    provider = providers.provider_for(spec)  # ProviderError when the key variable is unset
+    with _providers_lock:
+        provider = _providers.setdefault(key, provider)
+        while len(_providers) > _MAX_PROVIDERS:
+            _providers.popitem(last=False)[1].close()
+    return provider
+
+
+def _limit(model: ModelSpec) -> limits.Limit:
+    connection = model.provider
+    return limits.Limit(
+        connection.name, connection.max_concurrent_calls, connection.max_calls_per_second
+    )
+
+
+def call_model(model: ModelSpec, spec: ArmSpec, request: providers.Request) -> providers.Result:
+    """One call through the adapter, inside the provider's shared call limits. Raises
+    :class:`NotCalled` when no slot came free in time or the adapter cannot be built."""
+    try:
+        provider = _provider(spec)
+    except providers.ProviderError as exc:
+        raise NotCalled(f"cannot call {spec.model}: {exc.message}", retry=False) from exc
+    lease = settings.TURNOUT_SHADOW_LEASE_SECONDS
+    try:
+        with limits.provider_slot(_limit(model), lease=lease, wait=lease / 4):
+            return provider.complete(request)
+    except limits.SlotTimeout as exc:
+        raise NotCalled(str(exc), retry=True) from exc
+
 
 def provider_call(sample: ShadowSample) -> CandidateResult:
     """Call the plan's candidate arm through the provider adapters, as ``client.complete``
     would (the arm's params and prompt adjustment applied by the adapter)."""
-    from turnout import providers
-
     plan = sample.plan
-    spec = providers.spec_for_plan_arm(plan, "candidate")
-    result = providers.call(spec, sample.request)
+    request = providers.Request(
+        messages=sample.request["messages"],
+        params=sample.request.get("params") or {},
+        json_schema=sample.request.get("json_schema"),
+        timeout=settings.TURNOUT_SHADOW_CALL_TIMEOUT,
+    )
+    result = call_model(plan.candidate_model, candidate_spec(plan), request)
     return CandidateResult(
         text=result.text,
         latency_ms=result.latency_ms,
@@ -530,8 +644,6 @@ def provider_call(sample: ShadowSample) -> CandidateResult:
 
 def compare_answers(sample: ShadowSample, result: CandidateResult) -> dict[str, Any]:
     """The comparison scores of control's and the candidate's answers."""
-    from turnout import compare
-
     return compare.compare(
         sample.control.get("text", ""),
         result.text,

@@ -1,0 +1,120 @@
+"""The shadow pipeline's candidate call through the real vendor SDK, against the simulator:
+the plan's arm as the snapshot gives it, the provider's shared call limit, and what happens
+when the workers cannot call the candidate at all."""
+
+from __future__ import annotations
+
+import pytest
+
+from migrations_app import limits, shadow
+from migrations_app.models import ProviderConnection, ShadowAggregate, ShadowSample, ShadowStatus
+from migrations_app.simulator import Simulator
+from tests.shadow.test_shadow import ingest, same, sample, shadow_plan
+
+pytestmark = pytest.mark.django_db
+
+CANDIDATE = "claude-sonnet-4-20250514"
+
+
+@pytest.fixture
+def candidate_at_simulator(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> Simulator:
+    ProviderConnection.objects.filter(name="anthropic").update(base_url=sim.url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    shadow._providers.clear()
+    return sim
+
+
+def test_the_candidate_is_called_through_its_adapter_with_the_arms_settings(
+    candidate_at_simulator: Simulator,
+) -> None:
+    plan = shadow_plan(
+        candidate_params={"temperature": 0.7, "max_tokens": 300},
+        candidate_prompt_mode="suffix",
+        candidate_prompt_text="Answer in one sentence.",
+    )
+    events = [sample(plan) for _ in range(12)]
+    ingest(*events)
+    counts = shadow.shadow_run([e["id"] for e in events], call=shadow.provider_call, compare=same)
+    assert counts == {"claimed": 12, "done": 12, "lost": 0, "released": 0, "skipped": 0}
+    assert candidate_at_simulator.stats()["models"][CANDIDATE]["requests"] == 12
+
+    wire = candidate_at_simulator.last_request(CANDIDATE)
+    assert wire is not None
+    # The system prompt with the arm's suffix; the candidate's own params win over the app's.
+    assert wire.system == "You are a support agent.\n\nAnswer in one sentence."
+    assert wire.body["temperature"] == 0.7 and wire.body["max_tokens"] == 300
+    stored = ShadowSample.objects.get(pk=events[0]["id"])
+    assert stored.status == ShadowStatus.DONE
+    assert stored.candidate["text"] and stored.candidate["error"] is None
+    assert stored.candidate["input_tokens"] > 0 and stored.candidate["output_tokens"] > 0
+    # Priced from the catalog ($3 in, $15 out per 1M tokens for Claude Sonnet 4).
+    expected = (
+        stored.candidate["input_tokens"] * 3.0 + stored.candidate["output_tokens"] * 15.0
+    ) / 1e6
+    assert stored.candidate_cost_usd == pytest.approx(expected)
+    assert ShadowAggregate.objects.get(stage=plan.current_stage).data["n"] == 12
+
+
+def test_vendor_errors_are_candidate_failures(candidate_at_simulator: Simulator) -> None:
+    candidate_at_simulator.set_profile(CANDIDATE, {"fail_next": ["auth"]})  # not retried
+    plan = shadow_plan()
+    event = sample(plan)
+    ingest(event)
+    shadow.shadow_run([event["id"]], call=shadow.provider_call, compare=same)
+    stored = ShadowSample.objects.get(pk=event["id"])
+    assert (stored.status, stored.candidate["error"]) == (ShadowStatus.DONE, "auth")
+    assert ShadowAggregate.objects.get(stage=plan.current_stage).data["candidate_only"] == 1
+
+
+def test_calls_stay_inside_the_providers_shared_limit(candidate_at_simulator: Simulator) -> None:
+    ProviderConnection.objects.filter(name="anthropic").update(max_concurrent_calls=3)
+    candidate_at_simulator.set_profile(CANDIDATE, {"latency_median_ms": 40, "latency_p95_ms": 60})
+    plan = shadow_plan()
+    events = [sample(plan) for _ in range(24)]
+    ingest(*events)
+    counts = shadow.shadow_run(
+        [e["id"] for e in events], call=shadow.provider_call, compare=same, concurrency=12
+    )
+    assert counts["done"] == 24
+    assert 2 <= candidate_at_simulator.stats()["peak_in_flight"] <= 3
+
+
+def test_no_free_slot_gives_the_sample_back_untouched(
+    candidate_at_simulator: Simulator, settings
+) -> None:
+    settings.TURNOUT_SHADOW_LEASE_SECONDS = 0.4  # the slot wait is a quarter of the lease
+    ProviderConnection.objects.filter(name="anthropic").update(max_concurrent_calls=1)
+    limits._try_redis(limits.Limit("anthropic", 1), "another-worker", 30.0)
+    try:
+        plan = shadow_plan()
+        event = sample(plan)
+        ingest(event)
+        counts = shadow.shadow_run([event["id"]], call=shadow.provider_call, compare=same)
+    finally:
+        limits._release_redis(limits.Limit("anthropic", 1), "another-worker")
+    assert counts["released"] == 1
+    stored = ShadowSample.objects.get(pk=event["id"])
+    assert (stored.status, stored.lease_until, stored.candidate_cost_usd) == (
+        ShadowStatus.PENDING,
+        None,
+        None,
+    )
+    assert candidate_at_simulator.stats()["requests"] == 0
+    # The next attempt, with the slot free, completes it.
+    again = shadow.shadow_run([event["id"]], call=shadow.provider_call, compare=same)
+    assert again["done"] == 1
+
+
+def test_a_candidate_the_workers_cannot_call_is_skipped_with_the_reason(
+    candidate_at_simulator: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    plan = shadow_plan()
+    event = sample(plan)
+    ingest(event)
+    counts = shadow.shadow_run([event["id"]], call=shadow.provider_call, compare=same)
+    assert counts["skipped"] == 1
+    stored = ShadowSample.objects.get(pk=event["id"])
+    assert stored.status == ShadowStatus.SKIPPED
+    assert "ANTHROPIC_API_KEY" in stored.skip_reason
+    assert not ShadowAggregate.objects.filter(stage=plan.current_stage).exists()
