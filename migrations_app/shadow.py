@@ -539,12 +539,14 @@ def shadow_run(
 
 
 def shadow_sweep(*, now: datetime | None = None, limit: int = 1000) -> list[str]:
-    """Samples whose task was lost (pending for a while) or whose worker died (lease
-    expired): their ids, to process again."""
+    """Samples whose task was lost (pending for longer than a lease: a worker killed with
+    tasks it had fetched but not started) or whose worker died mid-call (lease expired):
+    their ids, to process again. Enqueuing a sample twice is harmless (claims decide)."""
     now = now or timezone.now()
+    lease = timedelta(seconds=settings.TURNOUT_SHADOW_LEASE_SECONDS)
     return list(
         ShadowSample.objects.filter(
-            Q(status=ShadowStatus.PENDING, created_at__lt=now - timedelta(seconds=60))
+            Q(status=ShadowStatus.PENDING, created_at__lt=now - lease)
             | Q(status=ShadowStatus.RUNNING, lease_until__lt=now)
         )
         .order_by("created_at")
