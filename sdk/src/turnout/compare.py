@@ -78,7 +78,8 @@ def _translation(text: str) -> dict[int, str | None]:
 def normalize(text: str) -> str:
     """``text`` as compared by ``normalized_match``: NFKC (full-width forms, ligatures and
     composed accents unified), case folded, punctuation (Unicode category P*, and the
-    backtick of Markdown code) turned into spaces, invisible format characters dropped, whitespace collapsed."""
+    backtick of Markdown code) turned into spaces, invisible format characters dropped,
+    whitespace collapsed."""
     # NFKC again after casefold: folding may produce sequences NFKC would have composed.
     text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
     return " ".join(text.translate(_translation(text)).split())
@@ -244,33 +245,43 @@ def json_diff(control: Any, candidate: Any) -> dict[str, Any]:
             {"added": added, "removed": removed, "changed": changed}[kind].append(entry)
 
     # An explicit stack, not recursion: a model's answer may nest deeper than Python recurses.
-    stack: list[tuple[str, Any, Any]] = [("", control, candidate)]
+    # Each task is (what, path, control's value, candidate's value); "added" and "removed"
+    # are tasks too, so that entries come out in document order.
+    stack: list[tuple[str, str, Any, Any]] = [("compare", "", control, candidate)]
     while stack:
-        path, left, right = stack.pop()
-        children: list[tuple[str, Any, Any]] = []
+        what, path, left, right = stack.pop()
+        if what == "removed":
+            record("removed", {"path": path, "value": _preview(left)})
+            continue
+        if what == "added":
+            record("added", {"path": path, "value": _preview(right)})
+            continue
+        tasks: list[tuple[str, str, Any, Any]] = []
         if isinstance(left, dict) and isinstance(right, dict):
             for key, value in left.items():
                 child = _key_path(path, key)
                 if key in right:
-                    children.append((child, value, right[key]))
+                    tasks.append(("compare", child, value, right[key]))
                 else:
-                    record("removed", {"path": child, "value": _preview(value)})
+                    tasks.append(("removed", child, value, None))
             for key, value in right.items():
                 if key not in left:
-                    record("added", {"path": _key_path(path, key), "value": _preview(value)})
+                    tasks.append(("added", _key_path(path, key), None, value))
         elif isinstance(left, list) and isinstance(right, list):
-            for index in range(min(len(left), len(right))):
-                children.append((f"{path}[{index}]", left[index], right[index]))
-            for index in range(len(right), len(left)):
-                record("removed", {"path": f"{path}[{index}]", "value": _preview(left[index])})
-            for index in range(len(left), len(right)):
-                record("added", {"path": f"{path}[{index}]", "value": _preview(right[index])})
+            for index in range(max(len(left), len(right))):
+                child = f"{path}[{index}]"
+                if index >= len(right):
+                    tasks.append(("removed", child, left[index], None))
+                elif index >= len(left):
+                    tasks.append(("added", child, None, right[index]))
+                else:
+                    tasks.append(("compare", child, left[index], right[index]))
         elif not _equal_scalars(left, right):
             record(
                 "changed",
                 {"path": path or "$", "control": _preview(left), "candidate": _preview(right)},
             )
-        stack.extend(reversed(children))  # popped in document order
+        stack.extend(reversed(tasks))
     return {
         "equal": not any(counts.values()),
         "added": added,
