@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 from django.test import Client
 
-from migrations_app.api.auth import forget_keys
+from migrations_app.api.auth import forget_keys, forget_windows
 from migrations_app.apikeys import apikey_create
 from migrations_app.snapshots import forget_served
 
@@ -13,9 +13,11 @@ from migrations_app.snapshots import forget_served
 @pytest.fixture(autouse=True)
 def _fresh_caches() -> Iterator[None]:
     forget_keys()
+    forget_windows()
     forget_served()
     yield
     forget_keys()
+    forget_windows()
     forget_served()
 
 
