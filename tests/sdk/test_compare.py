@@ -479,21 +479,46 @@ def simulator() -> Iterator[Simulator]:
         yield sim
 
 
+def _judge_at(simulator: Simulator, kind: str, suffix: str, params: dict[str, str]) -> Provider:
+    return provider_class(kind)(
+        model="judge",
+        api_key="sk-test",
+        base_url=simulator.url + suffix,
+        params=params,
+        retry=NO_RETRY,
+    )
+
+
 @pytest.fixture
 def judge_model(simulator: Simulator) -> Iterator[Provider]:
     simulator.reset()
-    provider = provider_class("openai")(
-        model="judge", api_key="sk-test", base_url=simulator.url + "/v1", retry=NO_RETRY
-    )
+    provider = _judge_at(simulator, "openai", "/v1", {})
     yield provider
     provider.close()
 
 
-def test_judge_through_the_openai_adapter(simulator: Simulator, judge_model: Provider) -> None:
+@pytest.mark.parametrize(
+    ("kind", "suffix", "params"),
+    [
+        ("openai", "/v1", {}),
+        ("openai", "/v1", {"api": "responses"}),
+        ("openai_compatible", "/v1", {}),
+        ("anthropic", "", {}),
+        ("gemini", "", {}),
+    ],
+)
+def test_judge_through_each_adapter(
+    simulator: Simulator, kind: str, suffix: str, params: dict[str, str]
+) -> None:
     """With a schema, the simulator answers its first enum value, "A", whatever it is shown:
     a judge with total position bias. The random order turns that bias into noise that
     cancels: the verdict follows the position, both ways."""
-    verdicts = [c.judge(judge_model, MESSAGES, CONTROL, CANDIDATE, seed) for seed in range(16)]
+    simulator.reset()
+    provider = _judge_at(simulator, kind, suffix, params)
+    try:
+        verdicts = [c.judge(provider, MESSAGES, CONTROL, CANDIDATE, seed) for seed in range(12)]
+    finally:
+        provider.close()
     for verdict in verdicts:
         assert verdict.error is None and verdict.judge_winner == "A"
         assert verdict.winner == ("candidate" if verdict.candidate_position == "A" else "control")
@@ -502,9 +527,16 @@ def test_judge_through_the_openai_adapter(simulator: Simulator, judge_model: Pro
     assert {v.winner for v in verdicts} == {"candidate", "control"}
     wire = simulator.last_request("judge")
     assert wire is not None and wire.json_wanted
-    assert wire.body["response_format"]["json_schema"]["schema"] == c.judge_schema()
     assert wire.system == c.JUDGE_SYSTEM_PROMPT
     assert CANDIDATE in wire.last and CONTROL in wire.last
+
+
+def test_judge_sends_the_verdict_schema(simulator: Simulator, judge_model: Provider) -> None:
+    verdict = c.judge(judge_model, MESSAGES, CONTROL, CANDIDATE, 3)
+    assert verdict.winner in ("candidate", "control")
+    wire = simulator.last_request("judge")
+    assert wire is not None
+    assert wire.body["response_format"]["json_schema"]["schema"] == c.judge_schema()
 
 
 @pytest.mark.parametrize("position", ["A", "B"])
