@@ -76,16 +76,24 @@ class Bounds:
 
     lower: float = -math.inf
     upper: float = math.inf
+    # The error-rate guardrail's confirmatory look has been taken this stage: it is spent
+    # once, so the flag travels with the bounds from one evaluation to the next.
+    looked: bool = False
 
     def intersect(self, other: Bounds) -> Bounds:
         """The tighter of both sides."""
-        return Bounds(max(self.lower, other.lower), min(self.upper, other.upper))
+        return Bounds(
+            max(self.lower, other.lower),
+            min(self.upper, other.upper),
+            self.looked or other.looked,
+        )
 
-    def to_dict(self) -> dict[str, float | None]:
+    def to_dict(self) -> dict[str, float | bool | None]:
         """JSON-safe (infinite bounds become None)."""
         return {
             "lower": self.lower if math.isfinite(self.lower) else None,
             "upper": self.upper if math.isfinite(self.upper) else None,
+            "looked": self.looked,
         }
 
     @classmethod
@@ -95,6 +103,7 @@ class Bounds:
         return cls(
             -math.inf if lower is None else float(lower),
             math.inf if upper is None else float(upper),
+            bool(data.get("looked", False)),
         )
 
 
@@ -223,8 +232,23 @@ def evaluate_guardrail(
     previous: Bounds | None = None,
     n_star: float = stats.DEFAULT_N_STAR,
     paired_errors: PairedErrors | None = None,
+    design_samples: int = 0,
 ) -> GuardrailResult:
-    """Test one guardrail, intersect with its previous bounds, and say what it wants."""
+    """Test one guardrail, intersect with its previous bounds, and say what it wants.
+
+    ``design_samples`` is the step's minimum sample per arm in a split stage (0: none). The
+    error-rate guardrail then spends ``stats.CONFIRMATORY_SHARE`` of its alpha on one
+    fixed-sample test when both arms first reach it, and the rest on the confidence
+    sequence at every look (Haybittle-Peto with an anytime-valid interim test; the union
+    bound keeps the pair at alpha). A step that must reach that sample before it may
+    advance gets, at that moment, the power of a classical fixed-horizon test: 0.91 for 2x
+    errors at a 2 % base by 12k per arm at 0.0125, where no test valid at every look
+    without a horizon reaches 0.9 (stats.CONFIRMATORY_SHARE).
+    """
+    look_share = 0.0
+    if spec.metric == "error_rate" and paired_errors is None:
+        look_share = stats.confirmatory_share(design_samples)
+    sequence_alpha = alpha * (1.0 - look_share)
     if spec.metric == "error_rate" and paired_errors is not None:
         verdict = stats.paired_error_test(
             paired_errors,
@@ -240,9 +264,12 @@ def evaluate_guardrail(
             candidate,
             tolerance=spec.tolerance,
             tolerance_kind=spec.tolerance_kind,
-            alpha=alpha,
+            alpha=sequence_alpha,
             n_star=n_star,
         )
+    if look_share:
+        # The verdict speaks for the guardrail's whole alpha: sequence and look together.
+        verdict = replace(verdict, alpha=alpha)
     n_a, n_b = _samples(spec.metric, control), _samples(spec.metric, candidate)
     if min(n_a, n_b) < spec.min_samples:
         label = spec.metric.replace("_", " ")
@@ -257,13 +284,31 @@ def evaluate_guardrail(
     if verdict.status == "not_enough_data":
         return GuardrailResult(spec, verdict, previous or Bounds(), "hold")
     new = Bounds(verdict.lower, verdict.upper)
-    bounds = new if previous is None else previous.intersect(new)
     notes: tuple[str, ...] = ()
+    looked_before = previous is not None and previous.looked
+    if look_share and not looked_before:
+        if bool(
+            stats.confirmatory_look_due(
+                control.requests, candidate.requests, control.errors, candidate.errors,
+                design_samples,
+            )
+        ):  # fmt: skip
+            look_alpha = alpha * look_share
+            lo, hi = stats.error_rate_confirmatory(
+                control, candidate, tolerance_kind=spec.tolerance_kind, alpha=look_alpha
+            )
+            new = new.intersect(Bounds(lo, hi, looked=True))
+            notes += (
+                f"confirmatory look at {control.requests} control and {candidate.requests} "
+                f"candidate requests (the step's minimum is {design_samples} per arm): "
+                f"{stats.summarise_bounds(lo, hi, spec.tolerance_kind, look_alpha)}",
+            )
+    bounds = new if previous is None else previous.intersect(new)
     if bounds.lower > bounds.upper:
         # Two confidence sequences that no longer overlap: either the effect moved during
         # the stage or one of them missed (probability <= alpha). Keep both sides; the
         # status below checks the harmful side first.
-        notes = ("the bounds no longer overlap: the effect changed during this stage",)
+        notes += ("the bounds no longer overlap: the effect changed during this stage",)
     verdict = _with_bounds(verdict, bounds, notes)
     wants: Action
     if verdict.status == "regressed":
@@ -318,6 +363,7 @@ def evaluate_plan(
                 previous=previous.get(spec.metric),
                 n_star=settings.n_star,
                 paired_errors=paired_errors if stage.mode == "shadow" else None,
+                design_samples=stage.min_samples if stage.mode == "split" else 0,
             )
             for spec in guardrails
         )

@@ -93,14 +93,40 @@ def error_rollbacks(
     alpha: float,
     kind: S.ToleranceKind = "relative",
     min_errors: int = S.MIN_ERRORS,
+    design: int = 0,
 ) -> np.ndarray:
-    """Per rollout and look: does ``error_rate_test`` say regressed?"""
-    _, lo, _ = S.error_rate_kernel(
-        a.e, a.n, a.units, a.yy, a.yn, a.nn, b.e, b.n, b.units, b.yy, b.yn, b.nn,
-        alpha=alpha, kind=kind,
-    )  # fmt: skip
-    enough = S.error_rate_enough(a.e, b.e, min_errors)
-    return enough & (lo > S.threshold(tolerance, kind, "increase"))
+    """Per rollout and look: does the error-rate guardrail say regressed?
+
+    The confidence sequence at every look, at alpha minus the confirmatory share; with a
+    ``design`` sample (the step's minimum, per arm), plus the one fixed-sample look at the
+    first look where ``stats.confirmatory_look_due``, whose bound then stays in the running
+    intersection (guardrails.evaluate_guardrail does the same for one plan).
+    """
+    share = S.confirmatory_share(design)
+    args = (a.e, a.n, a.units, a.yy, a.yn, a.nn, b.e, b.n, b.units, b.yy, b.yn, b.nn)
+    limit = S.threshold(tolerance, kind, "increase")
+    _, lo, _ = S.error_rate_kernel(*args, alpha=alpha * (1 - share), kind=kind)
+    decisions = S.error_rate_enough(a.e, b.e, min_errors) & (lo > limit)
+    if share:
+        _, fixed_lo, _ = S.error_rate_kernel(*args, alpha=alpha * share, kind=kind, fixed=True)
+        due = S.confirmatory_look_due(a.n, b.n, a.e, b.e, design, min_errors)
+        first = first_look(due)
+        rows = np.arange(due.shape[0])
+        hit = (first >= 0) & (fixed_lo[rows, np.maximum(first, 0)] > limit)
+        after = np.arange(due.shape[1])[None, :] >= first[:, None]
+        decisions |= hit[:, None] & after
+    return decisions
+
+
+def error_e_process(a: CountPaths, b: CountPaths, *, tolerance: float) -> np.ndarray:
+    """Log e-value of ``stats.count_e_process_log`` per rollout and look (looks = windows)."""
+
+    def window(x: np.ndarray) -> np.ndarray:
+        return np.diff(x, axis=1, prepend=0.0)
+
+    return S.count_e_process_log(
+        window(a.e), window(a.n), window(b.e), window(b.n), theta0=tolerance
+    )
 
 
 def first_look(decisions: np.ndarray) -> np.ndarray:
