@@ -34,6 +34,8 @@ def _arm(
         "model": model.model_id,
         "params": params,
         "prompt": {"mode": prompt_mode, "text": prompt_text},
+        # complete() sends a prompt longer than the candidate's window to control.
+        "context_window": model.context_window,
     }
 
 
@@ -66,6 +68,7 @@ def plan_entry(plan: MigrationPlan) -> dict[str, Any]:
         "salt": plan.salt,
         "weight_bp": here.weight_bp if running else 0,
         "shadow_bp": here.shadow_bp if running else 0,
+        "fallback_to_control": plan.fallback_to_control,
         "control": _arm(
             plan.control_model,
             plan.control_params,

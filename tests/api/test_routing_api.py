@@ -55,7 +55,9 @@ def test_config_serves_the_contract_with_etag_and_304(api: Client) -> None:
         "model": "claude-sonnet-4-20250514",
         "params": {"temperature": 0.2},
         "prompt": {"mode": "none", "text": ""},
+        "context_window": 200_000,
     }
+    assert entry["fallback_to_control"] is True
     assert api.get("/api/v1/sdk/config", HTTP_IF_NONE_MATCH=etag).status_code == 304
     plans.plan_advance(plan_key="chat", actor=person())
     changed = api.get("/api/v1/sdk/config", HTTP_IF_NONE_MATCH=etag)

@@ -9,9 +9,22 @@ algorithm exists exactly once.
     d = client.decide("support-chat", user_id, default=turnout.arm("openai", "gpt-4o"))
     ...call d.provider / d.model with d.params, d.prompt.apply(system)...
     client.report(d, latency_ms=812.0, input_tokens=1500, output_tokens=420)
+
+or let Turnout make the whole request (route, call, report, shadow, fall back):
+
+    answer = client.complete("support-chat", user_id, messages=[{"role": "user", "content": q}])
+    answer.text, answer.arm, answer.fell_back, answer.error
 """
 
-from turnout.client import ERROR_KINDS, Client, arm
+from turnout.client import (
+    ERROR_KINDS,
+    FALLBACK_CANDIDATE_ERROR,
+    FALLBACK_CONTEXT_WINDOW,
+    Client,
+    Completion,
+    arm,
+    estimate_tokens,
+)
 from turnout.errors import (
     Forbidden,
     IllegalTransition,
@@ -30,8 +43,11 @@ from turnout.routing import ArmSpec, Decision, PlanSnapshot, Prompt, Snapshot
 __version__ = "0.1.0"
 __all__ = [
     "ERROR_KINDS",
+    "FALLBACK_CANDIDATE_ERROR",
+    "FALLBACK_CONTEXT_WINDOW",
     "ArmSpec",
     "Client",
+    "Completion",
     "Decision",
     "Forbidden",
     "IllegalTransition",
@@ -47,5 +63,6 @@ __all__ = [
     "TurnoutError",
     "Unauthorized",
     "arm",
+    "estimate_tokens",
     "from_response",
 ]

@@ -18,6 +18,9 @@ The host application must never break because of Turnout:
   buffer is full the oldest events are dropped and counted, and the count goes to the server
   in the next batch (``client.dropped``). Every event gets its id before the first attempt,
   so a retried batch is never counted twice by the server.
+- ``complete()`` does the whole request: decide, call the arm through its provider adapter,
+  report, shadow, and fall back to control when the candidate fails transiently or the
+  prompt is too long for it. A vendor failure is a value in the result, never an exception.
 
 Forking (gunicorn ``--preload``, Celery prefork): threads do not survive ``fork()``. The
 client registers an ``os.register_at_fork(after_in_child=...)`` hook that gives the child its
@@ -41,7 +44,8 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +53,16 @@ from typing import Any
 import httpx
 
 from turnout import routing
+from turnout.providers.base import (
+    DEFAULT_RETRY,
+    Provider,
+    ProviderError,
+    Request,
+    Result,
+    RetryPolicy,
+    provider_for,
+    with_prompt,
+)
 from turnout.routing import ArmSpec, Decision
 
 log = logging.getLogger("turnout")
@@ -75,6 +89,16 @@ OUTCOMES_PATH = "/api/v1/outcomes"
 FEEDBACK_PATH = "/api/v1/feedback"
 SHADOW_PATH = "/api/v1/shadow-samples"
 SHADOW_BATCH = 100  # the server's batches are capped; samples carry whole prompts
+#: Why ``complete()`` answered from control for a unit routed to the candidate: the candidate
+#: failed with a transient error, or the prompt was too long for the candidate's context window.
+FALLBACK_CANDIDATE_ERROR = "candidate_error"
+FALLBACK_CONTEXT_WINDOW = "context_window"
+FALLBACK_REASONS = frozenset({FALLBACK_CANDIDATE_ERROR, FALLBACK_CONTEXT_WINDOW})
+#: The estimate of prompt tokens is characters / 4 (OpenAI's rule of thumb for English text):
+#: no tokenizer to download, and a few microseconds. It undercounts code and non-Latin scripts,
+#: so a prompt right at a window's edge may still reach the candidate and fail there.
+CHARS_PER_TOKEN = 4
+ROLES = frozenset({"system", "user", "assistant"})
 # A server asking for a longer pause than this is treated as asking for this: the buffer
 # would overflow anyway, and a stuck sender cannot be told apart from a dead one.
 MAX_RETRY_AFTER = 120.0
@@ -97,6 +121,54 @@ class _LogOnce:
         log.warning(message, *args)
 
 
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What :meth:`Client.complete` served.
+
+    ``text`` is the answer the user gets (``""`` when ``error`` is set; the failed call's own
+    text, e.g. the unparsable answer of an ``invalid_output``, stays in its :class:`Result`).
+    ``arm`` and ``spec`` are the arm actually served, which differs from ``decision.arm``
+    when it fell back: ``fallback_reason`` is then :data:`FALLBACK_CANDIDATE_ERROR` or
+    :data:`FALLBACK_CONTEXT_WINDOW`. ``results`` holds every model call made, in order (the
+    candidate's failure, then control's answer, after a fallback; empty when no arm could be
+    chosen). ``error`` is ``None`` or a kind from :data:`ERROR_KINDS`, with words for a
+    person in ``error_message``. Give feedback on the answer with ``decision_id``.
+    """
+
+    text: str
+    decision: Decision
+    arm: str
+    spec: ArmSpec | None
+    fallback_reason: str | None
+    results: tuple[Result, ...]
+    error: str | None
+    error_message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def fell_back(self) -> bool:
+        return self.fallback_reason is not None
+
+    @property
+    def result(self) -> Result | None:
+        """The served call's result (the last one made)."""
+        return self.results[-1] if self.results else None
+
+    @property
+    def decision_id(self) -> str:
+        return self.decision.decision_id
+
+    @property
+    def model(self) -> str | None:
+        return self.spec.model if self.spec is not None else None
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class Client:
     """A Turnout client: one per process (it survives ``fork()``), shared by all threads.
 
@@ -115,6 +187,8 @@ class Client:
     :param buffer_size: events buffered per kind before the oldest are dropped (and counted).
     :param max_backoff: cap in seconds of the exponential backoff (stream and reports).
     :param close_timeout: how long ``close()`` (and interpreter exit) may spend flushing.
+    :param provider_retry: the retry policy of the model calls ``complete()`` makes (both
+        arms get the same one, so neither's error rate is flattered by more attempts).
 
     The constructor does not raise for an unreachable, slow or misbehaving server: it waits
     at most ``start_wait`` and then answers from the last-known-good snapshot or the caller's
@@ -139,6 +213,7 @@ class Client:
         buffer_size: int = 10_000,
         max_backoff: float = 30.0,
         close_timeout: float = 5.0,
+        provider_retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
         self._snapshot: routing.Snapshot = routing.EMPTY_SNAPSHOT
         self._etag: str | None = None
@@ -158,6 +233,7 @@ class Client:
         self._buffer_size = max(1, int(buffer_size))
         self._max_backoff = max(0.01, float(max_backoff))
         self._close_timeout = max(0.0, float(close_timeout))
+        self._provider_retry = provider_retry
         self._reset_process_state()
         # Before the threads start, so a fresh fetch can never be overwritten by the older file.
         self._load_lkg()
@@ -211,12 +287,35 @@ class Client:
             if len(buffer) >= self._buffer_size:
                 self._count_dropped(1)  # deque(maxlen) is about to push out the oldest
             buffer.append(
-                (_time(), decision, latency_ms, ttft_ms, error, input_tokens, output_tokens)
+                (_time(), decision, latency_ms, ttft_ms, error, input_tokens, output_tokens, None)
             )
             if len(buffer) >= self._batch_size and not self._wake.is_set():
                 self._wake.set()
         except Exception as exc:
             self._log.warning("report", "turnout: report failed: %r", exc)
+
+    def _report_fallback(self, decision: Decision, result: Result, reason: str) -> None:
+        """The outcome of control's call made for a unit routed to the candidate: sent with
+        ``arm: control`` and ``fallback: <reason>``, so the server stores it without counting
+        it in either arm's statistics (see :meth:`complete`)."""
+        if self._closed:
+            return
+        if len(self._outcomes) >= self._buffer_size:
+            self._count_dropped(1)
+        self._outcomes.append(
+            (
+                _time(),
+                decision,
+                result.latency_ms,
+                result.ttft_ms,
+                result.error,
+                result.input_tokens,
+                result.output_tokens,
+                reason,
+            )  # fmt: skip
+        )
+        if len(self._outcomes) >= self._batch_size and not self._wake.is_set():
+            self._wake.set()
 
     def feedback(self, decision_id: str, score: float, *, scale: str = "thumbs") -> None:
         """A user's rating of the answer given under ``decision_id`` (a :class:`Decision` is
@@ -277,6 +376,165 @@ class Client:
                 self._wake.set()
         except Exception as exc:
             self._log.warning("shadow", "turnout: shadow_sample failed: %r", exc)
+
+    # --- the whole request -----------------------------------------------------------
+
+    def complete(
+        self,
+        plan: str,
+        unit: str,
+        *,
+        messages: Sequence[Mapping[str, str]],
+        params: Mapping[str, Any] | None = None,
+        json_schema: Mapping[str, Any] | None = None,
+        stream: bool = False,
+        timeout: float = 30.0,
+        default: ArmSpec | None = None,
+    ) -> Completion:
+        """Route, call the model, report, and shadow: the whole request in one call.
+
+        ``messages`` are ``{"role": "system" | "user" | "assistant", "content": str}``;
+        ``params`` are the application's call params (the arm's own win over them);
+        ``json_schema`` asks for JSON (``{}``: any object) and checks the answer; ``stream``
+        has the vendor stream (the time to first token is measured; the whole answer is still
+        returned); ``timeout`` is per attempt, in seconds. Blocks for the model call(s).
+
+        - The decision is :meth:`decide`'s, and the arm is called through its adapter (the
+          arm's params and prompt adjustment applied, one retry policy), kept per arm.
+        - A unit routed to the candidate falls back to control when the candidate fails with
+          a transient error and the plan's ``fallback_to_control`` is on (the default). Two
+          outcomes go out: the candidate's failure, counted in its statistics as the error
+          the user would have seen without the fallback, and control's answer, marked
+          ``fallback``, which the server stores but counts in neither arm (the unit is in the
+          candidate's bucket: counting it for control would mix the candidate's units, and its
+          failed requests, into control's sample). A non-transient failure (a bad request, a
+          filtered or invalid answer, a bad key) is returned as it is: control would not do
+          better with the same request, or the candidate's problem must be seen.
+        - A prompt whose estimated size (characters / 4, the candidate's prompt adjustment
+          included) exceeds the candidate's context window goes to control whatever the
+          fallback setting: one ``fallback: context_window`` outcome, no candidate error.
+          A shadowed request too long for the candidate is not sampled.
+        - On a shadow decision the request and control's answer are handed to
+          :meth:`shadow_sample`; the server's workers then call the candidate.
+
+        Never raises for a vendor failure, or when both arms failed: the :class:`Completion`
+        then has ``error`` set (the last call's kind) and every call's result in ``results``.
+        An unknown plan without ``default`` is ``error="bad_request"`` with no call made.
+        Bad arguments raise :class:`TypeError` or :class:`ValueError`.
+        """
+        request = _request(messages, params, json_schema, stream, timeout)
+        if not isinstance(plan, str):
+            raise TypeError(f"plan must be a string, got {type(plan).__name__}")
+        if default is not None and not isinstance(default, ArmSpec):
+            raise TypeError("default must be an ArmSpec (see turnout.arm())")
+        decision = self.decide(plan, unit, default=default)
+        try:
+            return self._complete(decision, request)
+        except Exception as exc:  # a bug here must not become the host's exception
+            self._log.warning("complete", "turnout: complete failed: %r", exc)
+            return Completion(
+                "", decision, decision.arm, decision.spec, None, (), "server_error", repr(exc)
+            )
+
+    def _complete(self, decision: Decision, request: Request) -> Completion:
+        spec = decision.spec
+        if spec is None:
+            message = f"plan {decision.plan or '?'} is not in the snapshot and no default was given"
+            return Completion("", decision, decision.arm, None, None, (), "bad_request", message)
+        # A decision for no plan (the caller's default) has nothing to report against.
+        reporting = bool(decision.plan)
+        control = decision.fallback
+        if decision.arm == routing.CANDIDATE and control is not None:
+            if _too_long(request, spec):
+                served = self._call(control, request)
+                if reporting:
+                    self._report_fallback(decision, served, FALLBACK_CONTEXT_WINDOW)
+                return _completion(decision, control, FALLBACK_CONTEXT_WINDOW, (served,))
+            first = self._call(spec, request)
+            if reporting:
+                self._report(decision, first)
+            if first.ok or not first.transient or not self._fallback_on(decision):
+                return _completion(decision, spec, None, (first,))
+            served = self._call(control, request)
+            if reporting:
+                self._report_fallback(decision, served, FALLBACK_CANDIDATE_ERROR)
+            return _completion(decision, control, FALLBACK_CANDIDATE_ERROR, (first, served))
+        result = self._call(spec, request)
+        if reporting:
+            self._report(decision, result)
+        candidate = decision.shadow_spec
+        if decision.shadow and candidate is not None and not _too_long(request, candidate):
+            self.shadow_sample(
+                decision,
+                # The application's own request: the worker applies the candidate's params
+                # and prompt adjustment itself, as complete() would have.
+                messages=[dict(m) for m in request.messages],
+                control_text=result.text,
+                latency_ms=result.latency_ms,
+                params=dict(request.params) or None,
+                json_schema=None if request.json_schema is None else dict(request.json_schema),
+                ttft_ms=result.ttft_ms,
+                error=result.error,
+                input_tokens=result.input_tokens,
+                output_tokens=result.output_tokens,
+            )
+        return _completion(decision, spec, None, (result,))
+
+    def _report(self, decision: Decision, result: Result) -> None:
+        self.report(
+            decision,
+            latency_ms=result.latency_ms,
+            ttft_ms=result.ttft_ms,
+            error=result.error,
+            input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens,
+        )
+
+    def _fallback_on(self, decision: Decision) -> bool:
+        plan = self._snapshot.plans.get(decision.plan)
+        return True if plan is None else plan.fallback_to_control
+
+    def _call(self, spec: ArmSpec, request: Request) -> Result:
+        """One arm's answer as a :class:`Result`, whatever went wrong (a missing key variable,
+        a vendor SDK not installed, a bug in an adapter)."""
+        try:
+            provider, owned = self._provider(spec)
+        except ProviderError as exc:
+            return Result(
+                text="", model=spec.model, error=exc.kind, transient=exc.transient,
+                status=exc.status, error_message=exc.message, attempts=0,
+            )  # fmt: skip
+        except Exception as exc:  # e.g. ImportError: the arm's vendor SDK is not installed
+            return Result(
+                text="", model=spec.model, error="bad_request",
+                error_message=f"no adapter for {spec.kind}: {exc!r}", attempts=0,
+            )  # fmt: skip
+        try:
+            return provider.complete(request)
+        except Exception as exc:
+            self._log.warning(
+                f"adapter-{spec.kind}", "turnout: %s adapter failed: %r", spec.kind, exc
+            )
+            return Result(text="", model=spec.model, error="server_error", error_message=repr(exc))
+        finally:
+            if owned:
+                provider.close()
+
+    def _provider(self, spec: ArmSpec) -> tuple[Provider, bool]:
+        """The arm's adapter, made once per arm and kept (its connection pool with it);
+        ``True`` with it when the caller must close it (a client already closed keeps none)."""
+        key = _spec_key(spec)
+        provider = self._providers.get(key)  # no lock on the common path: dict reads are atomic
+        if provider is not None:
+            return provider, False
+        with self._providers_lock:
+            if self._closed:
+                return provider_for(spec, retry=self._provider_retry), True
+            provider = self._providers.get(key)
+            if provider is None:
+                provider = provider_for(spec, retry=self._provider_retry)
+                self._providers[key] = provider
+            return provider, False
 
     # --- state -----------------------------------------------------------------------
 
@@ -344,6 +602,14 @@ class Client:
                 self._http.close()
         except Exception as exc:
             log.debug("turnout: close: %r", exc)
+        with self._providers_lock:
+            adapters = list(self._providers.values())
+            self._providers.clear()
+        for adapter in adapters:
+            try:
+                adapter.close()
+            except Exception as exc:
+                log.debug("turnout: closing an adapter: %r", exc)
         if self._dropped:
             log.info("turnout: closed; %d events were dropped in this process", self._dropped)
 
@@ -373,6 +639,9 @@ class Client:
         self._rejected = 0
         self._sending = False
         self._deadline = None
+        # A forked child makes its own adapters: the parent's hold its connection pools.
+        self._providers: dict[str, Provider] = {}
+        self._providers_lock = threading.Lock()
         self._refresher = threading.Thread(
             target=self._refresh_loop, name="turnout-refresh", daemon=True
         )
@@ -685,7 +954,7 @@ class Client:
             )
 
     def _outcome_event(self, item: _Event) -> dict[str, Any] | None:
-        ts, decision, latency_ms, ttft_ms, error, input_tokens, output_tokens = item
+        ts, decision, latency_ms, ttft_ms, error, input_tokens, output_tokens, fallback = item
         problem = (
             _check_ms("latency_ms", latency_ms, required=True)
             or _check_ms("ttft_ms", ttft_ms)
@@ -701,13 +970,13 @@ class Client:
                 f"outcome:{problem.split()[0]}", "turnout: dropping an outcome: %s", problem
             )
             return None
-        return {
+        event = {
             "id": _event_id(),
             "decision_id": decision.decision_id,
             "plan": decision.plan,
             "run": decision.run,
             "plan_version": decision.plan_version,
-            "arm": decision.arm,
+            "arm": routing.CONTROL if fallback else decision.arm,
             "unit": decision.unit,
             "ts": ts,
             "latency_ms": float(latency_ms),
@@ -716,6 +985,9 @@ class Client:
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
         }
+        if fallback:
+            event["fallback"] = fallback
+        return event
 
     def _feedback_event(self, item: _Event) -> dict[str, Any] | None:
         ts, decision_id, score, scale = item
@@ -779,6 +1051,68 @@ class Client:
                 "output_tokens": output_tokens,
             },
         }
+
+
+def estimate_tokens(messages: Sequence[Mapping[str, str]]) -> int:
+    """Prompt tokens, estimated as characters / 4 rounded up (see :data:`CHARS_PER_TOKEN`)."""
+    chars = sum(len(m.get("content") or "") for m in messages)
+    return -(-chars // CHARS_PER_TOKEN)
+
+
+def _too_long(request: Request, spec: ArmSpec) -> bool:
+    window = spec.context_window
+    if window is None:
+        return False
+    return estimate_tokens(with_prompt(request, spec.prompt).messages) > window
+
+
+def _request(messages: Any, params: Any, json_schema: Any, stream: Any, timeout: Any) -> Request:
+    """The normalised request, or TypeError / ValueError for what the caller got wrong."""
+    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+        raise TypeError("messages must be a list of {'role': ..., 'content': ...} objects")
+    if not messages:
+        raise ValueError("messages must not be empty")
+    copied: list[dict[str, str]] = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise TypeError(f"messages[{index}] must be an object with role and content")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise ValueError(f"messages[{index}].role must be one of {sorted(ROLES)}, got {role!r}")
+        if not isinstance(content, str):
+            raise TypeError(f"messages[{index}].content must be a string")
+        copied.append({"role": role, "content": content})
+    if params is not None and not isinstance(params, Mapping):
+        raise TypeError("params must be a mapping or None")
+    if json_schema is not None and not isinstance(json_schema, Mapping):
+        raise TypeError("json_schema must be a mapping (a JSON schema, or {}) or None")
+    if not isinstance(stream, bool):
+        raise TypeError("stream must be a bool")
+    if not _is_number(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    return Request(
+        messages=copied,
+        params=dict(params or {}),
+        json_schema=None if json_schema is None else dict(json_schema),
+        stream=stream,
+        timeout=float(timeout),
+    )
+
+
+def _completion(
+    decision: Decision, spec: ArmSpec, reason: str | None, results: tuple[Result, ...]
+) -> Completion:
+    served = results[-1]
+    arm = routing.CONTROL if reason else decision.arm
+    text = served.text if served.ok else ""
+    return Completion(
+        text, decision, arm, spec, reason, results, served.error, served.error_message
+    )
+
+
+def _spec_key(spec: ArmSpec) -> str:
+    """An arm's identity for the adapter cache (ArmSpec holds mappings, so it has no hash)."""
+    return json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":"), default=repr)
 
 
 def _event_id() -> str:
@@ -875,6 +1209,7 @@ def arm(
     prompt: routing.Prompt | None = None,
     base_url: str = "",
     api_key_env: str = "",
+    context_window: int | None = None,
 ) -> ArmSpec:
     """An arm named in code, e.g. ``decide(..., default=turnout.arm("openai", "gpt-4o"))``."""
     return ArmSpec(
@@ -885,4 +1220,5 @@ def arm(
         model=model,
         params=dict(params or {}),
         prompt=prompt or routing.NO_PROMPT,
+        context_window=context_window,
     )

@@ -93,6 +93,8 @@ class ArmSpec:
     ``kind`` names the wire protocol (``openai``, ``anthropic``, ``gemini``,
     ``openai_compatible``); left empty it is the provider's name. ``api_key_env`` names the
     environment variable that holds the provider key: keys never travel in snapshots.
+    ``context_window`` is the model's limit in tokens (prompt and answer), when known:
+    ``Client.complete()`` sends a prompt too long for the candidate to control instead.
     """
 
     provider: str
@@ -102,6 +104,7 @@ class ArmSpec:
     model: str
     params: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     prompt: Prompt = NO_PROMPT
+    context_window: int | None = None
 
     def __post_init__(self) -> None:
         # Runs once per arm (at snapshot load or for a default arm), never per decision.
@@ -111,8 +114,9 @@ class ArmSpec:
             object.__setattr__(self, "params", freeze(self.params))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe, in the snapshot's shape."""
-        return {
+        """JSON-safe, in the snapshot's shape (``context_window`` only when known, so that an
+        arm without one reads as it did before the field existed)."""
+        data: dict[str, Any] = {
             "provider": self.provider,
             "kind": self.kind,
             "base_url": self.base_url,
@@ -121,11 +125,19 @@ class ArmSpec:
             "params": thaw(self.params),
             "prompt": self.prompt.to_dict(),
         }
+        if self.context_window is not None:
+            data["context_window"] = self.context_window
+        return data
 
 
 @dataclass(frozen=True, slots=True)
 class PlanSnapshot:
-    """One plan as the SDK evaluates it, validated and frozen at snapshot load."""
+    """One plan as the SDK evaluates it, validated and frozen at snapshot load.
+
+    ``fallback_to_control``: ``Client.complete()`` answers from control when the candidate
+    fails with a transient error. Snapshots from before the setting existed mean "on", the
+    server's default.
+    """
 
     key: str
     version: int
@@ -137,6 +149,7 @@ class PlanSnapshot:
     shadow_bp: int
     control: ArmSpec
     candidate: ArmSpec
+    fallback_to_control: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +341,9 @@ def _arm(data: Any, where: str) -> ArmSpec:
             f"{where}.prompt.mode: unknown mode {mode!r}", details={"field": f"{where}.prompt"}
         )
     provider = _string(data, "provider", where, required=True)
+    window = data.get("context_window")
+    if window is not None:
+        window = _integer(window, f"{where}.context_window", 1)
     # Unknown kinds are accepted: refusing them would pin an older SDK to a stale snapshot for
     # every plan; the provider adapters are where an unsupported kind is an error.
     return ArmSpec(
@@ -338,6 +354,7 @@ def _arm(data: Any, where: str) -> ArmSpec:
         model=_string(data, "model", where, required=True),
         params=freeze(params),
         prompt=Prompt(mode, _string(prompt, "text", f"{where}.prompt")),
+        context_window=window,
     )
 
 
@@ -365,6 +382,12 @@ def parse_plan(data: Any) -> PlanSnapshot:
         raise SnapshotError(
             f"{key}.phase: expected a string or null", details={"field": f"{key}.phase"}
         )
+    fallback = data.get("fallback_to_control", True)
+    if not isinstance(fallback, bool):
+        raise SnapshotError(
+            f"{key}.fallback_to_control: expected a boolean",
+            details={"field": f"{key}.fallback_to_control"},
+        )
     return PlanSnapshot(
         key=key,
         version=_integer(data.get("version", 0), f"{key}.version", 0),
@@ -376,6 +399,7 @@ def parse_plan(data: Any) -> PlanSnapshot:
         shadow_bp=_integer(data.get("shadow_bp", 0), f"{key}.shadow_bp", 0, BASIS_POINTS),
         control=_arm(data.get("control"), f"{key}.control"),
         candidate=_arm(data.get("candidate"), f"{key}.candidate"),
+        fallback_to_control=fallback,
     )
 
 
