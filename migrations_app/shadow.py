@@ -26,7 +26,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -70,6 +70,8 @@ from migrations_app.snapshots import arm_spec
 log = logging.getLogger(__name__)
 
 MAX_CONTENT_CHARS = 100_000
+# Answers stored per transaction as a task's calls come back.
+COMPLETE_BATCH = 16
 ROLES = frozenset({"system", "user", "assistant"})
 
 # Always masked before a sample is stored: what leaks most often into prompts.
@@ -392,44 +394,59 @@ def shadow_complete(
 ) -> bool:
     """Store the candidate's answer and the comparison, and aggregate, if this claim is
     still the sample's current one. Returns whether it was."""
+    return shadow_complete_many([(sample, result, comparison)], now=now) == 1
+
+
+def shadow_complete_many(
+    completed: Sequence[tuple[ShadowSample, CandidateResult, Mapping[str, Any]]],
+    *,
+    now: datetime | None = None,
+) -> int:
+    """:func:`shadow_complete` for a task's whole batch in one transaction: each sample is
+    stored if its claim is still current, and only those are aggregated (one pass over the
+    windows and one pair-aggregate update per stage). Returns how many were stored."""
     now = now or timezone.now()
-    plan = sample.plan
-    redact = redactor(plan.redaction_patterns or [])
-    cost = _price(plan.candidate_model, result.input_tokens, result.output_tokens)
+    window = aggregation.window_start(now)
+    facts: list[tuple[int, OutcomeFacts]] = []
+    pairs: dict[int, list[tuple[bool, bool, Mapping[str, Any]]]] = {}
     with transaction.atomic():
-        done = ShadowSample.objects.filter(
-            pk=sample.pk, status=ShadowStatus.RUNNING, attempts=sample.attempts
-        ).update(
-            status=ShadowStatus.DONE,
-            candidate={**result.to_dict(), "text": redact(result.text)},
-            comparison=dict(comparison),
-            candidate_cost_usd=cost,
-            completed_at=now,
-            lease_until=None,
-        )
-        if not done:
-            return False
-        ingest.aggregate(
-            [
+        for sample, result, comparison in completed:
+            plan = sample.plan
+            cost = _price(plan.candidate_model, result.input_tokens, result.output_tokens)
+            redact = redactor(plan.redaction_patterns or [])
+            done = ShadowSample.objects.filter(
+                pk=sample.pk, status=ShadowStatus.RUNNING, attempts=sample.attempts
+            ).update(
+                status=ShadowStatus.DONE,
+                candidate={**result.to_dict(), "text": redact(result.text)},
+                comparison=dict(comparison),
+                candidate_cost_usd=cost,
+                completed_at=now,
+                lease_until=None,
+            )
+            if not done:
+                continue
+            facts.append(
                 (
                     sample.stage_id,
                     OutcomeFacts(
                         arm="candidate",
                         unit=sample.unit,
-                        window=aggregation.window_start(now),
+                        window=window,
                         latency_ms=result.latency_ms,
                         ttft_ms=result.ttft_ms,
                         error=result.error or "",
                         cost_usd=cost,
                     ),
                 )
-            ],
-            [],
-        )
-        _add_pair(
-            sample.stage_id, bool(sample.control.get("error")), bool(result.error), comparison
-        )
-    return True
+            )
+            pairs.setdefault(sample.stage_id, []).append(
+                (bool(sample.control.get("error")), bool(result.error), comparison)
+            )
+        ingest.aggregate(facts, [])
+        for stage_id in sorted(pairs):  # one lock order for every worker
+            _add_pairs(stage_id, pairs[stage_id])
+    return len(facts)
 
 
 SCORE_KEYS = (
@@ -442,27 +459,28 @@ SCORE_KEYS = (
 )
 
 
-def _add_pair(
-    stage_id: int, control_failed: bool, candidate_failed: bool, comparison: Mapping[str, Any]
-) -> None:
+def _add_pairs(stage_id: int, pairs: Sequence[tuple[bool, bool, Mapping[str, Any]]]) -> None:
+    """Fold (control failed, candidate failed, comparison) pairs into the stage's paired
+    aggregate: the failure table and each score's count and sum."""
     ShadowAggregate.objects.get_or_create(stage_id=stage_id)
     row = ShadowAggregate.objects.select_for_update().get(stage_id=stage_id)
     data = dict(row.data)
-    data["n"] = data.get("n", 0) + 1
-    key = {
-        (False, False): "neither",
-        (True, False): "control_only",
-        (False, True): "candidate_only",
-        (True, True): "both",
-    }[(control_failed, candidate_failed)]
-    data[key] = data.get(key, 0) + 1
-    for name in SCORE_KEYS:
-        value = comparison.get(name)
-        if isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, int | float):
-            data[f"{name}_n"] = data.get(f"{name}_n", 0) + 1
-            data[f"{name}_sum"] = data.get(f"{name}_sum", 0.0) + float(value)
+    for control_failed, candidate_failed, comparison in pairs:
+        data["n"] = data.get("n", 0) + 1
+        key = {
+            (False, False): "neither",
+            (True, False): "control_only",
+            (False, True): "candidate_only",
+            (True, True): "both",
+        }[(control_failed, candidate_failed)]
+        data[key] = data.get(key, 0) + 1
+        for name in SCORE_KEYS:
+            value = comparison.get(name)
+            if isinstance(value, bool):
+                value = float(value)
+            if isinstance(value, int | float):
+                data[f"{name}_n"] = data.get(f"{name}_n", 0) + 1
+                data[f"{name}_sum"] = data.get(f"{name}_sum", 0.0) + float(value)
     row.data = data
     row.save(update_fields=["data", "updated_at"])
 
@@ -524,17 +542,29 @@ def shadow_run(
             return sample, exc, {}
         return sample, result, compare(sample, result)
 
+    completed: list[tuple[ShadowSample, CandidateResult, Mapping[str, Any]]] = []
+
+    def flush() -> None:
+        done = shadow_complete_many(completed)
+        counts["done"] += done
+        counts["lost"] += len(completed) - done
+        completed.clear()
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for sample, result, comparison in pool.map(one, claimed):
+        # Stored as they come back, a few at a time: one transaction per few answers, and
+        # one slow call holds back only the answers that arrive after it.
+        for future in as_completed([pool.submit(one, sample) for sample in claimed]):
+            sample, result, comparison = future.result()
             if isinstance(result, NotCalled):
                 if result.retry:
                     counts["released"] += shadow_release(sample)
                 else:
                     counts["skipped"] += shadow_skip(sample, result.reason)
-            elif shadow_complete(sample, result, comparison):
-                counts["done"] += 1
-            else:
-                counts["lost"] += 1
+                continue
+            completed.append((sample, result, comparison))
+            if len(completed) >= COMPLETE_BATCH:
+                flush()
+        flush()
     return counts
 
 
