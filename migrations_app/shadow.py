@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import transaction
@@ -68,6 +68,7 @@ from migrations_app.selectors import plan_infos
 from migrations_app.snapshots import arm_spec
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_CONTENT_CHARS = 100_000
 # Answers stored per transaction as a task's calls come back.
@@ -456,6 +457,7 @@ SCORE_KEYS = (
     "similarity",
     "length_ratio",
     "refusal",
+    "judge_score",  # +1 the judge preferred the candidate, 0 a tie, -1 control
 )
 
 
@@ -638,9 +640,9 @@ def _limit(model: ModelSpec) -> limits.Limit:
     )
 
 
-def call_model(model: ModelSpec, spec: ArmSpec, request: providers.Request) -> providers.Result:
-    """One call through the adapter, inside the provider's shared call limits. Raises
-    :class:`NotCalled` when no slot came free in time or the adapter cannot be built."""
+def with_provider(model: ModelSpec, spec: ArmSpec, use: Callable[[Provider], T]) -> T:
+    """``use(adapter)`` inside the provider's shared call limits. Raises :class:`NotCalled`
+    when no slot came free in time or the adapter cannot be built (no key in this process)."""
     try:
         provider = _provider(spec)
     except providers.ProviderError as exc:
@@ -648,7 +650,7 @@ def call_model(model: ModelSpec, spec: ArmSpec, request: providers.Request) -> p
     lease = settings.TURNOUT_SHADOW_LEASE_SECONDS
     try:
         with limits.provider_slot(_limit(model), lease=lease, wait=lease / 4):
-            return provider.complete(request)
+            return use(provider)
     except limits.SlotTimeout as exc:
         raise NotCalled(str(exc), retry=True) from exc
 
@@ -663,7 +665,9 @@ def provider_call(sample: ShadowSample) -> CandidateResult:
         json_schema=sample.request.get("json_schema"),
         timeout=settings.TURNOUT_SHADOW_CALL_TIMEOUT,
     )
-    result = call_model(plan.candidate_model, candidate_spec(plan), request)
+    result = with_provider(
+        plan.candidate_model, candidate_spec(plan), lambda provider: provider.complete(request)
+    )
     return CandidateResult(
         text=result.text,
         latency_ms=result.latency_ms,
@@ -674,10 +678,36 @@ def provider_call(sample: ShadowSample) -> CandidateResult:
     )
 
 
+def judge_pair(sample: ShadowSample, result: CandidateResult) -> dict[str, Any] | None:
+    """The plan's judge model's verdict on the pair, when the plan has one and both answered.
+    The answers' order is drawn from the sample id: a retried sample shows the same order."""
+    model = sample.plan.judge_model
+    if model is None or sample.control.get("error") or result.error:
+        return None
+    control_text = sample.control.get("text", "")
+    try:
+        verdict = with_provider(
+            model,
+            arm_spec(model, {}, "none", ""),
+            lambda provider: compare.judge(
+                provider, sample.request["messages"], control_text, result.text, sample.pk
+            ),
+        )
+    except NotCalled as exc:  # the pair still counts; only the judge's opinion is missing
+        return {"winner": "invalid", "score": None, "error": "not_called", "reason": exc.reason}
+    return verdict.to_dict()
+
+
 def compare_answers(sample: ShadowSample, result: CandidateResult) -> dict[str, Any]:
-    """The comparison scores of control's and the candidate's answers."""
-    return compare.compare(
+    """The comparison scores of control's and the candidate's answers, and the judge's
+    verdict (``judge``, its score as ``judge_score``) when the plan has a judge."""
+    scores = compare.compare(
         sample.control.get("text", ""),
         result.text,
         json_expected=sample.request.get("json_schema") is not None,
     ).to_dict()
+    verdict = judge_pair(sample, result)
+    if verdict is not None:
+        scores["judge"] = verdict
+        scores["judge_score"] = verdict["score"]
+    return scores

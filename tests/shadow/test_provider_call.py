@@ -7,7 +7,13 @@ from __future__ import annotations
 import pytest
 
 from migrations_app import limits, shadow
-from migrations_app.models import ProviderConnection, ShadowAggregate, ShadowSample, ShadowStatus
+from migrations_app.models import (
+    ModelSpec,
+    ProviderConnection,
+    ShadowAggregate,
+    ShadowSample,
+    ShadowStatus,
+)
 from migrations_app.simulator import Simulator
 from tests.shadow.test_shadow import ingest, same, sample, shadow_plan
 
@@ -118,3 +124,51 @@ def test_a_candidate_the_workers_cannot_call_is_skipped_with_the_reason(
     assert stored.status == ShadowStatus.SKIPPED
     assert "ANTHROPIC_API_KEY" in stored.skip_reason
     assert not ShadowAggregate.objects.filter(stage=plan.current_stage).exists()
+
+
+def test_the_plans_judge_says_which_answer_is_better_in_a_random_order(
+    candidate_at_simulator: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The simulator's judge always says "A" (the first allowed value of the verdict's
+    schema): a judge with total position bias. Randomising the order cancels it: the
+    candidate wins exactly when it was shown first, about half the pairs."""
+    ProviderConnection.objects.filter(name="openai").update(
+        base_url=f"{candidate_at_simulator.url}/v1"
+    )
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-judge")
+    judge = ModelSpec.objects.get(model_id="gpt-4o-mini-2024-07-18")
+    plan = shadow_plan(judge_model=judge)
+    events = [sample(plan) for _ in range(40)]
+    ingest(*events)
+    counts = shadow.shadow_run(
+        [e["id"] for e in events], call=shadow.provider_call, compare=shadow.compare_answers
+    )
+    assert counts["done"] == 40
+    assert candidate_at_simulator.stats()["models"][judge.model_id]["requests"] == 40
+    verdicts = [s.comparison["judge"] for s in ShadowSample.objects.filter(plan=plan)]
+    for v in verdicts:
+        assert v["judge_winner"] == "A"
+        assert v["winner"] == ("candidate" if v["candidate_position"] == "A" else "control")
+    first = sum(v["candidate_position"] == "A" for v in verdicts)
+    assert 10 <= first <= 30
+    data = ShadowAggregate.objects.get(stage=plan.current_stage).data
+    assert data["judge_score_n"] == 40
+    assert data["judge_score_sum"] == pytest.approx(first - (40 - first))
+
+
+def test_a_judge_that_cannot_be_called_leaves_the_pair_counted(
+    candidate_at_simulator: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    judge = ModelSpec.objects.get(model_id="gpt-4o-mini-2024-07-18")
+    plan = shadow_plan(judge_model=judge)
+    event = sample(plan)
+    ingest(event)
+    shadow.shadow_run([event["id"]], call=shadow.provider_call, compare=shadow.compare_answers)
+    stored = ShadowSample.objects.get(pk=event["id"])
+    assert stored.status == ShadowStatus.DONE
+    assert stored.comparison["judge"]["error"] == "not_called"
+    assert "OPENAI_API_KEY" in stored.comparison["judge"]["reason"]
+    data = ShadowAggregate.objects.get(stage=plan.current_stage).data
+    assert data["n"] == 1 and "judge_score_n" not in data
+    assert data["similarity_n"] == 1
