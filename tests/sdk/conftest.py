@@ -1,6 +1,6 @@
 """A stand-in control plane for the SDK tests: a stdlib HTTP server in a thread that speaks
-docs/contracts.md exactly (config with ETag/304, the SSE stream, outcomes and feedback with
-gzip bodies) and can be told to fail, hang or rate-limit. It records what it received.
+docs/contracts.md exactly (config with ETag/304, the SSE stream, outcomes, feedback and shadow
+samples with gzip bodies) and can be told to fail, hang or rate-limit. It records what it received.
 
 The real server has its own tests of the same contract (tests/api, tests/sdk/*_live.py);
 these run without Django, PostgreSQL or Redis: ``pytest -p no:django tests/sdk``.
@@ -94,7 +94,11 @@ class FakeTurnout:
         # Scripted answers per path, used first-in first-out before the normal 200.
         self.script: dict[str, deque[tuple[int, dict[str, str], bool]]] = {}
         self.batches: list[dict[str, Any]] = []  # every report POST: path, headers, body, status
-        self.stored: dict[str, list[dict[str, Any]]] = {"outcomes": [], "feedback": []}
+        self.stored: dict[str, list[dict[str, Any]]] = {
+            "outcomes": [],
+            "feedback": [],
+            "shadow": [],
+        }
         self.stored_ids: set[str] = set()
         self.duplicates = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -300,9 +304,11 @@ class FakeTurnout:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if not self._authorised():
                     return
-                kind = {"/api/v1/outcomes": "outcomes", "/api/v1/feedback": "feedback"}.get(
-                    self.path
-                )
+                kind = {
+                    "/api/v1/outcomes": "outcomes",
+                    "/api/v1/feedback": "feedback",
+                    "/api/v1/shadow-samples": "shadow",
+                }.get(self.path)
                 if kind is None:
                     self._json(404, {"code": "not_found", "message": "Not found.", "details": {}})
                     return
@@ -325,7 +331,8 @@ class FakeTurnout:
                     )
                 stored = duplicates = 0
                 with fake.lock:
-                    for event in payload["events"] if store else []:
+                    listed = payload["samples"] if kind == "shadow" else payload["events"]
+                    for event in listed if store else []:
                         if event["id"] in fake.stored_ids:
                             duplicates += 1
                             fake.duplicates += 1
