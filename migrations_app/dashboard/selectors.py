@@ -35,6 +35,7 @@ from migrations_app.models import (
     PlanRun,
     PlanStage,
     PlanStatus,
+    ShadowAggregate,
     ShadowSample,
     ShadowStatus,
     StageAggregate,
@@ -394,6 +395,73 @@ def _score(value: Any) -> str:
     return str(value)
 
 
+def _scores(comparison: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The pair's scores a person reads: the scalar ones, the judge's verdict in words, and
+    the JSON diff's counts (the diff itself is in the sample)."""
+    out = []
+    for key, value in sorted(comparison.items()):
+        if key == "judge" and isinstance(value, Mapping):
+            reason = str(value.get("reason") or value.get("error") or "")
+            out.append(("judge", f"{value.get('winner')}: {reason}".strip(": ")))
+        elif key == "json_diff" and isinstance(value, Mapping):
+            counts = [f"{len(value.get(k) or [])} {k}" for k in ("added", "removed", "changed")]
+            out.append(("json diff", ", ".join(counts)))
+        elif value is None or isinstance(value, bool | int | float | str):
+            if key != "judge_score" and value is not None:
+                out.append((key, _score(value)))
+    return out
+
+
+#: The shadow aggregate's means, in the order and words the dashboard shows them.
+SHADOW_MEANS = (
+    ("exact_match", "answers identical", "percent"),
+    ("normalized_match", "identical after normalising case, spacing, punctuation", "percent"),
+    ("json_valid", "valid JSON, where JSON was asked for", "percent"),
+    ("similarity", "text similarity (word-overlap F1, mean)", "ratio"),
+    ("length_ratio", "length, candidate / control (mean)", "ratio"),
+    ("refusal", "candidate refused where control answered", "percent"),
+    ("judge_score", "judge preference, candidate minus control (-1 to +1, mean)", "signed"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowSummary:
+    """A run's shadow comparison so far: the paired failures and each score's mean."""
+
+    pairs: int
+    control_only: int
+    candidate_only: int
+    both: int
+    means: Sequence[tuple[str, str, int]]  # label, value in words, pairs it is over
+
+
+def shadow_summary(stages: Mapping[int, PlanStage]) -> ShadowSummary | None:
+    """The run's shadow stages' paired aggregates, summed. One query."""
+    ids = [pk for pk, stage in stages.items() if stage.kind == "shadow"]
+    if not ids:
+        return None
+    total: dict[str, float] = {}
+    for data in ShadowAggregate.objects.filter(stage_id__in=ids).values_list("data", flat=True):
+        for key, value in data.items():
+            total[key] = total.get(key, 0) + value
+    if not total.get("n"):
+        return None
+    means = []
+    for key, label, kind in SHADOW_MEANS:
+        n = int(total.get(f"{key}_n", 0))
+        if n:
+            mean = total[f"{key}_sum"] / n
+            text = {"percent": f"{mean:.1%}", "ratio": f"{mean:.2f}", "signed": f"{mean:+.2f}"}
+            means.append((label, text[kind], n))
+    return ShadowSummary(
+        pairs=int(total["n"]),
+        control_only=int(total.get("control_only", 0)),
+        candidate_only=int(total.get("candidate_only", 0)),
+        both=int(total.get("both", 0)),
+        means=means,
+    )
+
+
 def shadow_pairs(plan: MigrationPlan, limit: int = SHADOW_PAIRS) -> list[ShadowPair]:
     """The current run's latest compared shadow pairs, newest first. One query."""
     if plan.current_run_id is None:
@@ -416,7 +484,7 @@ def shadow_pairs(plan: MigrationPlan, limit: int = SHADOW_PAIRS) -> list[ShadowP
                 control=str(sample.control.get("text", "")),
                 candidate=str(sample.candidate.get("text", "")),
                 candidate_error=str(sample.candidate.get("error") or ""),
-                scores=[(k, _score(v)) for k, v in sorted(sample.comparison.items())],
+                scores=_scores(sample.comparison),
             )
         )
     return pairs
@@ -463,6 +531,7 @@ class DashboardData:
     bounds: Sequence[tuple[datetime, dict[str, Any]]]
     costs: Sequence[CostProjection]
     shadow: Sequence[ShadowPair]
+    shadow_summary: ShadowSummary | None
     timeline: Sequence[AuditEvent]
     since: datetime
     until: datetime
@@ -574,6 +643,7 @@ def dashboard_data(
         bounds=bounds,
         costs=cost_projection(plan, stages, now=now) if stages else [],
         shadow=shadow_pairs(plan),
+        shadow_summary=shadow_summary(stages),
         timeline=timeline,
         since=since,
         until=until,

@@ -14,7 +14,14 @@ from django.utils import timezone
 from migrations_app import engine, stats
 from migrations_app.aggregation import window_start
 from migrations_app.dashboard import selectors as sel
-from migrations_app.models import AuditEvent, MigrationPlan, PlanStatus, ShadowSample, ShadowStatus
+from migrations_app.models import (
+    AuditEvent,
+    MigrationPlan,
+    PlanStatus,
+    ShadowAggregate,
+    ShadowSample,
+    ShadowStatus,
+)
 from tests.dashboard.data import feed, running_plan
 from tests.factories import make_plan, make_user
 
@@ -244,3 +251,38 @@ def test_shadow_pairs_are_shown_side_by_side_escaped_with_their_scores() -> None
     assert section.index("no answer: timeout") < section.index("&lt;b&gt;Sure&lt;/b&gt;")
     assert "similarity: 0.61" in section and "normalized_match: no" in section
     assert "When does order 0 ship?" in section and "<b>Sure" not in section
+
+
+def test_the_shadow_comparison_sums_the_runs_shadow_stages_and_the_judge_reads_in_words() -> None:
+    plan = running_plan("p1", phases=None)  # the standard playbook: shadow first
+    assert plan.current_stage.kind == "shadow"
+    ShadowAggregate.objects.create(
+        stage=plan.current_stage,
+        data={
+            "n": 200, "neither": 190, "candidate_only": 7, "control_only": 2, "both": 1,
+            "exact_match_n": 200, "exact_match_sum": 50.0,
+            "similarity_n": 200, "similarity_sum": 150.0,
+            "judge_score_n": 100, "judge_score_sum": -12.0,
+        },
+    )  # fmt: skip
+    now = timezone.now()
+    ShadowSample.objects.create(
+        sample_id="s1", plan=plan, run=plan.current_run, stage=plan.current_stage,
+        decision_id="d1", unit="u1", status=ShadowStatus.DONE,
+        request={"messages": [{"role": "user", "content": "Hi"}]},
+        control={"text": "Hello"}, candidate={"text": "Hey"},
+        comparison={"similarity": 0.0, "judge_score": -1.0, "json_diff": {"added": ["a"]},
+                    "judge": {"winner": "control", "reason": "It greets properly."}},
+        created_at=now, completed_at=now,
+    )  # fmt: skip
+    html = staff("olga", operate=True).get("/plans/p1/").content.decode()
+    summary = html.split('id="shadow-summary"', 1)[1].split("</section>", 1)[0]
+    assert "200 requests answered by both models" in summary
+    assert "<td>candidate failed where control answered</td><td>7</td>" in summary
+    assert "<td>answers identical</td><td>25.0%</td><td>200</td>" in summary
+    assert "<td>0.75</td><td>200</td>" in summary  # mean similarity
+    assert "<td>-0.12</td><td>100</td>" in summary  # the judge leans to control
+    pairs = html.split('id="shadow"', 1)[1].split("</section>", 1)[0]
+    assert "judge: control: It greets properly." in pairs
+    assert "json_diff" not in pairs and "json diff: 1 added, 0 removed, 0 changed" in pairs
+    assert "judge_score" not in pairs
