@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,12 +47,15 @@ _keys: dict[str, tuple[float, KeyIdentity | None]] = {}
 _keys_lock = threading.Lock()
 
 
-def raw_key(headers: Any) -> str | None:
-    """The key from ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (OFREP accepts both)."""
-    authorization = headers.get("Authorization", "")
+def raw_key(meta: Mapping[str, Any]) -> str | None:
+    """The key from ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (OFREP accepts both).
+
+    Reads ``request.META``: ``request.headers`` would build a dict of every header first.
+    """
+    authorization = meta.get("HTTP_AUTHORIZATION", "")
     if authorization[:7].lower() == "bearer ":
         return authorization[7:].strip() or None
-    return headers.get("X-API-Key") or None
+    return meta.get("HTTP_X_API_KEY") or None
 
 
 def identify(raw: str) -> KeyIdentity | None:
@@ -80,7 +84,7 @@ def forget_keys() -> None:
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[KeyIdentity, None] | None:
-        raw = raw_key(request.headers)
+        raw = raw_key(request.META)
         if raw is None:
             return None
         identity = identify(raw)

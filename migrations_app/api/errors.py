@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import orjson
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.http import Http404, HttpResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -27,6 +29,30 @@ _DRF_CODES = {
 
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"code": code, "message": message, "details": details or {}}
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> HttpResponse:
+    """JSON through orjson, for the views outside DRF (the decision hot path)."""
+    try:
+        body = orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        # Integers over 64 bits in a plan's params: orjson refuses them, Python writes them.
+        body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    return HttpResponse(body, status=status, headers=headers, content_type="application/json")
+
+
+def error_response(
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    *,
+    status: int,
+    headers: dict[str, str] | None = None,
+) -> HttpResponse:
+    """The one error format, for the views outside DRF: the same body the handler renders."""
+    return json_response(error_body(code, message, details), status=status, headers=headers)
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:

@@ -12,12 +12,14 @@ import json
 import uuid
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+import orjson
+from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from turnout import routing
 
 from migrations_app.api.auth import KeyIdentity, identify, rate_limit_and_sequence, raw_key
+from migrations_app.api.errors import json_response
 from migrations_app.api.sdk import etag_matches
 from migrations_app.snapshots import Served, served_snapshot
 
@@ -29,15 +31,15 @@ class _Refused(Exception):
         self.response = response
 
 
-def _failure(key: str | None, code: str, details: str, status: int = 400) -> JsonResponse:
+def _failure(key: str | None, code: str, details: str, status: int = 400) -> HttpResponse:
     body: dict[str, Any] = {"errorCode": code, "errorDetails": details}
     if key is not None:
         body = {"key": key, **body}
-    return JsonResponse(body, status=status)
+    return json_response(body, status=status)
 
 
 def _admit(request: HttpRequest) -> tuple[KeyIdentity, Served]:
-    raw = raw_key(request.headers)
+    raw = raw_key(request.META)
     identity = identify(raw) if raw else None
     if identity is None:
         raise _Refused(HttpResponse(status=401))
@@ -49,12 +51,21 @@ def _admit(request: HttpRequest) -> tuple[KeyIdentity, Served]:
     return identity, served_snapshot(identity.plan_ids, sequence)
 
 
-def _context(request: HttpRequest, key: str | None) -> dict[str, Any] | JsonResponse:
+def _parse(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # orjson refuses what Python's parser accepts (NaN, integers over 64 bits): the
+        # contract is Python's, so it decides.
+        return json.loads(raw)
+
+
+def _context(request: HttpRequest, key: str | None) -> dict[str, Any] | HttpResponse:
     if len(request.body) > MAX_BODY_BYTES:
         return _failure(key, "INVALID_CONTEXT", f"The request body is over {MAX_BODY_BYTES} bytes.")
     try:
-        body = json.loads(request.body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = _parse(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
         return _failure(key, "PARSE_ERROR", f"The body is not JSON: {exc}.")
     if not isinstance(body, dict):
         return _failure(key, "PARSE_ERROR", "The body must be a JSON object with a 'context'.")
@@ -104,12 +115,12 @@ def evaluate_flag(request: HttpRequest, key: str) -> HttpResponse:
     except _Refused as refused:
         return refused.response
     context = _context(request, key)
-    if isinstance(context, JsonResponse):
+    if isinstance(context, HttpResponse):
         return context
     plan = served.parsed.plans.get(key)
     if plan is None:
         return _failure(key, "FLAG_NOT_FOUND", f"No plan with key {key!r}.", status=404)
-    return JsonResponse(_evaluation(plan, context["targetingKey"], uuid.uuid4().hex))
+    return json_response(_evaluation(plan, context["targetingKey"], uuid.uuid4().hex))
 
 
 @csrf_exempt
@@ -121,7 +132,7 @@ def evaluate_flags(request: HttpRequest) -> HttpResponse:
     except _Refused as refused:
         return refused.response
     context = _context(request, None)
-    if isinstance(context, JsonResponse):
+    if isinstance(context, HttpResponse):
         return context
     unit = context["targetingKey"]
     # Same snapshot and same unit give the same answers: that is what the ETag names. The
@@ -134,6 +145,6 @@ def evaluate_flags(request: HttpRequest) -> HttpResponse:
         _evaluation(plan, unit, f"{digest[:16]}{index:04x}")
         for index, plan in enumerate(served.parsed.plans.values())
     ]
-    return JsonResponse(
+    return json_response(
         {"flags": flags, "metadata": {"version": served.data["version"]}}, headers={"ETag": etag}
     )

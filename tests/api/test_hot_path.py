@@ -1,0 +1,101 @@
+"""The decision endpoints outside DRF: DRF's contract kept (codes, statuses, messages), and no
+database query or Redis round trip per request once warm."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.test import Client, override_settings
+
+from migrations_app import changes, plans
+from migrations_app.api import auth
+from tests.factories import make_plan, person
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _post(client: Client, url: str, body: Any, **extra: Any) -> Any:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return client.post(
+        url, raw, content_type=extra.pop("content_type", "application/json"), **extra
+    )
+
+
+def test_method_media_type_and_auth_answers(api: Client) -> None:
+    plans.plan_start(plan_key=make_plan("chat").key, actor=person())
+    wrong_method = api.get("/api/v1/decide")
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["code"] == "method_not_allowed" and "POST" in wrong_method["Allow"]
+    text = _post(api, "/api/v1/decide", b"plan=chat", content_type="text/plain")
+    assert text.status_code == 415 and text.json()["code"] == "unsupported_media_type"
+    empty = api.post("/api/v1/decide", b"", content_type="application/json")
+    assert empty.status_code == 400
+    assert set(empty.json()["details"]["fields"]) == {"plan", "unit"}
+    anonymous = _post(Client(), "/api/v1/decide", {"plan": "chat", "unit": "u"})
+    assert anonymous.status_code == 401 and anonymous["WWW-Authenticate"].startswith("Bearer")
+    assert set(anonymous.json()) == {"code", "message", "details"}
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({"plan": None, "unit": True}, {"plan": "null", "unit": "string"}),
+        ({"plan": "  ", "unit": " "}, {"plan": "blank"}),  # plan is trimmed, unit is not
+        ({"plan": "chat", "unit": "u", "attributes": None}, {"attributes": "null"}),
+        ({"plan": "c" * 64, "unit": {"id": 1}}, {"plan": "63", "unit": "string"}),
+    ],
+)
+def test_every_bad_field_is_named_at_once(
+    api: Client, body: dict[str, Any], fields: dict[str, str]
+) -> None:
+    response = _post(api, "/api/v1/decide", body)
+    assert response.status_code == 400
+    payload = response.json()
+    assert payload["code"] == "validation_failed"
+    named = payload["details"]["fields"]
+    assert set(named) == set(fields)
+    for name, word in fields.items():
+        assert word in named[name][0]
+
+
+def test_json_python_accepts_is_accepted(api: Client) -> None:
+    """orjson refuses NaN and integers over 64 bits; Python's parser, the contract, does not."""
+    plans.plan_start(plan_key=make_plan("chat").key, actor=person())
+    body = b'{"plan": "chat", "unit": 123456789012345678901234567890, "attributes": {"x": NaN}}'
+    response = _post(api, "/api/v1/decide", body)
+    assert response.status_code == 200, response.content
+    assert response.json()["unit"] == "123456789012345678901234567890"
+    ofrep = _post(
+        api, "/ofrep/v1/evaluate/flags/chat", b'{"context": {"targetingKey": "u", "x": NaN}}'
+    )
+    assert ofrep.status_code == 200
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="the follower follows Redis")
+@override_settings(TURNOUT_RATE_LIMIT_PER_KEY=2000)  # batches of 20
+def test_warm_decisions_touch_neither_database_nor_redis(
+    api: Client, monkeypatch: pytest.MonkeyPatch, django_assert_num_queries: Any
+) -> None:
+    plans.plan_start(plan_key=make_plan("chat").key, actor=person())
+    for unit in ("warm-1", "warm-2"):  # the key, the snapshot and the follower, once
+        assert _post(api, "/api/v1/decide", {"plan": "chat", "unit": unit}).status_code == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() >= changes._follower.trusted_until and time.monotonic() < deadline:
+        time.sleep(0.01)
+    auth.forget_windows()  # a fresh window: the next 19 requests fill less than one batch
+
+    def no_round_trip(*args: Any) -> Any:
+        raise AssertionError("a Redis round trip on the hot path")
+
+    monkeypatch.setattr(changes, "current_sequence", no_round_trip)
+    monkeypatch.setattr(auth, "_sync", no_round_trip)
+    with django_assert_num_queries(0):
+        for i in range(9):
+            decide = _post(api, "/api/v1/decide", {"plan": "chat", "unit": f"u{i}"})
+            assert decide.status_code == 200
+            ofrep = _post(api, "/ofrep/v1/evaluate/flags/chat", {"context": {"targetingKey": "u"}})
+            assert ofrep.status_code == 200
