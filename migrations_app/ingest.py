@@ -31,7 +31,7 @@ import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
-from turnout.client import ERROR_KINDS, FEEDBACK_SCALES
+from turnout.client import ERROR_KINDS, FALLBACK_REASONS, FEEDBACK_SCALES
 
 from migrations_app import aggregation, metrics
 from migrations_app.aggregation import OutcomeFacts, UnitTotals
@@ -80,6 +80,7 @@ class _Outcome(NamedTuple):
     input_tokens: int | None
     output_tokens: int | None
     facts: OutcomeFacts
+    fallback: str  # "" unless complete() answered from control for a candidate unit
 
 
 def _parse_outcome(
@@ -128,6 +129,15 @@ def _parse_outcome(
         raise Invalid("error", "invalid", f"error must be null or one of {sorted(ERROR_KINDS)}.")
     input_tokens = integer(event, "input_tokens", required=False)
     output_tokens = integer(event, "output_tokens", required=False)
+    fallback = event.get("fallback")
+    if fallback is None:
+        fallback = ""
+    if fallback != "" and (not isinstance(fallback, str) or fallback not in FALLBACK_REASONS):
+        raise Invalid(
+            "fallback", "invalid", f"fallback must be null or one of {sorted(FALLBACK_REASONS)}."
+        )
+    if fallback and arm != "control":
+        raise Invalid("fallback", "invalid", "A fallback is always answered by control.")
     assert latency is not None
     return _Outcome(
         event_id=event_id,
@@ -148,6 +158,7 @@ def _parse_outcome(
             error=error or "",
             cost_usd=info.cost(arm, input_tokens, output_tokens),
         ),
+        fallback=fallback,
     )
 
 
@@ -187,7 +198,13 @@ def outcomes_ingest(*, identity: Any, payload: Any) -> IngestResult:
             # Held feedback is claimed (locked) before the aggregate rows, as in every other
             # transaction that counts feedback: one lock order, no deadlock.
             claimed, _ = _claim_feedback(held)
-            aggregate([(o.stage_id, o.facts) for o in new if o.stage_id is not None], claimed)
+            # A fallback (control answering a unit of the candidate's bucket) is stored, not
+            # counted: in control's sample it would mix in the candidate's units and its
+            # failed requests; the candidate's failure is its own outcome, counted.
+            aggregate(
+                [(o.stage_id, o.facts) for o in new if o.stage_id is not None and not o.fallback],
+                claimed,
+            )
         result.stored = len(stored)
         result.duplicates += len(parsed) - len(stored)
     metrics.count_ingest(
@@ -333,7 +350,7 @@ def _insert_outcomes(outcomes: Sequence[_Outcome], now: datetime) -> tuple[list[
     columns = [
         "event_id", "plan_id", "run_id", "stage_id", "plan_version", "decision_id", "arm",
         "unit", "ts", "window", "latency_ms", "ttft_ms", "error", "input_tokens",
-        "output_tokens", "cost_usd", "received_at",
+        "output_tokens", "cost_usd", "received_at", "fallback",
     ]  # fmt: skip
     if _fast():  # orjson writes the datetimes itself; no per-value adaptation
         fast_rows = [
@@ -355,6 +372,7 @@ def _insert_outcomes(outcomes: Sequence[_Outcome], now: datetime) -> tuple[list[
                 o.output_tokens,
                 o.facts.cost_usd,
                 now,
+                o.fallback,
             )  # fmt: skip
             for o in outcomes
         ]
@@ -392,6 +410,7 @@ def _insert_outcomes(outcomes: Sequence[_Outcome], now: datetime) -> tuple[list[
             o.output_tokens,
             o.facts.cost_usd,
             received,
+            o.fallback,
         )  # fmt: skip
         for o in outcomes
     ]
@@ -403,6 +422,7 @@ def _insert_outcomes(outcomes: Sequence[_Outcome], now: datetime) -> tuple[list[
 _OUTCOME_TYPES = (
     "text", "bigint", "bigint", "bigint", "integer", "text", "text", "text", "timestamptz",
     "timestamptz", "float8", "float8", "text", "integer", "integer", "float8", "timestamptz",
+    "text",
 )  # fmt: skip
 
 
@@ -514,12 +534,14 @@ def _claim_feedback(
     )
     if not held:
         return [], 0
-    # A decision reported twice (two outcome events) gets its feedback on the first.
+    # A decision reported twice (two outcome events) gets its feedback on the first, except
+    # that a fallback comes first: the user rated control's answer, which counts in neither
+    # arm (as the fallback itself does not).
     outcomes: dict[str, Outcome] = {}
     for outcome in (
         Outcome.objects.filter(decision_id__in={d for _, d, _ in held})
-        .order_by("ts", "pk")
-        .only("pk", "decision_id", "stage_id", "arm", "unit", "window")
+        .order_by("-fallback", "ts", "pk")
+        .only("pk", "decision_id", "stage_id", "arm", "unit", "window", "fallback")
     ):
         outcomes.setdefault(outcome.decision_id, outcome)
     applied: list[tuple[int, OutcomeFacts, float]] = []
@@ -529,7 +551,7 @@ def _claim_feedback(
         if outcome is None:
             continue
         links[outcome.pk].append(pk)
-        if outcome.stage_id is not None:
+        if outcome.stage_id is not None and not outcome.fallback:
             facts = OutcomeFacts(outcome.arm, outcome.unit, outcome.window, 0.0, None, "", None)
             applied.append((outcome.stage_id, facts, score))
     for outcome_pk, pks in links.items():

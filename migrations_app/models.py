@@ -483,6 +483,12 @@ class Arm(models.TextChoices):
     CANDIDATE = "candidate", "Candidate"
 
 
+class Fallback(models.TextChoices):
+    NONE = "", "Not a fallback"
+    CANDIDATE_ERROR = "candidate_error", "Candidate failed (transient)"
+    CONTEXT_WINDOW = "context_window", "Prompt over the candidate's context window"
+
+
 class Outcome(models.Model):
     """One request as the SDK reported it: raw, kept for the retention period, then purged.
     The statistics never read these rows; they read the aggregates built from them at ingest."""
@@ -520,6 +526,11 @@ class Outcome(models.Model):
     # Null when usage was not reported: unknown cost, never zero.
     cost_usd = models.FloatField(null=True, blank=True)
     received_at = models.DateTimeField()
+    # Set when the SDK's complete() answered from control for a unit routed to the candidate
+    # (``candidate_error``: the candidate failed transiently, its failure is a row of its own;
+    # ``context_window``: the prompt was too long for the candidate). Stored as the record and
+    # the bill, counted in neither arm's statistics: the unit is in the candidate's bucket.
+    fallback = models.CharField(max_length=16, blank=True, default="", choices=Fallback.choices)
 
     class Meta:
         indexes = [
