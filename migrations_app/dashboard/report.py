@@ -104,6 +104,7 @@ class Report:
     compared: StageRow | None
     metrics: Sequence[MetricRow]
     rollbacks: Sequence[RollbackRow]
+    shadow: sel.ShadowSummary | None
     alpha: float
 
     @property
@@ -249,5 +250,6 @@ def plan_report(plan: MigrationPlan, *, now: datetime) -> Report | None:
         compared=compared[1] if compared else None,
         metrics=metrics,
         rollbacks=rollbacks,
+        shadow=sel.shadow_summary({s.pk: s for s in stages}),
         alpha=plan.alpha,
     )

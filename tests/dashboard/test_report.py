@@ -11,7 +11,7 @@ from django.utils import timezone
 from migrations_app import engine, selectors, stats
 from migrations_app.dashboard import format as fmt
 from migrations_app.dashboard.report import plan_report
-from migrations_app.models import PlanStatus
+from migrations_app.models import PlanStatus, ShadowAggregate
 from tests.dashboard.data import feed, running_plan
 from tests.factories import make_plan, make_user
 
@@ -92,3 +92,24 @@ def test_a_plan_never_started_has_no_report() -> None:
     client.force_login(make_user("olga"))
     response = client.get("/plans/draft/report")
     assert response.status_code == 409 and b"plan_not_started" in response.content
+
+
+def test_the_report_carries_the_shadow_comparison_of_every_run() -> None:
+    plan = running_plan("p1", phases=None)  # the standard playbook: shadow first
+    ShadowAggregate.objects.create(
+        stage=plan.current_stage,
+        data={"n": 40, "candidate_only": 3, "control_only": 1, "both": 0, "neither": 36,
+              "normalized_match_n": 40, "normalized_match_sum": 10.0},
+    )  # fmt: skip
+    report = plan_report(plan, now=timezone.now())
+    assert report is not None and report.shadow is not None
+    assert (report.shadow.pairs, report.shadow.candidate_only) == (40, 3)
+    client = Client()
+    client.force_login(make_user("olga"))
+    text = client.get("/plans/p1/report?format=md").content.decode()
+    shadow = text.split("## Shadow comparison", 1)[1].split("## Rollbacks", 1)[0]
+    assert "40 requests answered by both models" in shadow
+    assert "the candidate failed on 3 where control answered" in shadow
+    assert "| identical after normalising case, spacing, punctuation | 25.0% | 40 |" in shadow
+    html = client.get("/plans/p1/report").content.decode()
+    assert "40 requests answered by both models" in html
