@@ -34,53 +34,99 @@ def assert_valid(decisions: np.ndarray, alpha: float = ALPHA) -> float:
 
 
 # --- error rate ------------------------------------------------------------------------
+#
+# Every scenario runs the guardrail both ways: the confidence sequence alone (a step with
+# no minimum sample) and with the confirmatory look at a step minimum halfway through the
+# run (the sequence at alpha / 3 plus one fixed-sample test at 2 alpha / 3).
 
 
-def errors_iid(seed: int, base: float, per_look: int, ratio: float) -> np.ndarray:
+def error_decisions(
+    a: sim.CountPaths, b: sim.CountPaths, design: int, alpha: float = ALPHA
+) -> dict[str, np.ndarray]:
+    return {
+        "sequence": sim.error_rollbacks(a, b, tolerance=1.5, alpha=alpha),
+        "with look": sim.error_rollbacks(a, b, tolerance=1.5, alpha=alpha, design=design),
+    }
+
+
+def assert_all_valid(decisions: dict[str, np.ndarray], alpha: float = ALPHA) -> None:
+    for name, d in decisions.items():
+        hits, r = rate(d)
+        assert sim.rate_ok(hits, d.shape[0], alpha), f"{name}: false rollback {r:.4f} > {alpha}"
+
+
+def errors_iid(seed: int, base: float, per_look: int, ratio: float):
     rng = np.random.default_rng(seed)
     a = sim.iid_counts(rng, R, per_look, base)
     b = sim.iid_counts(rng, R, per_look, base * ratio)
-    return sim.error_rollbacks(a, b, tolerance=1.5, alpha=ALPHA)
+    return a, b, error_decisions(a, b, design=per_look * LOOKS // 2)
 
 
 @pytest.fixture(scope="module")
-def error_aa() -> np.ndarray:
+def error_aa():
     return errors_iid(11, 0.02, 50, 1.0)
 
 
 @pytest.fixture(scope="module")
-def error_at_tolerance() -> np.ndarray:
+def error_at_tolerance():
     return errors_iid(12, 0.02, 50, 1.5)
 
 
 def test_error_rate_aa_and_at_tolerance(error_aa, error_at_tolerance):
-    assert_valid(error_aa)
-    assert_valid(error_at_tolerance)
+    assert_all_valid(error_aa[2])
+    assert_all_valid(error_at_tolerance[2])
+
+
+def test_count_e_process_valid_for_independent_errors(error_aa, error_at_tolerance):
+    """The reference's count e-process (stats.count_e_process_log) holds its level when
+    errors are independent; see the clustering test for why it is not the acting test."""
+    for a, b, _ in (error_aa, error_at_tolerance):
+        log_e = sim.error_e_process(a, b, tolerance=1.5)
+        assert_valid(log_e >= np.log(1 / ALPHA))
 
 
 @pytest.mark.parametrize(("base", "per_look"), [(0.001, 200), (0.0005, 100)])
 @pytest.mark.parametrize("ratio", [1.0, 1.5])
 def test_error_rate_low_base_rates(base, per_look, ratio):
     # 48k / 24k requests per arm with 48 / 12 expected control errors by the end: most
-    # looks see a handful of errors, where normal approximations usually break.
-    assert_valid(errors_iid(13, base, per_look, ratio))
+    # looks see a handful of errors, where normal approximations usually break; the
+    # confirmatory look waits for 10 errors in the two arms.
+    assert_all_valid(errors_iid(13, base, per_look, ratio)[2])
 
 
 def test_error_rate_user_clustering():
     """Five sticky heavy users per arm carry half the traffic, each with its own error rate
     (Beta with mean 2 % and concentration 5). The cluster-robust variance keeps the rate
-    under alpha, in A/A and at tolerance; the harness shows that the same data with
-    request-level variance does not."""
+    under alpha, in A/A and at tolerance, for the sequence and the confirmatory look; the
+    harness shows that the same data with request-level variance does not, and neither does
+    the count e-process, which treats every error as independent (measured: 0.17 in A/A and
+    0.31 at tolerance with seed 14)."""
     rng = np.random.default_rng(14)
     kwargs = dict(light_per_look=25, heavy_units=5, heavy_rate=5, base=0.02, concentration=5.0)
     a = sim.clustered_counts(rng, R, **kwargs)
     naive_a = sim.CountPaths(a.e, a.n, a.n, a.e, a.e, a.n)
     for ratio in (1.0, 1.5):
         b = sim.clustered_counts(rng, R, ratio=ratio, **kwargs)
-        assert_valid(sim.error_rollbacks(a, b, tolerance=1.5, alpha=ALPHA))
+        assert_all_valid(error_decisions(a, b, design=25 * LOOKS))
         naive_b = sim.CountPaths(b.e, b.n, b.n, b.e, b.e, b.n)
         _, naive = rate(sim.error_rollbacks(naive_a, naive_b, tolerance=1.5, alpha=ALPHA))
         assert naive > 3 * ALPHA, "the clustering scenario should defeat request-level variance"
+        _, e_rate = rate(sim.error_e_process(a, b, tolerance=1.5) >= np.log(1 / ALPHA))
+        assert e_rate > 3 * ALPHA, "the count e-process is not valid under clustering"
+
+
+def test_error_rate_many_heavy_users():
+    """Ten heavy users per arm with rates from Beta(0.02, 0.98) (most never fail, a few fail
+    often) beside light traffic. The log-risk-ratio sequence the guardrail used before
+    rolls back 2.3 % of at-tolerance rollouts here at alpha 0.0125 (seed 18): its
+    delta-method variance Var(p)/p^2 shrinks exactly when the candidate's heavy users
+    happen to fail. The Fieller contrast's does not (stats.error_rate_kernel)."""
+    rng = np.random.default_rng(18)
+    kwargs = dict(light_per_look=25, heavy_units=10, heavy_rate=4, base=0.02, concentration=1.0)
+    a = sim.clustered_counts(rng, R, **kwargs)
+    for ratio in (1.0, 1.5):
+        b = sim.clustered_counts(rng, R, ratio=ratio, **kwargs)
+        assert_all_valid(error_decisions(a, b, design=65 * LOOKS // 2))
 
 
 def test_error_rate_shared_drift_at_tolerance():
@@ -89,7 +135,7 @@ def test_error_rate_shared_drift_at_tolerance():
     base = np.linspace(0.01, 0.04, LOOKS)
     a = sim.iid_counts(rng, R, 50, base)
     b = sim.iid_counts(rng, R, 50, base * 1.5)
-    assert_valid(sim.error_rollbacks(a, b, tolerance=1.5, alpha=ALPHA))
+    assert_all_valid(error_decisions(a, b, design=50 * LOOKS // 2))
 
 
 def ramp_error_stages(seed: int, ratio: float, total_per_look: int = 400):
@@ -127,15 +173,16 @@ def _join(stages: list[sim.CountPaths]) -> sim.CountPaths:
 
 def test_error_rate_weight_ramp_with_drift_per_stage():
     """Each stage (constant weight) is tested on its own data at alpha / 3 (what
-    guardrails.evaluate_plan does with alpha_share). Pooling the stages instead confounds
-    arm with time: the candidate's traffic sits late, when errors are frequent, and a
-    candidate exactly at tolerance is rolled back almost always."""
+    guardrails.evaluate_plan does with alpha_share), with a step minimum of 800 requests
+    per arm (halfway through the 5 % stage). Pooling the stages instead confounds arm with
+    time: the candidate's traffic sits late, when errors are frequent, and a candidate
+    exactly at tolerance is rolled back almost always."""
     stages = ramp_error_stages(16, 1.5)
-    per_stage = np.zeros((R, 1), dtype=bool)
+    per_stage = {"sequence": np.zeros((R, 1), dtype=bool), "with look": np.zeros((R, 1), bool)}
     for a, b in stages:
-        d = sim.error_rollbacks(a, b, tolerance=1.5, alpha=ALPHA / len(RAMP))
-        per_stage |= d.any(axis=1, keepdims=True)
-    assert_valid(per_stage)
+        for name, d in error_decisions(a, b, design=800, alpha=ALPHA / len(RAMP)).items():
+            per_stage[name] |= d.any(axis=1, keepdims=True)
+    assert_all_valid(per_stage)
     pooled_a = _join([a for a, _ in stages])
     pooled_b = _join([b for _, b in stages])
     _, pooled = rate(sim.error_rollbacks(pooled_a, pooled_b, tolerance=1.5, alpha=ALPHA))
@@ -306,8 +353,13 @@ def test_family_wise_rate(
 ):
     """The standard plan's four guardrails together, each rollout's metrics independent."""
     for group in (
-        (error_aa, p95_aa, satisfaction_aa, cost_aa),
-        (error_at_tolerance, p95_at_tolerance, satisfaction_at_tolerance, cost_at_tolerance),
+        (error_aa[2]["with look"], p95_aa, satisfaction_aa, cost_aa),
+        (
+            error_at_tolerance[2]["with look"],
+            p95_at_tolerance,
+            satisfaction_at_tolerance,
+            cost_at_tolerance,
+        ),
     ):
         union = np.zeros(R, dtype=bool)
         for decisions in group:

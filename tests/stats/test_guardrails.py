@@ -157,3 +157,47 @@ def test_shadow_mode_uses_paired_errors():
     pairs = S.PairedErrors(n=5000, control_only=10, candidate_only=120, both=40)
     d = decide(arm, arm, replace(DONE, mode="shadow"), STANDARD[:1], paired_errors=pairs)
     assert d.action == "rollback" and d.verdicts[0].status == "regressed"
+
+
+def _independent(requests: int, errors: int) -> S.ArmAggregates:
+    return S.ArmAggregates(
+        requests=requests,
+        errors=errors,
+        error_clusters=S.ClusterSums(requests, errors, errors, requests),
+    )
+
+
+def test_confirmatory_look_is_taken_once_at_the_step_minimum():
+    """240 vs 438 errors in 12k requests per arm, the error guardrail alone (alpha 0.05):
+    the sequence is not yet sure the ratio is above 1.5, even with all the alpha; the
+    fixed-sample look at the step's minimum is, with 2/3 of it."""
+    control, candidate = _independent(12_000, 240), _independent(12_000, 438)
+    errors_only = STANDARD[:1]
+    alpha = SETTINGS.alpha
+    no_minimum = decide(control, candidate, replace(DONE, min_samples=0), errors_only)
+    assert no_minimum.verdicts[0].status == "warning" and no_minimum.action == "alert"
+    assert not no_minimum.bounds["error_rate"].looked
+    first = decide(control, candidate, replace(DONE, min_samples=12_000), errors_only)
+    verdict = first.verdicts[0]
+    assert verdict.status == "regressed" and first.action == "rollback", verdict.summary
+    assert verdict.alpha == alpha
+    assert any(n.startswith("confirmatory look at 12000 control") for n in verdict.notes)
+    stored = {
+        m: G.Bounds.from_dict(json.loads(json.dumps(b.to_dict()))) for m, b in first.bounds.items()
+    }
+    assert stored["error_rate"].looked and stored == first.bounds
+    # Spent: later evaluations keep its bound through the intersection and do not look again.
+    more_c, more_b = _independent(13_000, 250), _independent(13_000, 470)
+    later = decide(more_c, more_b, replace(DONE, min_samples=12_000), errors_only, previous=stored)
+    assert later.bounds["error_rate"].lower >= stored["error_rate"].lower
+    assert not any(n.startswith("confirmatory") for n in later.verdicts[0].notes)
+    fresh = decide(more_c, more_b, replace(DONE, min_samples=12_000), errors_only)
+    assert fresh.bounds["error_rate"].looked
+    # Before the minimum, or before 10 errors, the look waits.
+    early = decide(control, candidate, replace(DONE, min_samples=20_000), errors_only)
+    assert not early.bounds["error_rate"].looked
+    quiet = decide(
+        _independent(12_000, 2), _independent(12_000, 5), replace(DONE, min_samples=100),
+        errors_only,
+    )  # fmt: skip
+    assert not quiet.bounds.get("error_rate", G.Bounds()).looked

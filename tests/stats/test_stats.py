@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 from ddsketch import DDSketch
+from scipy import stats as sps
 
 from migrations_app import stats as S
 from tests.stats import sim
@@ -207,3 +208,60 @@ def test_one_evaluation_over_a_million_requests_per_arm_is_deterministic():
     S.quantile_ranks.cache_clear()
     assert evaluate_all(a, b) == first
     assert len(first) == len(TOLERANCES) and all(v["status"] for v in first)
+
+
+def test_fieller_bounds_are_the_roots_of_the_contrast():
+    """Lower: p_b - L p_a = c sd(L); upper: U p_a - p_b = c sd(U); sd(t)^2 = v_b + t^2 v_a."""
+    rng = np.random.default_rng(5)
+    p_a, p_b = rng.uniform(0.005, 0.05, 200), rng.uniform(0.005, 0.1, 200)
+    v_a = (p_a * rng.uniform(0.05, 0.8, 200)) ** 2
+    v_b = (p_b * rng.uniform(0.05, 0.8, 200)) ** 2
+    c = rng.uniform(1.5, 4.0, 200)
+    lo, hi = S.fieller_bounds(p_a, p_b, v_a, v_b, c)
+
+    def sd(t):
+        return np.sqrt(v_b + t * t * v_a)
+
+    has_lo, has_hi = lo > 0, np.isfinite(hi)
+    assert has_lo.any() and (~has_lo).any() and has_hi.any() and (~has_hi).any()
+    np.testing.assert_allclose((p_b - lo * p_a)[has_lo], (c * sd(lo))[has_lo], rtol=1e-9)
+    np.testing.assert_allclose((hi * p_a - p_b)[has_hi], (c * sd(hi))[has_hi], rtol=1e-9)
+    # No positive lower bound exactly when the contrast at 0 is not clear of 0; no upper
+    # bound when the control rate itself is not.
+    assert np.array_equal(~has_lo, p_b <= c * np.sqrt(v_b))
+    assert np.array_equal(~has_hi, p_a <= c * np.sqrt(v_a))
+    assert np.all(lo <= p_b / p_a) and np.all(p_b / p_a <= hi)
+
+
+def test_count_e_process_is_an_e_value_under_the_null_and_conditions_per_window():
+    # Exactly a martingale at the tolerance: given a window's M errors, the candidate's
+    # count is Binomial(M, 1.5 w / (1 + 1.5 w)) and the e-value's mean over it is 1.
+    m, n_a, n_b = 40, 1000.0, 700.0
+    x = np.arange(m + 1)
+    p0 = 1.5 * (n_b / n_a) / (1 + 1.5 * (n_b / n_a))
+    # One window per row (windows run along the last axis).
+    log_e = S.count_e_process_log((m - x)[:, None], n_a, x[:, None], n_b, theta0=1.5)[:, 0]
+    assert float(np.sum(sps.binom.pmf(x, m, p0) * np.exp(log_e))) == pytest.approx(1.0)
+    # And below it a supermartingale (theta0 is least favourable for "ratio <= theta0").
+    p_low = 1.2 * (n_b / n_a) / (1 + 1.2 * (n_b / n_a))
+    assert float(np.sum(sps.binom.pmf(x, m, p_low) * np.exp(log_e))) < 1.0
+    rng = np.random.default_rng(6)
+    # Ville: Poisson errors at the tolerance, the weight changing every window.
+    windows, paths = 60, 20_000
+    n_a = rng.integers(100, 2000, windows).astype(float)
+    n_b = rng.integers(20, 2000, windows).astype(float)
+    e_a = rng.poisson(0.02 * n_a, (paths, windows))
+    e_b = rng.poisson(0.02 * 1.5 * n_b, (paths, windows))
+    crossed = (S.count_e_process_log(e_a, n_a, e_b, n_b, theta0=1.5) >= math.log(20)).any(axis=1)
+    assert sim.rate_ok(int(crossed.sum()), paths, 0.05)
+    worse = S.count_e_process_log(e_a[:50], n_a, rng.poisson(0.06 * n_b, (50, windows)), n_b,
+                                  theta0=1.5)  # fmt: skip
+    assert (worse[:, -1] > math.log(1 / ALPHA)).all()
+    # One window with constant weight is the same as its pieces (the likelihood factorises).
+    pieces = S.count_e_process_log([3, 4, 5], [100, 200, 300], [6, 9, 14], [50, 100, 150],
+                                   theta0=1.5)  # fmt: skip
+    whole = S.count_e_process_log([12], [600], [29], [300], theta0=1.5)
+    assert pieces[-1] == pytest.approx(whole[-1], rel=1e-12)
+    # A window without candidate traffic says nothing.
+    empty = S.count_e_process_log([3, 7], [100, 100], [6, 0], [50, 0], theta0=1.5)
+    assert empty[1] == empty[0]
