@@ -527,14 +527,17 @@ class Client:
         provider = self._providers.get(key)  # no lock on the common path: dict reads are atomic
         if provider is not None:
             return provider, False
+        # Made outside the lock: the first use of a vendor imports its SDK (a second or so),
+        # which must not hold up the threads calling other arms. Two threads racing on the
+        # same arm each make one; the one that loses closes its own.
+        made = provider_for(spec, retry=self._provider_retry)
         with self._providers_lock:
             if self._closed:
-                return provider_for(spec, retry=self._provider_retry), True
-            provider = self._providers.get(key)
-            if provider is None:
-                provider = provider_for(spec, retry=self._provider_retry)
-                self._providers[key] = provider
-            return provider, False
+                return made, True
+            kept = self._providers.setdefault(key, made)
+        if kept is not made:
+            made.close()
+        return kept, False
 
     # --- state -----------------------------------------------------------------------
 
