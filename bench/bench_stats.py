@@ -76,22 +76,29 @@ def report(label: str, decisions: np.ndarray, ns: np.ndarray, target: int, unit:
     by = float(decisions[:, ns <= target].any(axis=1).mean())
     median = sim.median_first(decisions, ns)
     med = f"{median:,.0f}" if np.isfinite(median) else "not reached"
-    print(f"{label:<44} median {med:>8} {unit} per arm to roll back; P(by {target:,}) = {by:.3f}")
+    print(f"{label:<58} median {med:>8} {unit} per arm to roll back; P(by {target:,}) = {by:.3f}")
 
 
-def errors(rng: np.random.Generator, ratio: float, per_look: int, looks: int = sim.LOOKS):
+def error_paths(rng: np.random.Generator, ratio: float, per_look: int):
     a = sim.iid_counts(rng, ROLLOUTS, per_look, 0.02)
     b = sim.iid_counts(rng, ROLLOUTS, per_look, 0.02 * ratio)
-    return sim.error_rollbacks(a, b, tolerance=1.5, alpha=ALPHA), a.n[0]
+    return a, b
 
 
 def detection() -> None:
     rng = np.random.default_rng(2)
     print(f"\ndetection, alpha {ALPHA} per guardrail, {ROLLOUTS} rollouts, 240 looks")
-    d, ns = errors(rng, 2.0, 100)
-    report("errors 2x at 2 % (tolerance 1.5x)", d, ns, 12_000, "requests")
-    d, ns = errors(rng, 3.0, 13)
-    report("errors 3x at 2 % (tolerance 1.5x)", d, ns, 3_000, "requests")
+    step = 12_000
+    for ratio, per_look, target in ((2.0, 100, 12_000), (3.0, 13, 3_000)):
+        a, b = error_paths(rng, ratio, per_look)
+        ns = a.n[0]
+        label = f"errors {ratio:.0f}x at 2 % (tolerance 1.5x)"
+        d = sim.error_rollbacks(a, b, tolerance=1.5, alpha=ALPHA)
+        report(f"{label}, no step minimum", d, ns, target, "requests")
+        d = sim.error_rollbacks(a, b, tolerance=1.5, alpha=ALPHA, design=step)
+        report(f"{label}, step minimum {step // 1000}k", d, ns, target, "requests")
+        e = sim.error_e_process(a, b, tolerance=1.5) >= np.log(1 / ALPHA)
+        report(f"{label}, e-process, not acting", e, ns, target, "requests")
     for sigma in (0.5, 1.0):
         dist = sim.lognormal(sigma)
         for factor, target, per_look in ((2.0, 1500, 7), (1.6, 6000, 25)):

@@ -9,6 +9,9 @@ the :class:`PlanDecision`: roll back, pause, alert, advance, or hold. The statis
 - each stage of constant weight is tested on its own data, spending ``alpha_share`` of each
   guardrail's alpha (the shares of a run's stages sum to at most 1): pooling stages with
   different weights confounds the arms with time whenever the metric drifts;
+- when a step has a minimum sample, the error-rate guardrail spends most of its alpha on
+  one confirmatory fixed-sample test when both arms reach it and the rest on the sequence
+  (Haybittle-Peto; stats.CONFIRMATORY_SHARE says why);
 - bounds only tighten: the running intersection of the confidence sequences is kept;
 - a circuit breaker rolls back at once on a catastrophic candidate error rate;
 - a sample-ratio mismatch holds and alerts, and never rolls back by itself.
