@@ -1,12 +1,12 @@
 from django.urls import path
 
 from migrations_app import views
-from migrations_app.api import ingest, ofrep, sdk, shadow
+from migrations_app.api import ingest, sdk, shadow
 from migrations_app.api import plans as plan_api
+from migrations_app.api import urls as decisions
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
-    path("api/v1/ping", sdk.ping, name="ping"),
     path("api/v1/sdk/config", sdk.ConfigView.as_view(), name="sdk-config"),
     path("api/v1/sdk/stream", sdk.stream, name="sdk-stream"),
     path("api/v1/outcomes", ingest.OutcomesView.as_view(), name="outcomes"),
@@ -19,7 +19,5 @@ urlpatterns = [
         name="plan-action",
     ),
     path("metrics", ingest.metrics_view, name="metrics"),
-    path("api/v1/decide", sdk.decide, name="decide"),
-    path("ofrep/v1/evaluate/flags", ofrep.evaluate_flags, name="ofrep-flags"),
-    path("ofrep/v1/evaluate/flags/<str:key>", ofrep.evaluate_flag, name="ofrep-flag"),
+    *decisions.urlpatterns,
 ]

@@ -27,7 +27,7 @@ from migrations_app.api.auth import (
     rate_limit_and_sequence,
     raw_key,
 )
-from migrations_app.api.errors import error_body, error_response, json_response
+from migrations_app.api.errors import error_body, error_response, json_response, sized
 from migrations_app.snapshots import Served, served_snapshot
 
 MAX_ATTRIBUTES_BYTES = 4096
@@ -72,7 +72,7 @@ def ping(request: HttpRequest) -> HttpResponse:
     (no database, no Redis). A liveness probe, and the ceiling they are benchmarked against."""
     if request.method not in ("GET", "HEAD"):
         return _not_allowed(request, "GET")
-    return HttpResponse(_PING, content_type="application/json")
+    return sized(HttpResponse(_PING, content_type="application/json"))
 
 
 # /decide is a plain Django view, not DRF: DRF's request wrapping, content negotiation and a

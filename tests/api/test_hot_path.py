@@ -99,3 +99,63 @@ def test_warm_decisions_touch_neither_database_nor_redis(
             assert decide.status_code == 200
             ofrep = _post(api, "/ofrep/v1/evaluate/flags/chat", {"context": {"targetingKey": "u"}})
             assert ofrep.status_code == 200
+
+
+def _wsgi(
+    path: str, key: str, body: bytes = b"", method: str = "POST"
+) -> tuple[str, dict[str, str], bytes]:
+    """One request through the WSGI application gunicorn serves, not Django's test handler."""
+    import io
+
+    from controlplane.wsgi import application
+
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "HTTP_HOST": "testserver",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_AUTHORIZATION": f"Bearer {key}",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": io.StringIO(),
+        "REMOTE_ADDR": "127.0.0.1",
+    }
+    started: list[Any] = []
+    chunks = application(
+        environ, lambda status, headers, exc=None: started.extend([status, headers])
+    )
+    content = b"".join(chunks)
+    chunks.close()  # type: ignore[attr-defined]
+    return started[0], dict(started[1]), content
+
+
+def test_the_decision_routes_take_the_lean_stack_and_the_rest_the_full_one(sdk_key: str) -> None:
+    from controlplane import wsgi
+    from migrations_app.api import urls
+
+    plans.plan_start(plan_key=make_plan("chat").key, actor=person())
+    for pattern in urls.urlpatterns:  # every decision route is routed to the lean handler
+        sample = "/" + str(pattern.pattern).replace("<str:key>", "chat")
+        assert sample in wsgi.LEAN_PATHS or sample.startswith(wsgi.LEAN_PREFIX), sample
+    status, headers, content = _wsgi(
+        "/api/v1/decide", sdk_key, json.dumps({"plan": "chat", "unit": "u1"}).encode()
+    )
+    assert status.startswith("200") and json.loads(content)["plan"] == "chat"
+    assert headers["X-Content-Type-Options"] == "nosniff"  # SecurityMiddleware is kept
+    assert "X-Frame-Options" not in headers and headers["Content-Length"] == str(len(content))
+    status, headers, content = _wsgi(
+        "/ofrep/v1/evaluate/flags/chat", sdk_key, b'{"context": {"targetingKey": "u1"}}'
+    )
+    assert status.startswith("200") and json.loads(content)["key"] == "chat"
+    status, _, content = _wsgi("/api/v1/ping", sdk_key, method="GET")
+    assert status.startswith("200") and json.loads(content) == {"status": "ok"}
+    status, headers, _ = _wsgi("/api/v1/sdk/config", sdk_key, method="GET")
+    assert status.startswith("200") and headers["X-Frame-Options"] == "DENY"  # the full stack
+    status, _, content = _wsgi("/api/v1/decide", "tk_nope_nope", b"{}")
+    assert status.startswith("401") and json.loads(content)["code"] == "unauthenticated"
