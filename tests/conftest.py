@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,18 @@ def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
     env.update(extra or {})
     return env
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0, every: float = 0.02) -> bool:
+    """Whether ``check`` holds within ``timeout`` seconds: a bounded wait for something that
+    must happen, so that a broken path fails the test instead of hanging it (no speed is
+    asserted)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(every)
+    return check()
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

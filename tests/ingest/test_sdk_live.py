@@ -7,9 +7,8 @@ as dropped, and the drop count reaches the server's /metrics once it is back.
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -20,21 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from migrations_app.apikeys import apikey_create
 from migrations_app.models import Outcome, StageAggregate
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port
 from tests.ingest.conftest import split_plan
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
-
-
-def eventually(check: Callable[[], bool], timeout: float = 60.0) -> bool:
-    """Bounded wait for something that must happen (not a speed assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return check()
 
 
 class Proxy:

@@ -380,16 +380,6 @@ def make_client(fake: FakeTurnout) -> Iterator[Callable[..., turnout.Client]]:
             client.close(timeout=1.0)
 
 
-def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Bounded wait for something that must happen (not a speed assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return check()
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

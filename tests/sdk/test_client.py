@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import turnout
 
-from tests.sdk.conftest import API_KEY, FakeTurnout, eventually, free_port, plan_entry
+from tests.conftest import eventually
+from tests.sdk.conftest import API_KEY, FakeTurnout, free_port, plan_entry
 
 UNITS = [f"user-{i}" for i in range(200)]
 CONFIG = "/api/v1/sdk/config"

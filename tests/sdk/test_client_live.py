@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,21 +12,11 @@ import turnout
 
 from migrations_app import plans
 from migrations_app.apikeys import apikey_create
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port
 from tests.factories import make_plan, person
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 UNITS = [f"user-{i}" for i in range(200)]
-
-
-def _eventually(check: Callable[[], bool], timeout: float = 15.0) -> bool:
-    """Bounded wait for something that must happen (not a speed assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return check()
 
 
 def _arms(client: turnout.Client, plan: str = "chat") -> set[str]:
@@ -55,7 +44,7 @@ def test_a_change_reaches_a_connected_client_through_sse(
         assert any(d.shadow for d in shadowed) and all(d.reason == "SPLIT" for d in shadowed)
         plans.plan_complete(plan_key="chat", actor=person(), reason="ship it")
         # Polling is an hour away: only the stream can bring this.
-        assert _eventually(lambda: _arms(client) == {"candidate"})
+        assert eventually(lambda: _arms(client) == {"candidate"})
 
 
 def test_with_the_stream_down_polling_brings_the_change(
@@ -64,7 +53,7 @@ def test_with_the_stream_down_polling_brings_the_change(
     with turnout.Client(live_server_process, key, stream=False, poll_interval=0.3) as client:
         assert _arms(client) == {"control"}
         plans.plan_complete(plan_key="chat", actor=person())
-        assert _eventually(lambda: _arms(client) == {"candidate"})
+        assert eventually(lambda: _arms(client) == {"candidate"})
 
 
 def test_server_down_serves_the_last_known_good_snapshot(
@@ -105,7 +94,7 @@ def test_after_fork_the_child_keeps_receiving_changes(
         try:
             os.close(read_end)
             os.read(go_read, 1)
-            seen = _eventually(lambda: _arms(client) == {"candidate"})
+            seen = eventually(lambda: _arms(client) == {"candidate"})
             ids = {client.decide("chat", "u").decision_id[:12], client._id_prefix}
             os.write(write_end, b"ok" if seen and len(ids) == 1 else b"no")
             status = 0
@@ -118,7 +107,7 @@ def test_after_fork_the_child_keeps_receiving_changes(
     answer = os.read(read_end, 2)
     os.waitpid(pid, 0)
     assert answer == b"ok"
-    assert _eventually(lambda: _arms(client) == {"candidate"})
+    assert eventually(lambda: _arms(client) == {"candidate"})
     client.close()
 
 

@@ -4,8 +4,7 @@ overflow stored as designed, and counted (or not) in the stage's statistics."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,6 +23,7 @@ from migrations_app.models import (
     StageAggregate,
 )
 from migrations_app.simulator import Simulator
+from tests.conftest import eventually
 from tests.factories import make_plan, person
 from tests.providers.conftest import FAST
 
@@ -42,16 +42,6 @@ ASK = [
 def sim() -> Iterator[Simulator]:
     with Simulator(seed=5, default=FAST) as simulator:
         yield simulator
-
-
-def _eventually(check: Callable[[], bool], timeout: float = 15.0) -> bool:
-    """Bounded wait for something that must happen (not a speed assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return check()
 
 
 def _totals(stage: Any, arm: str) -> Any:
@@ -89,7 +79,7 @@ def test_complete_end_to_end_shadow_fallback_and_context_window(
         assert sim.stats()["models"].get(CANDIDATE) is None  # no worker runs in this test
 
         plans.plan_advance(plan_key="chat", actor=person())  # A/B split: 10 % candidate
-        assert _eventually(lambda: client.snapshot.plans["chat"].weight_bp == 1000)
+        assert eventually(lambda: client.snapshot.plans["chat"].weight_bp == 1000)
         plan.refresh_from_db()
         stage = plan.current_stage
         arms = {client.decide("chat", f"user-{i}").arm: f"user-{i}" for i in range(200)}
@@ -125,7 +115,7 @@ def test_complete_end_to_end_shadow_fallback_and_context_window(
         decision_id=fell_back.decision_id, fallback="candidate_error"
     )
     assert fallback_row.stage_id == stage.pk and fallback_row.cost_usd is not None
-    assert _eventually(lambda: Feedback.objects.filter(outcome=fallback_row).exists())
+    assert eventually(lambda: Feedback.objects.filter(outcome=fallback_row).exists())
 
     # The stage's statistics: the candidate's failure and its answer; control's own request.
     candidate = _totals(stage, "candidate")

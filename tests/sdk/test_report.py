@@ -13,7 +13,8 @@ import pytest
 import turnout
 from turnout.client import _retry_after
 
-from tests.sdk.conftest import FakeTurnout, eventually, plan_entry
+from tests.conftest import eventually
+from tests.sdk.conftest import FakeTurnout, plan_entry
 
 OUTCOMES = "/api/v1/outcomes"
 FEEDBACK = "/api/v1/feedback"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections import Counter
 from typing import Any
 
@@ -26,7 +25,7 @@ from migrations_app.models import (
 from migrations_app.shadow import SCORE_KEYS
 from migrations_app.simulator import Simulator
 from migrations_app.tasks import sweep_shadow
-from tests.conftest import celery_process
+from tests.conftest import celery_process, eventually
 from tests.factories import make_plan, person
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -45,15 +44,6 @@ def worker(name: str) -> Any:
         "worker", "--pool", "threads", "--concurrency", "2", "--without-gossip",
         "--without-mingle", log_name=name, extra_env=WORKER_ENV,
     )  # fmt: skip
-
-
-def wait_until(predicate: Any, timeout: float, every: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return predicate()
 
 
 def test_500_samples_compared_once_each_through_a_worker_killed_mid_run(
@@ -88,7 +78,7 @@ def test_500_samples_compared_once_each_through_a_worker_killed_mid_run(
             assert client.flush(timeout=30)
             # Kill the worker with calls in flight: some samples are running under its
             # leases, others sit in tasks it had fetched and will never start.
-            assert wait_until(
+            assert eventually(
                 lambda: ShadowSample.objects.filter(status=ShadowStatus.DONE).count() >= 40, 60
             )
             os.kill(first.pid, signal.SIGKILL)
@@ -102,7 +92,7 @@ def test_500_samples_compared_once_each_through_a_worker_killed_mid_run(
                 sweep_shadow.delay()  # what beat does every minute
                 return ShadowSample.objects.filter(status=ShadowStatus.DONE).count() == SAMPLES
 
-            assert wait_until(all_done, 120, every=1.0)
+            assert eventually(all_done, 120, every=1.0)
     finally:
         client.close()
 
