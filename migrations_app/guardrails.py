@@ -298,7 +298,11 @@ def evaluate_guardrail(
         ):  # fmt: skip
             look_alpha = alpha * look_share
             lo, hi = stats.error_rate_confirmatory(
-                control, candidate, tolerance_kind=spec.tolerance_kind, alpha=look_alpha
+                control,
+                candidate,
+                tolerance=spec.tolerance,
+                tolerance_kind=spec.tolerance_kind,
+                alpha=look_alpha,
             )
             new = new.intersect(Bounds(lo, hi, looked=True))
             notes += (

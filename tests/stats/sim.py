@@ -105,10 +105,13 @@ def error_rollbacks(
     share = S.confirmatory_share(design)
     args = (a.e, a.n, a.units, a.yy, a.yn, a.nn, b.e, b.n, b.units, b.yy, b.yn, b.nn)
     limit = S.threshold(tolerance, kind, "increase")
+    null = tolerance if kind == "relative" else None
     _, lo, _ = S.error_rate_kernel(*args, alpha=alpha * (1 - share), kind=kind)
     decisions = S.error_rate_enough(a.e, b.e, min_errors) & (lo > limit)
     if share:
-        _, fixed_lo, _ = S.error_rate_kernel(*args, alpha=alpha * share, kind=kind, fixed=True)
+        _, fixed_lo, _ = S.error_rate_kernel(
+            *args, alpha=alpha * share, kind=kind, fixed=True, null_ratio=null
+        )
         due = S.confirmatory_look_due(a.n, b.n, a.e, b.e, design, min_errors)
         first = first_look(due)
         rows = np.arange(due.shape[0])

@@ -88,7 +88,7 @@ def test_error_rate_2x_by_12k():
     guardrail at 0.025 of the plan's 0.05) lifts the sequence only to 0.83, and tuning N*
     from 5k to 12k-24k adds 0.02 (0.78) while slowing early detection. What reaches it is
     the confirmatory look at the step's minimum sample (2/3 of the alpha there, the
-    sequence at 1/3): 0.92, with 3x by 3k still 0.95 (above). Without a step minimum the
+    sequence at 1/3): 0.91, with 3x by 3k still 0.95 (above). Without a step minimum the
     guardrail keeps the sequence alone: 0.76 by 12k, 0.89 by 16k, 0.92 by 17k."""
     d, ns = error_power(2.0, 100, 32, STEP_MINIMUM)
     assert by(d, ns, 12_000) >= 0.9
