@@ -88,15 +88,16 @@ def error_paths(rng: np.random.Generator, ratio: float, per_look: int):
 def detection() -> None:
     rng = np.random.default_rng(2)
     print(f"\ndetection, alpha {ALPHA} per guardrail, {ROLLOUTS} rollouts, 240 looks")
-    step = 12_000
+    # 2,000 is the standard playbook's A/B split minimum; 12,000 the power target's sample.
     for ratio, per_look, target in ((2.0, 100, 12_000), (3.0, 13, 3_000)):
         a, b = error_paths(rng, ratio, per_look)
         ns = a.n[0]
         label = f"errors {ratio:.0f}x at 2 % (tolerance 1.5x)"
         d = sim.error_rollbacks(a, b, tolerance=1.5, alpha=ALPHA)
         report(f"{label}, no step minimum", d, ns, target, "requests")
-        d = sim.error_rollbacks(a, b, tolerance=1.5, alpha=ALPHA, design=step)
-        report(f"{label}, step minimum {step // 1000}k", d, ns, target, "requests")
+        for step in (2_000, 12_000):
+            d = sim.error_rollbacks(a, b, tolerance=1.5, alpha=ALPHA, design=step)
+            report(f"{label}, step minimum {step // 1000}k", d, ns, target, "requests")
         e = sim.error_e_process(a, b, tolerance=1.5) >= np.log(1 / ALPHA)
         report(f"{label}, e-process, not acting", e, ns, target, "requests")
     for sigma in (0.5, 1.0):
