@@ -11,6 +11,10 @@ the report. Prints median and p95 over --runs requests, and the query count. Goa
 
 Needs PostgreSQL as in `make test`.
 Run: .venv/bin/python bench/bench_dashboard.py [--runs 20] [--outcomes 1000000]
+     [--database NAME] [--redis-db N] [--reuse] [--profile FILE]
+``--database`` / ``--redis-db`` keep engineers sharing a machine out of each other's data;
+``--reuse`` times an already built database (windows end where that build's clock stood);
+``--profile`` writes cProfile stats of the 7-day page to FILE.
 """
 
 from __future__ import annotations
@@ -26,10 +30,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-DB_NAME = "turnout_bench_dashboard"
 ENV = {
-    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
-    "REDIS_URL": "redis://127.0.0.1:6379/10",
     "DEBUG": "0",
     "SECRET_KEY": "bench-only-secret",
     "ALLOWED_HOSTS": "127.0.0.1,testserver",
@@ -37,22 +38,29 @@ ENV = {
     "DJANGO_SETTINGS_MODULE": "controlplane.settings",
 }
 MINUTES = 7 * 24 * 60
+KEY = "bench-dashboard"
 
 
-def setup() -> None:
+def setup(db_name: str, redis_db: int, *, fresh: bool) -> None:
     import psycopg
 
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}"')
-        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    if fresh:
+        with psycopg.connect(
+            "postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}"')
+            conn.execute(f'CREATE DATABASE "{db_name}"')
     os.environ.update(ENV)
+    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{db_name}"
+    os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{redis_db}"
     sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()
     from django.core.management import call_command
 
-    call_command("migrate", "--noinput", verbosity=0)
+    if fresh:
+        call_command("migrate", "--noinput", verbosity=0)
 
 
 def build(outcomes: int) -> str:
@@ -76,7 +84,7 @@ def build(outcomes: int) -> str:
     seed_catalog()
     user = get_user_model().objects.create_superuser("bench", "", "pw")
     actor = plans.Actor.for_user(user)
-    key = "bench-dashboard"
+    key = KEY
     plans.plan_create(
         key=key, name="Bench", actor=actor,
         control={"model": "openai:gpt-4o-2024-08-06"},
@@ -196,18 +204,33 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--outcomes", type=int, default=1_000_000)
+    parser.add_argument("--database", default="turnout_bench_dashboard")
+    parser.add_argument("--redis-db", type=int, default=10)
+    parser.add_argument("--reuse", action="store_true")
+    parser.add_argument("--profile", metavar="FILE")
     args = parser.parse_args()
-    setup()
-    key = build(args.outcomes)
+    setup(args.database, args.redis_db, fresh=not args.reuse)
+    key = KEY if args.reuse else build(args.outcomes)
     from django.contrib.auth import get_user_model
     from django.test import Client
 
     client = Client()
     client.force_login(get_user_model().objects.get(username="bench"))
+    if args.profile:
+        import cProfile
+
+        client.get(f"/plans/{key}/?hours=168")
+        cProfile.runctx(
+            "for _ in range(5): client.get(path)",
+            globals(),
+            {"client": client, "path": f"/plans/{key}/?hours=168"},
+            args.profile,
+        )
     print(f"server time over {args.runs} requests (in-process, full request stack):")
     for label, path in (
         ("dashboard, last 24 h (default)", f"/plans/{key}/"),
-        ("dashboard, 7 days", f"/plans/{key}/?hours=168"),
+        ("dashboard, last 72 h", f"/plans/{key}/?hours=72"),
+        ("dashboard, 7 days (whole run)", f"/plans/{key}/?hours=168"),
         ("live partial, last 24 h", f"/plans/{key}/live"),
         ("report", f"/plans/{key}/report"),
     ):
