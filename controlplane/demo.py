@@ -8,8 +8,9 @@ that prints each page and an application sending ~15 requests a second through
 ``client.complete()``: the SDK routes each request, calls the arm through the provider
 adapters (the real ``openai`` and ``anthropic`` SDKs, pointed at the simulator), reports the
 outcome and, in shadow, hands the request and control's answer to Turnout's workers, which call
-the candidate, compare the answers and ask a judge model which is better. One user in five
-rates the answer (thumbs up is likelier for a fast answer than for a slow one or an error).
+the candidate and compare the answers. Answers are streamed (the time to first token is
+measured). One user in five rates the answer (thumbs up is likelier for a fast answer than for
+a slow one or an error).
 
 The plan ``demo-chat`` migrates support chat from GPT-4o to Claude Haiku 3.5 (cheaper, a little
 faster), on provider connections ``sim-openai`` and ``sim-anthropic`` that point at the
@@ -20,7 +21,7 @@ Timeline with the default timings (minutes from the moment the plan starts; the 
 ~20 s to come up before that):
 
 - 0:00 shadow, 100 % of requests copied to the candidate; users only ever see GPT-4o. The
-  dashboard's shadow pairs fill up with compared answers and the judge's verdicts. The engine
+  dashboard's shadow pairs fill up with the compared answers. The engine
   advances once the stage has 300 compared pairs, a minute has passed and every guardrail
   (error rate, paired; p95 latency; cost per request) is inside its tolerance: ~1:05.
 - ~1:05 A/B split, 50 % of users on the candidate, at least a minute and 400 requests per arm;
@@ -63,7 +64,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PLAN = "demo-chat"
 CONTROL = ("openai", "gpt-4o-2024-08-06")
 CANDIDATE = ("anthropic", "claude-3-5-haiku-20241022")
-JUDGE = ("openai", "gpt-4o-mini-2024-07-18")
 # Catalog provider -> the demo's connection to the simulator: (name, kind, base URL suffix,
 # API key variable). OpenAI's SDK wants the ``/v1`` root, Anthropic's the bare one.
 CONNECTIONS = {
@@ -72,30 +72,39 @@ CONNECTIONS = {
 }
 DUMMY_KEYS = {"OPENAI_API_KEY": "sk-demo-simulator", "ANTHROPIC_API_KEY": "sk-ant-demo-simulator"}
 
-# How each model behaves in the simulator. Transient failures that the SDK's retries absorb,
-# and a content filter on ~1 % of answers that they do not (non-transient: the user sees it).
-# Without such failures the shadow phase could not advance soon: its paired error test
-# decides on the pairs where exactly one model failed, and needs ten of them.
-PROFILES: dict[str, dict[str, Any]] = {
-    "*": {"latency_median_ms": 300.0, "latency_p95_ms": 700.0},
-    CONTROL[1]: {
-        "latency_median_ms": 520.0,
-        "latency_p95_ms": 1100.0,
-        "errors": {"server_error": 0.03, "content_filter": 0.012},
-    },
-    CANDIDATE[1]: {
-        "latency_median_ms": 420.0,
-        "latency_p95_ms": 950.0,
-        "errors": {"overloaded": 0.03, "content_filter": 0.012},
-    },
-    JUDGE[1]: {"latency_median_ms": 150.0, "latency_p95_ms": 350.0},
-}
-# The regression: an incident at the candidate's vendor.
-REGRESSION: dict[str, Any] = {
-    "latency_median_ms": 800.0,
-    "latency_p95_ms": 2200.0,
-    "errors": {"overloaded": 0.5, "content_filter": 0.012},
-}
+
+def sim_profiles(filtered: float) -> dict[str, dict[str, Any]]:
+    """How each model behaves in the simulator: transient failures that the SDK's retries
+    absorb, and a content filter on a fraction ``filtered`` of answers that they do not
+    (non-transient: the user sees it). Without such failures the shadow could not advance
+    soon: its paired error test decides on the pairs where exactly one model failed, and
+    needs ten of them. The candidate is the faster model (the reason to migrate), which the
+    split's p95 latency bound can prove within a minute."""
+    return {
+        "*": {"latency_median_ms": 300.0, "latency_p95_ms": 700.0},
+        CONTROL[1]: {
+            "latency_median_ms": 520.0,
+            "latency_p95_ms": 1100.0,
+            "errors": {"server_error": 0.03, "content_filter": filtered},
+        },
+        CANDIDATE[1]: {
+            "latency_median_ms": 300.0,
+            "latency_p95_ms": 620.0,
+            "errors": {"overloaded": 0.03, "content_filter": filtered},
+        },
+    }
+
+
+def regression(filtered: float) -> dict[str, Any]:
+    """The candidate's vendor has an incident: half the calls overloaded (529), the rest
+    ~2.5x slower. After the SDK's three attempts about one request in eight still fails."""
+    return {
+        "latency_median_ms": 750.0,
+        "latency_p95_ms": 1800.0,
+        "errors": {"overloaded": 0.5, "content_filter": filtered},
+    }
+
+
 # Tolerances a demo can prove inside within a minute of traffic, so the plan visibly advances
 # before the candidate regresses. No satisfaction guardrail: in shadow no user sees the
 # candidate's answers, so it could never be proven inside and the shadow would never advance
@@ -129,7 +138,7 @@ QUESTIONS = [
 
 @dataclass(frozen=True, slots=True)
 class Timings:
-    """The plan's phases and the demo's pace."""
+    """The plan's phases, when the candidate regresses, and the demo's pace."""
 
     shadow_minutes: int
     shadow_samples: int
@@ -137,7 +146,9 @@ class Timings:
     split_samples: int
     rollout_minutes: int
     rollout_samples: int
-    regress_after: float  # seconds into the first rollout step
+    regress_in: str  # the stage kind the regression waits for
+    regress_after: float  # seconds into that stage
+    filtered: float  # share of answers each model's content filter blocks
     evaluation_interval: float
     rate: float  # requests a second
 
@@ -152,10 +163,18 @@ class Timings:
         ]  # fmt: skip
 
 
-DEFAULT_TIMINGS = Timings(1, 300, 1, 400, 2, 400, 20.0, 5.0, 15.0)
-# The test's: no minimum durations, and a rollout step that cannot finish before the
-# regression (its minimum sample is out of reach), so only the engine can end it.
-FAST_TIMINGS = Timings(0, 60, 0, 150, 0, 1_000_000, 3.0, 2.0, 15.0)
+DEFAULT_TIMINGS = Timings(
+    shadow_minutes=1, shadow_samples=300, split_minutes=1, split_samples=400,
+    rollout_minutes=2, rollout_samples=400, regress_in="rollout", regress_after=20.0,
+    filtered=0.012, evaluation_interval=5.0, rate=15.0,
+)  # fmt: skip
+# The test's: the same shadow with no minimum duration, then the regression 3 s into a split
+# that cannot advance (its minimum sample is out of reach): shadow -> split -> rollback.
+FAST_TIMINGS = Timings(
+    shadow_minutes=0, shadow_samples=60, split_minutes=0, split_samples=1_000_000,
+    rollout_minutes=0, rollout_samples=1_000_000, regress_in="ab_split", regress_after=3.0,
+    filtered=0.012, evaluation_interval=2.0, rate=15.0,
+)  # fmt: skip
 
 
 def say(text: str) -> None:
@@ -193,13 +212,15 @@ class Pages(BaseHTTPRequestHandler):
 # --- processes -----------------------------------------------------------------------------
 
 
-def start_simulator(env: dict[str, str]) -> tuple[subprocess.Popen[str], str, Path]:
+def start_simulator(
+    env: dict[str, str], timings: Timings
+) -> tuple[subprocess.Popen[str], str, Path]:
     """The provider simulator on a port the OS picks; returns it, its URL and its profiles."""
-    profiles = Path(tempfile.mkstemp(prefix="turnout-demo-profiles-", suffix=".json")[1])
-    profiles.write_text(json.dumps(PROFILES))
+    path = Path(tempfile.mkstemp(prefix="turnout-demo-profiles-", suffix=".json")[1])
+    path.write_text(json.dumps(sim_profiles(timings.filtered)))
     proc = subprocess.Popen(
         [sys.executable, "-m", "migrations_app.simulator", "--port", "0", "--seed", "7",
-         "--profiles", str(profiles)],
+         "--profiles", str(path)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -207,7 +228,7 @@ def start_simulator(env: dict[str, str]) -> tuple[subprocess.Popen[str], str, Pa
     if "listening on " not in line:
         proc.kill()
         raise RuntimeError(f"the provider simulator did not start: {line!r}")
-    return proc, line.rsplit(" ", 1)[1].strip(), profiles
+    return proc, line.rsplit(" ", 1)[1].strip(), path
 
 
 def port_free(port: int) -> bool:
@@ -287,8 +308,6 @@ def setup_plan(hook_url: str, sim_url: str, timings: Timings) -> str:
         owner=user,
         actor=actor,
     )
-    # A draft's judge is a plan setting like any other (the admin edits it the same way).
-    MigrationPlan.objects.filter(pk=plan.pk).update(judge_model=sim_model(*JUDGE, sim_url))
     plan.alert_channels.add(channel)
     plans.plan_start(plan_key=PLAN, actor=actor, reason="make demo")
     return apikey_create(name="demo", scopes=["decide", "report"])[1]
@@ -342,8 +361,9 @@ class Traffic:
                 {"role": "user", "content": question.format(n=40_000 + user)},
             ]
             done = self.client.complete(
-                PLAN, f"user-{user}", messages=messages, params={"max_tokens": 300}, timeout=10.0
-            )
+                PLAN, f"user-{user}", messages=messages, params={"max_tokens": 300},
+                stream=True, timeout=10.0,
+            )  # fmt: skip
             latency = sum(r.latency_ms for r in done.results)
             keys = [f"routed:{done.decision.arm}"]
             if done.fell_back:
@@ -412,15 +432,15 @@ def shadow_line(plan: Any) -> str:
     return (
         f"shadow: {by_status.get('done', 0)} pairs compared, {by_status.get('pending', 0)} "
         f"pending, {by_status.get('running', 0)} running; similarity {mean('similarity')}, "
-        f"exact match {mean('exact_match')}, judge score {mean('judge_score')} (+1 prefers the "
-        f"candidate); failures: candidate only {data.get('candidate_only', 0)}, control only "
+        f"exact match {mean('exact_match')}; failures: candidate only "
+        f"{data.get('candidate_only', 0)}, control only "
         f"{data.get('control_only', 0)}"
     )
 
 
 class Story:
-    """Prints what happens to the plan; regresses the candidate once the rollout has run
-    ``regress_after`` seconds."""
+    """Prints what happens to the plan; regresses the candidate ``regress_after`` seconds
+    into the stage ``regress_in``."""
 
     def __init__(self, sim_url: str, timings: Timings, traffic: Traffic) -> None:
         self.sim_url = sim_url
@@ -429,7 +449,7 @@ class Story:
         self.last_where = ""
         self.last_event = 0
         self.last_evaluation = 0
-        self.rollout_since: float | None = None
+        self.regress_stage_since: float | None = None
         self.regressed_at: float | None = None
         self.rolled_back_at: float | None = None
         self.next_traffic_line = time.monotonic() + 10
@@ -450,8 +470,11 @@ class Story:
         if here != self.last_where:
             self.last_where = here
             say(f"plan {PLAN}: {here}")
-            if plan.current_stage is not None and plan.current_stage.kind == "rollout":
-                self.rollout_since = self.rollout_since or now
+            if (
+                plan.current_stage is not None
+                and plan.current_stage.kind == self.timings.regress_in
+            ):
+                self.regress_stage_since = self.regress_stage_since or now
             if plan.status == "rolled_back":
                 self.rolled_back_at = now
                 if self.regressed_at is not None:
@@ -480,21 +503,26 @@ class Story:
             )
         if (
             self.regressed_at is None
-            and self.rollout_since is not None
+            and self.regress_stage_since is not None
             and plan.status == "running"
-            and now - self.rollout_since >= self.timings.regress_after
+            and now - self.regress_stage_since >= self.timings.regress_after
         ):
             self.regress()
 
     def regress(self) -> None:
         import httpx
 
-        httpx.put(f"{self.sim_url}/_sim/profiles/{CANDIDATE[1]}", json=REGRESSION, timeout=5)
+        changed = httpx.put(
+            f"{self.sim_url}/_sim/profiles/{CANDIDATE[1]}",
+            json=regression(self.timings.filtered),
+            timeout=5,
+        )
+        changed.raise_for_status()
         self.regressed_at = time.monotonic()
         say(
             f"REGRESSION: the candidate's vendor has an incident (simulator profile of "
             f"{CANDIDATE[1]} changed): half its calls fail with 529 overloaded, answers "
-            f"~2x slower. Watch the engine roll back on its own."
+            f"~2.5x slower. Watch the engine roll back on its own."
         )
 
 
@@ -506,8 +534,9 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--rate", type=float, default=None, help="requests a second")
     parser.add_argument(
-        "--regress-after", type=float, default=None, help="seconds into the first rollout step"
-    )
+        "--regress-after", type=float, default=None,
+        help="seconds into the first rollout step (with --fast: into the split)",
+    )  # fmt: skip
     parser.add_argument(
         "--patience", type=float, default=600.0,
         help="with --fast: give up (exit 1) when the rollback's page has not arrived by then",
@@ -542,7 +571,7 @@ def main() -> int:
     env["TURNOUT_DEMO_HOOK_URL"] = hook_url
     env.setdefault("TURNOUT_DEMO_HOOK_SECRET", "demo-secret")
     os.environ.update({k: v for k, v in env.items() if k not in os.environ or k in DUMMY_KEYS})
-    simulator, sim_url, profiles = start_simulator(env)
+    simulator, sim_url, profiles = start_simulator(env, timings)
     say(f"provider simulator at {sim_url} (profiles: {profiles})")
     log = open(data / "demo-stack.log", "a")  # closed in the finally below
     stack = subprocess.Popen(
