@@ -16,7 +16,7 @@ the sum: the row-version token Npgsql uses for optimistic concurrency) and the s
 ``requests`` and ``feedback_n`` (every outcome and every feedback adds to one of them: this
 catches writes inside the reader's own transaction, where ``xmin`` does not move).
 
-The figures are those of the portable path (``selectors._window_series_rows``), which the
+The figures are those of the portable path (``selectors.window_series_portable``), which the
 tests hold this path to: integer sums exact (numpy's float accumulator is exact below 2**53),
 float sums exactly rounded (``math.fsum``, as ``ArmAggregates.merge``), bucket and error-kind
 keys kept when present with a zero count, as the portable path keeps them.
@@ -46,6 +46,8 @@ BLOCK_SECONDS = 3600
 # Cached bucket entries (key, count) across all blocks, about 10 bytes each with the rows'
 # arrays: ~30 MB at most per web process; a week of the bench's plan is 1.4 million.
 MAX_CACHED_PAIRS = 3_000_000
+# Bins x distinct keys merged in one dense table at most (8 bytes a cell, twice).
+DENSE_CELLS = 2_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = 1_000_000
 
@@ -95,7 +97,7 @@ Fingerprint = tuple[int, int, int, int]
 
 @dataclass(frozen=True, slots=True)
 class _Sketch:
-    """One bucket map per row, flattened: row i owns keys[offsets[i]:offsets[i + 1]]."""
+    """One bucket map per row, flattened: row i owns the lengths[i] keys after row i - 1's."""
 
     lengths: Ints
     # 32 bits are plenty (keys stay within +-40,000 for any double; counts are per minute)
@@ -309,13 +311,27 @@ def _merge_sketch(
         rank = (np.cumsum(present) - 1)[keys - low]
         cell = pair_code * distinct.size + rank
         size = groups * distinct.size
-        sums = np.bincount(cell, weights=counts, minlength=size).reshape(groups, -1)
-        seen = np.bincount(cell, minlength=size).reshape(groups, -1) > 0
-        for g in np.flatnonzero(seen.any(axis=1)).tolist():
-            where = seen[g]
-            out[g] = dict(
-                zip(distinct[where].tolist(), sums[g, where].astype(np.int64).tolist(), strict=True)
-            )
+        if size <= DENSE_CELLS:  # the page's case: <= 400 bins of some hundred keys
+            sums = np.bincount(cell, weights=counts, minlength=size).reshape(groups, -1)
+            seen = np.bincount(cell, minlength=size).reshape(groups, -1) > 0
+            for g in np.flatnonzero(seen.any(axis=1)).tolist():
+                where = seen[g]
+                out[g] = dict(
+                    zip(
+                        distinct[where].tolist(),
+                        sums[g, where].astype(np.int64).tolist(),
+                        strict=True,
+                    )
+                )
+        else:  # many bins (a caller's small step over a long range): sort, memory O(pairs)
+            cells, inverse = np.unique(cell, return_inverse=True)
+            total = np.bincount(inverse, weights=counts).astype(np.int64)
+            group, key = np.divmod(cells, distinct.size)
+            starts = np.flatnonzero(np.diff(group, prepend=-1)).tolist() + [cells.size]
+            for a, b in zip(starts, starts[1:], strict=False):
+                out[int(group[a])] = dict(
+                    zip(distinct[key[a:b]].tolist(), total[a:b].tolist(), strict=True)
+                )
     return out, zero.astype(np.int64)
 
 

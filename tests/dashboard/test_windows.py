@@ -19,7 +19,10 @@ from migrations_app.models import WindowAggregate
 from migrations_app.stats import ArmAggregates, Buckets
 from tests.dashboard.data import running_plan
 
-pytestmark = pytest.mark.django_db
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.skipif(connection.vendor != "postgresql", reason="the fast path is PostgreSQL's"),
+]
 
 CHART_FIELDS = (
     "requests", "errors", "errors_by_kind", "latency", "ttft",
@@ -89,7 +92,6 @@ def _chart_fields(agg: ArmAggregates) -> tuple:
 
 
 def test_the_fast_path_is_the_row_by_row_computation_for_every_range() -> None:
-    assert connection.vendor == "postgresql"  # the fast path is PostgreSQL's
     plan = running_plan("p1", hours_ago=28)
     stage = plan.current_stage
     now = timezone.now()
@@ -208,3 +210,15 @@ def test_the_cache_drops_the_least_recently_used_hours_past_its_size() -> None:
         assert sel.window_series([stage.pk], **args) == expected
     finally:
         blocks.CACHE = original
+
+
+def test_many_bins_merge_by_sorting_to_the_same_figures(monkeypatch) -> None:
+    plan = running_plan("p1", hours_ago=4)
+    stage = plan.current_stage
+    start = window_start(timezone.now() - timedelta(hours=3, minutes=20))
+    _traffic(stage.pk, start=start, minutes=200)
+    args = {"since": start, "until": timezone.now() + timedelta(minutes=1), "step_minutes": 1}
+    expected = sel.window_series_portable([stage.pk], **args)
+    monkeypatch.setattr(blocks, "DENSE_CELLS", 0)  # as if bins x keys were past the table
+    assert sel.window_series([stage.pk], **args) == expected
+    assert sum(len(points) for points in expected.values()) > 300
