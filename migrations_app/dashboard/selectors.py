@@ -3,7 +3,7 @@
 Every figure comes from the window and stage aggregates (never raw outcomes), the engine's
 stored evaluations and the audit trail, and every statistic from ``stats.py``: the page
 shows what the engine saw, not a second computation. The number of queries does not grow
-with the data: a week of minute windows is two queries, binned here into chart points.
+with the data: a week of minute windows is one query, binned here into chart points.
 
 ``window_series`` was meant to come from the aggregation side (``aggregates.py``); it did
 not exist when the dashboard was built, so it lives here, reading the same rows.
@@ -156,8 +156,9 @@ def window_series(
     (bin start, aggregates): counts, error kinds, latency and ttft buckets, cost and
     feedback sums. Cluster sums are left out: charts do not test, they describe.
 
-    On PostgreSQL through ``dashboard.blocks`` (rows parsed once per hour and kept; two
-    queries), elsewhere :func:`window_series_portable` (one query); the same figures."""
+    On PostgreSQL through ``dashboard.blocks`` (a stage's rows parsed once per clock hour,
+    kept in the process and read again when the hour changes), elsewhere
+    :func:`window_series_portable`; the same figures, one query either way."""
     if connection.vendor == "postgresql":
         series: dict[str, list[tuple[datetime, ArmAggregates]]] = {arm: [] for arm in ARMS}
         series.update(
