@@ -551,7 +551,10 @@ def main() -> int:
     env.setdefault("DEBUG", "1")
     env.setdefault("TURNOUT_EVALUATION_INTERVAL", str(timings.evaluation_interval))
     # Shadow tasks and the engine's evaluations share the worker's queue, and an evaluation
-    # expires after one interval: a process must not reserve shadow work ahead of it.
+    # expires after one interval: it must not wait behind shadow tasks that wait on model
+    # calls. Threads, not two processes, and none reserving work ahead of a free thread.
+    env.setdefault("CELERY_WORKER_POOL", "threads")
+    env.setdefault("CELERY_WORKER_CONCURRENCY", "8")
     env.setdefault("CELERY_WORKER_PREFETCH_MULTIPLIER", "1")
     env.setdefault("LOG_LEVEL", "WARNING")  # not a line per model call in the stack's log
     env.update(DUMMY_KEYS)  # never a real key: every call goes to the simulator

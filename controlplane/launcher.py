@@ -63,7 +63,18 @@ def main() -> int:
             stream_port,
             "--no-access-log",
         ],
-        "worker": [*celery, "worker", "--loglevel", "INFO", "--concurrency", "2"],
+        # CELERY_WORKER_POOL=threads suits work that waits on the network (shadow calls): an
+        # engine evaluation then never queues behind a busy process (make demo uses it).
+        "worker": [
+            *celery,
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--pool",
+            env.get("CELERY_WORKER_POOL", "prefork"),
+            "--concurrency",
+            env.get("CELERY_WORKER_CONCURRENCY", "2"),
+        ],
         "beat": [
             *celery,
             "beat",

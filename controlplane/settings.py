@@ -115,6 +115,8 @@ else:
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or "filesystem://"
 if CELERY_BROKER_URL == "filesystem://":
+    # kombu's filesystem transport, writing each message atomically (see controlplane/broker.py).
+    CELERY_BROKER_TRANSPORT = "controlplane.broker:Transport"
     _queue_dir = DATA_DIR / "celery-queue"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue_dir),
