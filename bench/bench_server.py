@@ -1,36 +1,55 @@
 """Server decisions under load, and change propagation to 100 connected SDKs.
 
-Starts the production server stack (gunicorn WSGI workers for the API, uvicorn for the SSE
-stream, DEBUG off) against
-PostgreSQL and Redis, then drives it from a separate process with wrk:
+Starts the production server stack (gunicorn WSGI workers with controlplane/gunicorn.conf.py
+for the API, uvicorn for the SSE stream, DEBUG off) against PostgreSQL and Redis, then drives
+it from a separate process on loopback with wrk, in rounds (ceiling, /decide, OFREP, again):
   - GET  /api/v1/ping                      the ceiling: constant JSON through the same stack
   - POST /api/v1/decide                    thin-client decisions (unit varies per request)
   - POST /ofrep/v1/evaluate/flags/{key}    OFREP single flag
+The load generator shares the server's 2 cores, so it is one wrk thread, and its concurrency is
+sized to the server: 8 connections are two per server thread (2 workers x 2 threads), enough to
+keep each busy and few enough that a request seldom waits behind more than one other; 32 shows
+what queueing adds (Little's law: 32 in flight at 6,000/s is 5 ms each on average).
+Every request is made by the same Lua function (headers, API key, a fresh unit), the ceiling's
+too, so the load generator costs the same per request whichever endpoint it drives. The
+decisions are the production ones: API key, rate limit (one key, a limit it never reaches, so
+its bookkeeping and Redis batches run), the snapshot, ``turnout.routing``.
+Beside each figure: the CPU the server, wrk and everything else on the machine used meanwhile
+(the machine is shared: other work shows up there, and in the rates).
+
 Then connects 100 turnout.Client instances, flips the plan through the lifecycle service, and
 times until each client holds the new snapshot (5 flips).
 
 Needs: PostgreSQL and Redis as in `make test`, and Debian's wrk (apt-get install wrk).
-Run: .venv/bin/python bench/bench_server.py
+Run: .venv/bin/python bench/bench_server.py [--connections 8,32] [--rounds 3] [--seconds 8]
+     [--no-propagation]; WEB_CONCURRENCY / WEB_THREADS change the server as in production.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
+import resource
+import runpy
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from _stack import children, cpu_seconds, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
-DB_NAME = "turnout_bench"
+DATABASE_URL = os.environ.get(
+    "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/turnout_bench"
+)
+DB_NAME = urlsplit(DATABASE_URL).path.lstrip("/")
 ENV = {
     **os.environ,
-    "DATABASE_URL": os.environ.get(
-        "BENCH_DATABASE_URL", f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
-    ),
+    "DATABASE_URL": DATABASE_URL,
     "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
     "DEBUG": "0",
     "SECRET_KEY": "bench-only-secret",
@@ -91,27 +110,76 @@ def make_plan_and_key() -> str:
 
 
 LUA = """
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("id", threads)
+end
 counter = 0
 request = function()
   counter = counter + 1
-  local body = string.format([[BODY]], counter)
-  return wrk.format("POST", nil, {["Content-Type"] = "application/json", ["Authorization"] = "Bearer KEY"}, body)
+  local n = id * 100000000 + counter
+  return wrk.format("METHOD", PATH, {["Content-Type"] = "application/json", ["Authorization"] = "Bearer KEY"}, BODY)
 end
 """
 
 
+class Run:
+    """One wrk run: rate, latency percentiles, and the CPU used meanwhile (in cores)."""
+
+    def __init__(
+        self, rate: float, p50: float, p99: float, server: float, wrk: float, others: float
+    ) -> None:
+        self.rate, self.p50, self.p99 = rate, p50, p99
+        self.server, self.wrk, self.others = server, wrk, others
+
+
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far (Linux /proc/stat)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - ticks[3] - ticks[4]) / tick, sum(ticks) / tick
+
+
 def wrk(
-    path: str, key: str, body: str | None, connections: int, seconds: int = 10
-) -> tuple[float, float, float]:
-    args = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    path: str,
+    key: str,
+    body: str | None,
+    connections: int,
+    seconds: int,
+    server_pids: list[int],
+    threads: int = 1,
+) -> Run:
+    # The ceiling's GET formats its unit into the query string: the same Lua work per request.
+    if body is None:
+        method, lua_path, lua_body = "GET", f'string.format("{path}?unit=user-%d", n)', "nil"
+    else:
+        method, lua_path, lua_body = "POST", "nil", f"string.format([[{body}]], n)"
+    script_text = (
+        LUA.replace("METHOD", method)
+        .replace("PATH", lua_path)
+        .replace("BODY", lua_body)
+        .replace("KEY", key)
+    )
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        if body is not None:
-            script.write(LUA.replace("BODY", body).replace("KEY", key))
-        else:
-            script.write("")
-    if body is not None:
-        args += ["-s", script.name]
-    out = subprocess.run([*args, BASE + path], capture_output=True, text=True, check=True).stdout
+        script.write(script_text)
+    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    server_before = cpu_seconds(server_pids)
+    wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy_before, total_before = _machine_busy()
+    out = subprocess.run(
+        [*args, "-s", script.name, BASE + path], capture_output=True, text=True, check=True
+    ).stdout
+    busy_after, total_after = _machine_busy()
+    wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    os.unlink(script.name)
+    wall = (total_after - total_before) / (os.cpu_count() or 1)
+    server = (cpu_seconds(server_pids) - server_before) / wall
+    load = (
+        wrk_after.ru_utime + wrk_after.ru_stime - wrk_before.ru_utime - wrk_before.ru_stime
+    ) / wall
+    others = max(0.0, (busy_after - busy_before) / wall - server - load)
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
     def pct(p: str) -> float:
@@ -121,7 +189,7 @@ def wrk(
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         print(f"  warning: {errors.group(1)} non-2xx responses on {path}")
-    return rate, pct("50"), pct("99")
+    return Run(rate, pct("50"), pct("99"), server, load, others)
 
 
 def propagation(key: str, clients_count: int = 100, flips: int = 5) -> list[float]:
@@ -159,7 +227,66 @@ def propagation(key: str, clients_count: int = 100, flips: int = 5) -> list[floa
     return delays
 
 
+def server_settings() -> dict[str, object]:
+    """What controlplane/gunicorn.conf.py resolves to in this environment."""
+    saved = dict(os.environ)
+    os.environ.update(ENV)
+    try:
+        conf = runpy.run_path(str(ROOT / "controlplane" / "gunicorn.conf.py"))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return {k: conf[k] for k in ("workers", "threads", "worker_class", "reuse_port")}
+
+
+ENDPOINTS = (
+    ("ping (ceiling)", "/api/v1/ping", None),
+    ("POST /api/v1/decide", "/api/v1/decide", '{"plan": "bench-chat", "unit": "user-%d"}'),
+    (
+        "OFREP single flag",
+        "/ofrep/v1/evaluate/flags/bench-chat",
+        '{"context": {"targetingKey": "user-%d"}}',
+    ),
+)
+
+
+def measure_endpoints(
+    key: str, connections: int, rounds: int, seconds: int, server_pids: list[int]
+) -> None:
+    print(
+        f"load: wrk -t1 -c{connections}, {rounds} rounds of {seconds} s per endpoint, "
+        "from a separate process on loopback"
+    )
+    runs: dict[str, list[Run]] = {name: [] for name, _, _ in ENDPOINTS}
+    for round_ in range(rounds):
+        for name, path, body in ENDPOINTS:
+            run = wrk(path, key, body, connections, seconds, server_pids)
+            runs[name].append(run)
+            ceiling = runs[ENDPOINTS[0][0]][round_].rate
+            print(
+                f"  {name:22s} {run.rate:7.0f} req/s  p50 {run.p50:6.2f} ms  p99 {run.p99:7.2f} ms"
+                f"  {run.rate / ceiling:4.0%} of ceiling"
+                f"   cpu: server {run.server:.2f}, wrk {run.wrk:.2f}, others {run.others:.2f}"
+            )
+    print(f"  median of {rounds} rounds:")
+    ceiling = statistics.median(r.rate for r in runs[ENDPOINTS[0][0]])
+    for name, _, _ in ENDPOINTS:
+        rate = statistics.median(r.rate for r in runs[name])
+        p50 = statistics.median(r.p50 for r in runs[name])
+        p99 = statistics.median(r.p99 for r in runs[name])
+        print(
+            f"  {name:22s} {rate:7.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:7.2f} ms"
+            f"  {rate / ceiling:4.0%} of ceiling"
+        )
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--connections", default="8,32", help="wrk connections, comma-separated")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=8, help="per endpoint per round")
+    parser.add_argument("--no-propagation", action="store_true")
+    options = parser.parse_args()
     ensure_database()
     setup_django()
     key = make_plan_and_key()
@@ -170,11 +297,8 @@ def main() -> None:
             sys.executable,
             "-m",
             "gunicorn",
-            "controlplane.wsgi:application",
-            "-w",
-            "2",
-            "--threads",
-            "4",
+            "-c",
+            "controlplane/gunicorn.conf.py",
             "-b",
             f"127.0.0.1:{PORT}",
             "--log-level",
@@ -199,22 +323,32 @@ def main() -> None:
         env=ENV,
     )
     try:
-        time.sleep(4)
+        wait_for_port(PORT, server)
+        wait_for_port(STREAM_PORT, stream)
+        time.sleep(1.0)  # every worker up
+        settings = server_settings()
         print(
-            "API: gunicorn, 2 WSGI workers x 4 threads; stream: uvicorn (ASGI); DEBUG off; PostgreSQL + Redis"
+            f"API: gunicorn -c controlplane/gunicorn.conf.py: {settings['workers']} workers x "
+            f"{settings['threads']} threads ({settings['worker_class']}, reuse_port "
+            f"{settings['reuse_port']}); stream: uvicorn "
+            f"(ASGI); DEBUG off; PostgreSQL + Redis; {os.cpu_count()} cores shared with wrk "
+            f"and whatever else runs; load average {os.getloadavg()[0]:.1f} at start"
         )
-        for connections in (32, 8):
-            print(
-                f"load: wrk -t2 -c{connections}, 10 s per endpoint, from a separate process on loopback"
-            )
-            measure_endpoints(key, connections)
-        delays = sorted(propagation(key))
-        if delays:
-            p50 = statistics.median(delays)
-            p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
-            print(
-                f"propagation to 100 SDK clients over SSE: {len(delays)} deliveries, p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {delays[-1]:.0f} ms"
-            )
+        server_pids = [server.pid, *children(server.pid)]
+        # Warm-up, with connections enough to reach every worker: each has the key, the
+        # snapshot and its routing follower before anything is measured.
+        wrk(ENDPOINTS[1][1], key, ENDPOINTS[1][2], 32, 2, server_pids)
+        for connections in (int(c) for c in options.connections.split(",")):
+            measure_endpoints(key, connections, options.rounds, options.seconds, server_pids)
+        if not options.no_propagation:
+            delays = sorted(propagation(key))
+            if delays:
+                p50 = statistics.median(delays)
+                p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+                print(
+                    f"propagation to 100 SDK clients over SSE: {len(delays)} deliveries, "
+                    f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {delays[-1]:.0f} ms"
+                )
     finally:
         for proc in (server, stream):
             proc.terminate()
@@ -224,25 +358,6 @@ def main() -> None:
             except subprocess.TimeoutExpired:  # uvicorn waits for open SSE streams to end
                 proc.kill()
                 proc.wait()
-
-
-def measure_endpoints(key: str, connections: int) -> None:
-    ceiling = wrk("/api/v1/ping", key, None, connections)
-    decide = wrk("/api/v1/decide", key, '{"plan": "bench-chat", "unit": "user-%d"}', connections)
-    ofrep = wrk(
-        "/ofrep/v1/evaluate/flags/bench-chat",
-        key,
-        '{"context": {"targetingKey": "user-%d"}}',
-        connections,
-    )
-    for name, (rate, p50, p99) in (
-        ("ping (ceiling)", ceiling),
-        ("POST /api/v1/decide", decide),
-        ("OFREP single flag", ofrep),
-    ):
-        print(
-            f"{name:22s} {rate:8.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms   {rate / ceiling[0]:.0%} of ceiling"
-        )
 
 
 if __name__ == "__main__":

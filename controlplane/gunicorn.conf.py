@@ -1,0 +1,54 @@
+"""gunicorn settings for the API (``gunicorn -c controlplane/gunicorn.conf.py``).
+
+One file for ``make run``, docker and the benchmarks, driven by the environment like the
+Django settings: production differs only in environment variables. Measured choices (2-core
+machine, load generator on the same cores; bench/bench_server.py): see the README.
+
+WEB_BIND         address to listen on (default 127.0.0.1:8000; ``-b`` overrides it)
+WEB_CONCURRENCY  worker processes (default 2: one per core)
+WEB_THREADS      threads per worker (default 2)
+WEB_KEEPALIVE    seconds a kept-alive connection may stay idle (default 5)
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from typing import Any
+
+
+def _int(name: str, default: int, minimum: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r}: expected an integer") from None
+    if value < minimum:
+        raise SystemExit(f"{name}={value}: expected at least {minimum}")
+    return value
+
+
+wsgi_app = "controlplane.wsgi:application"
+bind = [os.environ.get("WEB_BIND", "127.0.0.1:8000")]
+workers = _int("WEB_CONCURRENCY", 2, 1)
+worker_class = "gthread"
+threads = _int("WEB_THREADS", 2, 1)
+keepalive = _int("WEB_KEEPALIVE", 5, 0)
+# Plenty of kept-alive client connections per worker: they wait in the worker's poller, not
+# in a thread.
+worker_connections = 1000
+# One listening socket per worker (SO_REUSEPORT): the kernel spreads new connections over the
+# workers. On one shared socket the worker that wakes first takes them, and a burst of
+# kept-alive clients often all landed on one worker, leaving the other core idle (measured:
+# 8 wrk connections split 8/0 or 7/1 in 2 of 6 tries, 4/4 to 2/6 with this, ping 4.3-8k/s ->
+# 8-9.4k/s). The cost: a connection still queued on a worker that restarts is reset.
+reuse_port = True
+
+
+def post_worker_init(worker: Any) -> None:
+    # Everything the app loaded at start lives for the worker's lifetime: out of the
+    # collector's sight, a full collection scans only what requests leave behind.
+    gc.collect()
+    gc.freeze()
