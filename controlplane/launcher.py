@@ -44,13 +44,11 @@ def main() -> int:
             python,
             "-m",
             "gunicorn",
-            "controlplane.wsgi:application",
+            # Workers, threads and the rest: controlplane/gunicorn.conf.py (WEB_* variables).
+            "-c",
+            "controlplane/gunicorn.conf.py",
             "-b",
             f"{host}:{port}",
-            "-w",
-            env.get("WEB_CONCURRENCY", "2"),
-            "--threads",
-            "4",
         ],
         "stream": [
             python,
