@@ -334,6 +334,11 @@ class Traffic:
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="app")
         rng = random.Random(7)
         period = 1.0 / self.rate
+        # One request first, alone: the first call builds the arm's adapter (importing the
+        # vendor SDK takes seconds on a busy machine) while every other thread would wait.
+        with self.lock:
+            self.in_flight += 1
+        self.one(rng.randrange(5000), rng.choice(QUESTIONS), rng.random())
         next_at = time.monotonic()
         try:
             while not self.stop.is_set():
@@ -401,7 +406,7 @@ def _pct(values: list[float], q: float) -> float:
 def where(plan: Any) -> str:
     stage = plan.current_stage
     if plan.status != "running" or stage is None:
-        return plan.status.replace("_", " ")
+        return str(plan.status).replace("_", " ")
     if stage.kind == "shadow":
         return f"shadow, {stage.shadow_bp / 100:g} % of requests copied to the candidate"
     if stage.kind == "ab_split":
