@@ -68,6 +68,7 @@ class _Follower:
         self.sequence = 0
         self.trusted_until = 0.0  # monotonic; 0: not following
         self._published = 0  # bumped by saw(): a resync read in flight may predate it
+        self._warn_after = 0.0
 
     def get(self) -> int:
         if time.monotonic() < self.trusted_until:
@@ -78,7 +79,10 @@ class _Follower:
         except Exception:
             # Redis is unreachable: keep deciding from the last snapshot this process holds
             # rather than failing every decision; the listener catches up when Redis is back.
-            log.warning("routing sequence unreadable; serving the last known snapshot")
+            now = time.monotonic()
+            if now >= self._warn_after:  # once in a while, not once per decision
+                self._warn_after = now + 10.0
+                log.warning("routing sequence unreadable; serving the last known snapshot")
             return self.sequence
         self.sequence = sequence
         return sequence
