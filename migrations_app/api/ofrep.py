@@ -60,6 +60,18 @@ def _parse(raw: bytes) -> Any:
         return json.loads(raw)
 
 
+def _utf8(text: str) -> bool:
+    """False for a lone surrogate (Python's parser lets ``"\\ud800"`` through): routing hashes
+    the unit as UTF-8."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _context(request: HttpRequest, key: str | None) -> dict[str, Any] | HttpResponse:
     if len(request.body) > MAX_BODY_BYTES:
         return _failure(key, "INVALID_CONTEXT", f"The request body is over {MAX_BODY_BYTES} bytes.")
@@ -79,7 +91,7 @@ def _context(request: HttpRequest, key: str | None) -> dict[str, Any] | HttpResp
             "TARGETING_KEY_MISSING",
             "context.targetingKey names the unit to route (a user id).",
         )
-    if not isinstance(unit, str) or len(unit) > 256:
+    if not isinstance(unit, str) or len(unit) > 256 or not _utf8(unit):
         return _failure(
             key,
             "INVALID_CONTEXT",

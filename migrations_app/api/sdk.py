@@ -99,6 +99,14 @@ def _text(data: dict[str, Any], name: str, max_length: int, *, trim: bool) -> tu
         return "", "This field may not be blank."
     if len(text) > max_length:
         return "", f"Ensure this field has no more than {max_length} characters."
+    if "\x00" in text:
+        return "", "Null characters are not allowed."
+    if not text.isascii():
+        # Python's parser lets lone surrogates (``"\ud800"``) through; they cannot be hashed
+        # as UTF-8, so the unit would fail in routing instead of here.
+        surrogate = next((c for c in text if "\ud800" <= c <= "\udfff"), None)
+        if surrogate is not None:
+            return "", f"Surrogate characters are not allowed: U+{ord(surrogate):X}."
     return text, ""
 
 

@@ -159,3 +159,16 @@ def test_the_decision_routes_take_the_lean_stack_and_the_rest_the_full_one(sdk_k
     assert status.startswith("200") and headers["X-Frame-Options"] == "DENY"  # the full stack
     status, _, content = _wsgi("/api/v1/decide", "tk_nope_nope", b"{}")
     assert status.startswith("401") and json.loads(content)["code"] == "unauthenticated"
+
+
+@pytest.mark.parametrize(
+    ("raw_unit", "message"),
+    [(b'"\\ud800"', "Surrogate characters"), (b'"a\\u0000b"', "Null characters")],
+)
+def test_units_routing_cannot_hash_are_refused(api: Client, raw_unit: bytes, message: str) -> None:
+    plans.plan_start(plan_key=make_plan("chat").key, actor=person())
+    response = _post(api, "/api/v1/decide", b'{"plan": "chat", "unit": ' + raw_unit + b"}")
+    assert response.status_code == 400
+    assert message in response.json()["details"]["fields"]["unit"][0]
+    ofrep = _post(api, "/ofrep/v1/evaluate/flags/chat", b'{"context": {"targetingKey": "\\ud800"}}')
+    assert ofrep.status_code == 400 and ofrep.json()["errorCode"] == "INVALID_CONTEXT"
