@@ -4,7 +4,7 @@ candidate that regresses half-way.
 What runs: the provider simulator (``python -m migrations_app.simulator``, its own free port;
 OpenAI's and Anthropic's wire formats), Turnout as ``make run`` starts it (web, stream,
 worker, beat; the engine evaluates every 5 s here), and, in this process, a webhook receiver
-that prints each page and an application sending ~15 requests a second through
+that prints each page and an application sending ~20 requests a second through
 ``client.complete()``: the SDK routes each request, calls the arm through the provider
 adapters (the real ``openai`` and ``anthropic`` SDKs, pointed at the simulator), reports the
 outcome and, in shadow, hands the request and control's answer to Turnout's workers, which call
@@ -17,27 +17,31 @@ faster), on provider connections ``sim-openai`` and ``sim-anthropic`` that point
 simulator (the catalog's own ``openai`` and ``anthropic`` connections are left alone); the
 API key variables they name are set to dummy values for the stack and the application.
 
-Timeline with the default timings (minutes from the moment the plan starts; the stack takes
-~20 s to come up before that):
+Timeline with the default timings, in minutes from the plan's start (the stack needs 10 to
+45 s to come up before that), as measured on a busy 2-core machine (PostgreSQL and Redis, then
+the embedded SQLite and filesystem broker):
 
-- 0:00 shadow, 100 % of requests copied to the candidate; users only ever see GPT-4o. The
-  dashboard's shadow pairs fill up with the compared answers. The engine
-  advances once the stage has 300 compared pairs, a minute has passed and every guardrail
-  (error rate, paired; p95 latency; cost per request) is inside its tolerance: ~1:05.
-- ~1:05 A/B split, 50 % of users on the candidate, at least a minute and 400 requests per arm;
-  the engine advances when the bounds prove every guardrail inside: ~2:10.
-- ~2:10 rollout, 75 % of users on the candidate (then 100 %, two minutes each).
+- 0:00 shadow: every request is copied to the candidate; users only ever see GPT-4o. The
+  dashboard's shadow pairs fill up with the compared answers. The engine advances once a
+  minute has passed, 300 pairs are compared and every guardrail is proven inside its
+  tolerance (error rate by the paired test, p95 latency, cost per request): 1:02 to 1:05.
+- A/B split, 50 % of users on the candidate, for at least a minute and 600 requests per arm
+  (when the error rate's confirmatory look is taken); the engine advances when the bounds
+  prove every guardrail inside: about 2:30.
+- rollout, 75 % of users on the candidate (then 100 %, two minutes each).
 - 20 s into the rollout the candidate regresses: its simulator profile is changed at run time
   (``PUT /_sim/profiles/claude-3-5-haiku-20241022``): half its calls fail with 529 overloaded
-  (after the SDK's retries about one request in eight still fails and falls back to GPT-4o)
-  and it answers ~2x slower.
-- seconds later the engine rolls the plan back on its own, every SDK is on control within a
-  second, and the page arrives here with the evidence. The demo keeps running (Ctrl-C stops
-  it) so that the dashboard, the timeline and the recovery page can be looked at.
+  (after the SDK's three attempts about one request in eight still fails, and the user gets
+  GPT-4o's answer through the fallback) and it answers ~2.5x slower.
+- 25 to 35 s later the engine rolls the plan back on its own (p95 latency or error rate
+  regressed), every SDK is on control within a second, and the page arrives here with the
+  evidence; ~10 s after it, the recovery page (control is back to its baseline). The demo
+  keeps running (Ctrl-C stops it) for the dashboard, the timeline and the report.
 
-``--fast`` (used by tests/test_demo.py) runs the same story with no minimum durations, smaller
-minimum samples, an evaluation every second, and exits once the rollback's page has arrived.
-The stack's own output goes to ``<TURNOUT_DATA_DIR>/demo-stack.log`` (``var/`` by default).
+``--fast`` (tests/test_demo.py) runs the shadow with no minimum duration, regresses the
+candidate 3 s into a split that cannot advance (its minimum sample is out of reach), evaluates
+every 2 s, and exits 0 once the rollback's page has arrived (1 if it has not within
+``--patience`` seconds). The stack's own output goes to ``<TURNOUT_DATA_DIR>/demo-stack.log`` (``var/`` by default).
 """
 
 from __future__ import annotations
@@ -164,16 +168,16 @@ class Timings:
 
 
 DEFAULT_TIMINGS = Timings(
-    shadow_minutes=1, shadow_samples=300, split_minutes=1, split_samples=400,
+    shadow_minutes=1, shadow_samples=300, split_minutes=1, split_samples=600,
     rollout_minutes=2, rollout_samples=400, regress_in="rollout", regress_after=20.0,
-    filtered=0.012, evaluation_interval=5.0, rate=15.0,
+    filtered=0.012, evaluation_interval=5.0, rate=20.0,
 )  # fmt: skip
 # The test's: the same shadow with no minimum duration, then the regression 3 s into a split
 # that cannot advance (its minimum sample is out of reach): shadow -> split -> rollback.
 FAST_TIMINGS = Timings(
     shadow_minutes=0, shadow_samples=60, split_minutes=0, split_samples=1_000_000,
     rollout_minutes=0, rollout_samples=1_000_000, regress_in="ab_split", regress_after=3.0,
-    filtered=0.012, evaluation_interval=2.0, rate=15.0,
+    filtered=0.012, evaluation_interval=2.0, rate=20.0,
 )  # fmt: skip
 
 
@@ -620,8 +624,8 @@ def main() -> int:
         key = setup_plan(hook_url, sim_url, timings)
         say(f"plan {PLAN} is running: open {base}/plans/{PLAN}/ (or {base}/admin/)")
         # Every flush posts one batch of shadow samples, which becomes one worker task that
-        # calls the candidate for all of them at once: fewer, fuller tasks keep the worker's
-        # two processes ahead of the traffic (one per 0.5 s would not, at 15 requests/s).
+        # calls the candidate for all of them at once: fewer, fuller tasks keep the worker
+        # ahead of the traffic (a task every 0.5 s fell behind at 20 requests a second).
         client = turnout.Client(base, key, stream_url=stream, flush_interval=2.0, start_wait=10)
         for _ in range(100):  # the snapshot arrives within a second; ten at most
             if PLAN in client.snapshot.plans:
@@ -646,7 +650,7 @@ def main() -> int:
                 if args.fast:
                     paged = any(p.get("event") == "rolled_back" for p in Pages.received)
                     if story.rolled_back_at is not None and paged:
-                        say("fast demo done: shadow, split, rollout, regression, rollback, page")
+                        say("fast demo done: the engine rolled the plan back and the page arrived")
                         return 0
                     if time.monotonic() > give_up:
                         say(
