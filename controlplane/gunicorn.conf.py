@@ -8,6 +8,7 @@ WEB_BIND         address to listen on (default 127.0.0.1:8000; ``-b`` overrides 
 WEB_CONCURRENCY  worker processes (default 2: one per core)
 WEB_THREADS      threads per worker (default 2)
 WEB_KEEPALIVE    seconds a kept-alive connection may stay idle (default 5)
+WEB_REUSE_PORT   one listening socket per worker (default 1; 0: one shared socket)
 """
 
 from __future__ import annotations
@@ -30,6 +31,17 @@ def _int(name: str, default: int, minimum: int) -> int:
     return value
 
 
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"{name}={raw!r}: expected 1 or 0")
+
+
 wsgi_app = "controlplane.wsgi:application"
 bind = [os.environ.get("WEB_BIND", "127.0.0.1:8000")]
 workers = _int("WEB_CONCURRENCY", 2, 1)
@@ -43,8 +55,9 @@ worker_connections = 1000
 # workers. On one shared socket the worker that wakes first takes them, and a burst of
 # kept-alive clients often all landed on one worker, leaving the other core idle (measured:
 # 8 wrk connections split 8/0 or 7/1 in 2 of 6 tries, 4/4 to 2/6 with this, ping 4.3-8k/s ->
-# 8-9.4k/s). The cost: a connection still queued on a worker that restarts is reset.
-reuse_port = True
+# 8-9.4k/s). The costs: a connection still queued on a worker that restarts is reset, and a
+# second server started on the same port by mistake shares it instead of failing to bind.
+reuse_port = _bool("WEB_REUSE_PORT", True)
 
 
 def post_worker_init(worker: Any) -> None:
