@@ -7,6 +7,12 @@ error: JSONDecodeError", celery/kombu#1551). Under ``make demo``'s shadow traffi
 tasks a second from web, beat and the worker) that happened within two minutes. Here the
 message is written under a name no consumer picks up and renamed into place when complete
 (``os.replace`` is atomic within a folder).
+
+The exchange table in the control folder has the same race when several processes declare
+the first binding at once (web, worker and beat at the first start): kombu creates the file,
+then locks and writes it, and a reader in between gets an empty table. Here the first table
+is written aside and linked into place, so it appears whole; later updates take kombu's
+exclusive lock, which its readers wait for.
 """
 
 from __future__ import annotations
@@ -36,6 +42,25 @@ class Channel(filesystem.Channel):
             os.replace(partial, final)
         except OSError as exc:
             raise ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        file = self._exchange_file(exchange)
+        self.control_folder.mkdir(exist_ok=True)
+        if not file.exists():
+            entry = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+            partial = file.with_name(f"{file.name}.{uuid.uuid4().hex}.part")
+            try:
+                partial.write_bytes(str_to_bytes(dumps([entry])))
+                try:
+                    os.link(partial, file)  # fails if another process created it first
+                    return
+                except FileExistsError:
+                    pass
+            except OSError as exc:
+                raise ChannelError(f"Cannot create {file}") from exc
+            finally:
+                partial.unlink(missing_ok=True)
+        super()._queue_bind(exchange, routing_key, pattern, queue)
 
 
 class Transport(filesystem.Transport):

@@ -13,7 +13,15 @@ from queue import Empty
 import pytest
 from kombu import Connection
 
+from controlplane.broker import Transport
 from tests.conftest import ROOT
+
+
+@pytest.fixture(autouse=True)
+def _fresh_bindings() -> None:
+    # The transport remembers declared bindings per process (global_state) and reads their
+    # table from the control folder: a fresh folder per test needs a fresh memory.
+    Transport.global_state.clear()
 
 
 def connection(folder: Path) -> Connection:
@@ -60,6 +68,11 @@ def test_a_consumer_racing_producers_gets_every_message_whole(tmp_path: Path) ->
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
+    # The queue declared once before the race, as a worker does at its start: kombu keeps the
+    # bindings it declared in memory per process, so threads that start together would each
+    # skip the declaration while the first is still writing the binding table.
+    with connection(tmp_path) as conn:
+        conn.SimpleQueue("tasks").close()
     threads = [threading.Thread(target=produce, args=(n,)) for n in range(producers)]
     for t in threads:
         t.start()
@@ -95,3 +108,31 @@ def test_a_message_being_written_is_not_taken(tmp_path: Path) -> None:
         queue.put({"ok": True})
         assert queue.get(timeout=2).payload == {"ok": True}
         queue.close()
+
+
+def test_processes_binding_at_once_leave_a_whole_table(tmp_path: Path) -> None:
+    """Web, worker and beat declare their bindings at the same first start: the exchange
+    table appears whole (kombu creates it, then writes it: a reader in between read "")."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def bind(n: int) -> None:
+        try:
+            with connection(tmp_path) as conn:
+                channel = conn.default_channel
+                start.wait()
+                channel._queue_bind("tasks", f"key-{n}", "", f"queue-{n}")
+                assert channel.get_table("tasks")  # never an empty or partial file
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bind, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with connection(tmp_path) as conn:
+        queues = {q.queue for q in conn.default_channel.get_table("tasks")}
+    assert queues == {f"queue-{n}" for n in range(8)}
+    assert [p.name for p in (tmp_path / "control").iterdir()] == ["tasks.exchange"]
