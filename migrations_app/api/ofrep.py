@@ -61,8 +61,8 @@ def _parse(raw: bytes) -> Any:
 
 
 def _utf8(text: str) -> bool:
-    """False for a lone surrogate (Python's parser lets ``"\\ud800"`` through): routing hashes
-    the unit as UTF-8."""
+    """False for a lone surrogate, which Python's parser lets through (``"\\ud800"``) and
+    mmh3 (5.3.1) segfaults hashing."""
     if text.isascii():
         return True
     try:

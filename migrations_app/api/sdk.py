@@ -102,8 +102,8 @@ def _text(data: dict[str, Any], name: str, max_length: int, *, trim: bool) -> tu
     if "\x00" in text:
         return "", "Null characters are not allowed."
     if not text.isascii():
-        # Python's parser lets lone surrogates (``"\ud800"``) through; they cannot be hashed
-        # as UTF-8, so the unit would fail in routing instead of here.
+        # Python's parser lets lone surrogates (``"\ud800"``) through, and mmh3 (5.3.1)
+        # segfaults hashing one: DRF's CharField refused them, and so does this.
         surrogate = next((c for c in text if "\ud800" <= c <= "\udfff"), None)
         if surrogate is not None:
             return "", f"Surrogate characters are not allowed: U+{ord(surrogate):X}."
