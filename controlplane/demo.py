@@ -535,7 +535,13 @@ class Story:
         )
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the demo as Ctrl-C does, children included
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
+    parent = os.getppid()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--fast", action="store_true",
@@ -583,20 +589,24 @@ def main() -> int:
     env["TURNOUT_DEMO_HOOK_URL"] = hook_url
     env.setdefault("TURNOUT_DEMO_HOOK_SECRET", "demo-secret")
     os.environ.update({k: v for k, v in env.items() if k not in os.environ or k in DUMMY_KEYS})
-    simulator, sim_url, profiles = start_simulator(env, timings)
-    say(f"provider simulator at {sim_url} (profiles: {profiles})")
-    log = open(data / "demo-stack.log", "a")  # closed in the finally below
-    stack = subprocess.Popen(
-        [sys.executable, "-m", "controlplane.launcher"], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    assert stack.stdout is not None
-    threading.Thread(target=follow_stack, args=(stack.stdout, log), daemon=True).start()
-    say(f"starting Turnout (web {base}, stream {stream}); its output goes to {log.name}")
     stop = threading.Event()
+    simulator: subprocess.Popen[str] | None = None
+    profiles: Path | None = None
+    stack: subprocess.Popen[str] | None = None
+    log: IO[str] | None = None
     client = None
     app: threading.Thread | None = None
     try:
+        simulator, sim_url, profiles = start_simulator(env, timings)
+        say(f"provider simulator at {sim_url} (profiles: {profiles})")
+        log = open(data / "demo-stack.log", "a")  # closed in the finally below
+        stack = subprocess.Popen(
+            [sys.executable, "-m", "controlplane.launcher"], cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+        assert stack.stdout is not None
+        threading.Thread(target=follow_stack, args=(stack.stdout, log), daemon=True).start()
+        say(f"starting Turnout (web {base}, stream {stream}); its output goes to {log.name}")
         import httpx
 
         deadline = time.monotonic() + 180
@@ -639,10 +649,13 @@ def main() -> int:
         app.start()
         say(f"the app sends {timings.rate:g} requests a second through client.complete()")
         story = Story(sim_url, timings, traffic)
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         give_up = time.monotonic() + args.patience
         try:
             while not stop.wait(1.0):
+                if os.getppid() != parent:
+                    # `timeout ... make demo` stops make, which passes nothing on to us.
+                    say("the demo's parent process has gone: stopping")
+                    return 0
                 if stack.poll() is not None:
                     say(f"the stack stopped (exit {stack.returncode}): see {log.name}")
                     return 1
@@ -666,17 +679,24 @@ def main() -> int:
             app.join(timeout=15)  # the requests in flight finish before the client closes
         if client is not None:
             client.close(timeout=2)
-        stack.terminate()  # the launcher stops web, stream, worker and beat in order
-        try:
-            stack.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(stack.pid, signal.SIGKILL)
-        simulator.terminate()
-        simulator.wait(timeout=10)
-        profiles.unlink(missing_ok=True)
+        if stack is not None:
+            stack.terminate()  # the launcher stops web, stream, worker and beat in order
+            try:
+                stack.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(stack.pid, signal.SIGKILL)
+        if simulator is not None:
+            simulator.terminate()
+            simulator.wait(timeout=10)
+        if profiles is not None:
+            profiles.unlink(missing_ok=True)
         pages.shutdown()
-        log.close()
+        if log is not None:
+            log.close()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # during start-up; everything started is stopped by then
+        sys.exit(130)
