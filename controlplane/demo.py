@@ -27,21 +27,22 @@ the embedded SQLite and filesystem broker):
   tolerance (error rate by the paired test, p95 latency, cost per request): 1:02 to 1:05.
 - A/B split, 50 % of users on the candidate, for at least a minute and 600 requests per arm
   (when the error rate's confirmatory look is taken); the engine advances when the bounds
-  prove every guardrail inside: about 2:30.
+  prove every guardrail inside: 2:10 to 2:50.
 - rollout, 75 % of users on the candidate (then 100 %, two minutes each).
 - 20 s into the rollout the candidate regresses: its simulator profile is changed at run time
   (``PUT /_sim/profiles/claude-3-5-haiku-20241022``): half its calls fail with 529 overloaded
   (after the SDK's three attempts about one request in eight still fails, and the user gets
   GPT-4o's answer through the fallback) and it answers ~2.5x slower.
-- 25 to 35 s later the engine rolls the plan back on its own (p95 latency or error rate
-  regressed), every SDK is on control within a second, and the page arrives here with the
-  evidence; ~10 s after it, the recovery page (control is back to its baseline). The demo
+- 20 to 40 s later the engine rolls the plan back on its own (p95 latency or error rate
+  regressed), the change is pushed to the SDK (the next 10 s of traffic are all on control),
+  and the page arrives here with the evidence; ~10 s after it, the recovery page. The demo
   keeps running (Ctrl-C stops it) for the dashboard, the timeline and the report.
 
 ``--fast`` (tests/test_demo.py) runs the shadow with no minimum duration, regresses the
 candidate 3 s into a split that cannot advance (its minimum sample is out of reach), evaluates
 every 2 s, and exits 0 once the rollback's page has arrived (1 if it has not within
-``--patience`` seconds). The stack's own output goes to ``<TURNOUT_DATA_DIR>/demo-stack.log`` (``var/`` by default).
+``--patience`` seconds). The stack's own output goes to ``<TURNOUT_DATA_DIR>/demo-stack.log``
+(``var/`` by default).
 """
 
 from __future__ import annotations
