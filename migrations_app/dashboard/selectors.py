@@ -416,6 +416,13 @@ def _score(value: Any) -> str:
     return str(value)
 
 
+#: The per-pair scores shown beside a pair (the sample keeps the rest: lengths, both arms'
+#: refusal flags, the judge's raw answer).
+PAIR_SCORES = frozenset(
+    {"exact_match", "normalized_match", "json_valid", "similarity", "length_ratio", "refusal"}
+)
+
+
 def _scores(comparison: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The pair's scores a person reads: the scalar ones, the judge's verdict in words, and
     the JSON diff's counts (the diff itself is in the sample)."""
@@ -427,9 +434,8 @@ def _scores(comparison: Mapping[str, Any]) -> list[tuple[str, str]]:
         elif key == "json_diff" and isinstance(value, Mapping):
             counts = [f"{len(value.get(k) or [])} {k}" for k in ("added", "removed", "changed")]
             out.append(("json diff", ", ".join(counts)))
-        elif value is None or isinstance(value, bool | int | float | str):
-            if key != "judge_score" and value is not None:
-                out.append((key, _score(value)))
+        elif key in PAIR_SCORES and value is not None:
+            out.append((key, _score(value)))
     return out
 
 
