@@ -122,7 +122,8 @@ def has_scope(scope: str) -> type[permissions.BasePermission]:
 # ``limit + processes * batch`` decisions in a second (batch = 1 % of the limit: 2,000/s
 # admits at most 2,040 on two workers); with batch 1 (limits under 200/s) every request is
 # one INCR and the limit is exact. With Redis unreachable each process keeps enforcing the
-# limit on its own count.
+# limit on its own count (a key then gets up to processes * limit), and tries Redis again
+# after a second.
 
 RATE_WINDOW_KEY = "turnout:rate:{prefix}:{second}"
 
