@@ -161,6 +161,19 @@ class PlanDecision:
         }
 
 
+#: Metrics a shadow stage cannot observe for the candidate: users only ever see control's
+#: answers, so nobody rates the candidate's (the judge score is the shadow's quality signal).
+NOT_IN_SHADOW = frozenset({"satisfaction"})
+
+
+def tested_in(mode: Mode, guardrails: Sequence[GuardrailSpec]) -> list[GuardrailSpec]:
+    """The guardrails a stage of this mode can test. Without this a plan with a satisfaction
+    guardrail would wait in shadow for candidate feedback that never comes."""
+    if mode != "shadow":
+        return list(guardrails)
+    return [g for g in guardrails if g.metric not in NOT_IN_SHADOW]
+
+
 def split_alpha(alpha: float, guardrails: Sequence[GuardrailSpec]) -> dict[str, float]:
     """Bonferroni: each guardrail gets alpha / (number of guardrails)."""
     if not guardrails:
@@ -349,6 +362,8 @@ def evaluate_plan(
     duration, and no sample-ratio mismatch.
     """
     previous = previous or {}
+    # Bonferroni over the tests this stage runs: the union bound needs no more.
+    guardrails = tested_in(stage.mode, guardrails)
     alphas = {
         metric: a * stage.alpha_share
         for metric, a in split_alpha(settings.alpha, guardrails).items()

@@ -34,12 +34,15 @@ _ACTIONS = {
 
 
 def subject(evidence: Mapping[str, Any]) -> str:
-    """What the page is about: the first guardrail that asked for action, or the reason."""
-    for guardrail in evidence.get("guardrails", []):
-        if guardrail.get("wants") in ("rollback", "pause", "alert"):
-            return str(guardrail["metric"])
-    if evidence.get("circuit_breaker"):
-        return "circuit_breaker"
+    """What the page is about: the guardrail whose ask was the action taken (a rollback is
+    about the guardrail that regressed, not an earlier one that only warned), or the reason."""
+    guardrails = evidence.get("guardrails", [])
+    for wanted in ("rollback", "pause", "alert"):
+        for guardrail in guardrails:
+            if guardrail.get("wants") == wanted:
+                return str(guardrail["metric"])
+        if wanted == "rollback" and evidence.get("circuit_breaker"):
+            return "circuit_breaker"
     ratio = evidence.get("sample_ratio") or {}
     if ratio.get("mismatch"):
         return "sample_ratio"

@@ -76,3 +76,22 @@ def test_recovery_and_escalation_fold_into_the_rollback_incident():
 )
 def test_subject_without_a_guardrail(evidence, expected):
     assert paging.subject(evidence) == expected
+
+
+def test_a_rollback_page_is_about_the_guardrail_that_rolled_back():
+    """Seen in make demo: the error rate only warned, p95 latency regressed and rolled back;
+    the page must headline latency, not the first guardrail that asked for anything."""
+    evidence = {
+        "circuit_breaker": None,
+        "guardrails": [
+            {"metric": "error_rate", "wants": "alert"},
+            {"metric": "cost_per_request", "wants": "pause"},
+            {"metric": "latency_p95", "wants": "rollback"},
+        ],
+    }
+    assert paging.subject(evidence) == "latency_p95"
+    evidence["guardrails"][2]["wants"] = "hold"
+    assert paging.subject(evidence) == "cost_per_request"
+    assert paging.subject({**evidence, "circuit_breaker": "candidate errors 30 %"}) == (
+        "circuit_breaker"
+    )

@@ -159,6 +159,25 @@ def test_shadow_mode_uses_paired_errors():
     assert d.action == "rollback" and d.verdicts[0].status == "regressed"
 
 
+def test_shadow_does_not_wait_for_feedback_on_answers_no_user_saw(arms):
+    """In shadow the candidate's answers reach no user, so it has no feedback: the
+    satisfaction guardrail is not tested there (it would hold the phase forever), and the
+    plan's alpha is split over the guardrails that are."""
+    control, candidate = arms
+    unrated = replace(
+        candidate, feedback_n=0, feedback_sum=0.0, feedback_sum_sq=0.0,
+        feedback_clusters=S.ClusterSums(), feedback_rate_clusters=S.ClusterSums(),
+    )  # fmt: skip
+    pairs = S.PairedErrors(n=40_000, control_only=400, candidate_only=400, both=100)
+    shadow = replace(DONE, mode="shadow")
+    d = decide(control, unrated, shadow, paired_errors=pairs)
+    assert [v.metric for v in d.verdicts] == ["error_rate", "latency_p95", "cost_per_request"]
+    assert d.alphas == {m: 0.05 / 3 for m in ("error_rate", "latency_p95", "cost_per_request")}
+    assert d.action == "advance", d.reasons
+    # The same unrated candidate in a split holds: there users do see its answers.
+    assert decide(control, unrated).action == "hold"
+
+
 def _independent(requests: int, errors: int) -> S.ArmAggregates:
     return S.ArmAggregates(
         requests=requests,
