@@ -424,10 +424,12 @@ def evaluate_plan(
         if n_min < stage.min_samples:
             escalate("hold", f"stage has {n_min} requests per arm of {stage.min_samples}")
         if stage.elapsed_seconds < stage.min_duration_seconds:
+            # Whole units run so far, rounded down: "1 of 1 minutes" would read as done.
+            unit, size = ("seconds", 1.0) if stage.min_duration_seconds < 120 else ("minutes", 60.0)
             escalate(
                 "hold",
-                f"stage has run {stage.elapsed_seconds / 60:.0f} of "
-                f"{stage.min_duration_seconds / 60:.0f} minutes",
+                f"stage has run {math.floor(stage.elapsed_seconds / size)} of "
+                f"{stage.min_duration_seconds / size:.0f} {unit}",
             )
     if action == "advance":
         reasons.append(

@@ -320,8 +320,11 @@ def shadow_claim(sample_ids: Sequence[str], *, now: datetime | None = None) -> l
             plan = (
                 MigrationPlan.objects.select_for_update(of=("self",))
                 .select_related("candidate_model__provider", "judge_model__provider")
-                .get(pk=plan_id)
+                .filter(pk=plan_id)
+                .first()
             )
+            if plan is None:  # deleted since the samples were listed (they went with it)
+                continue
             spent = _spent_today(plan, now)
             budget = plan.shadow_budget_usd_per_day
             for sample in ShadowSample.objects.filter(claimable, pk__in=ids).order_by("pk"):

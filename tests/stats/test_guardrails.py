@@ -60,6 +60,10 @@ def test_healthy_candidate_advances_only_when_samples_and_duration_are_met(arms)
     assert d.action == "advance" and not d.alert
     early = decide(control, candidate, replace(DONE, elapsed_seconds=600))
     assert early.action == "hold" and any("10 of 30 minutes" in r for r in early.reasons)
+    almost = decide(control, candidate, replace(DONE, elapsed_seconds=1799.5))
+    assert any("29 of 30 minutes" in r for r in almost.reasons)
+    short = replace(DONE, min_duration_seconds=60, elapsed_seconds=36.6)
+    assert any("36 of 60 seconds" in r for r in decide(control, candidate, short).reasons)
     few = decide(control, candidate, replace(DONE, min_samples=50_000))
     assert few.action == "hold"
     json.dumps(d.to_dict(), allow_nan=False)
