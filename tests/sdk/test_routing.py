@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 
+import mmh3
 import numpy as np
 import pytest
 from hypothesis import given
@@ -220,3 +221,18 @@ def test_snapshot_level_problems() -> None:
     # A kind this SDK does not know is not a reason to refuse every plan.
     future = {**entry, "control": {**ARM, "kind": "bedrock"}}
     assert routing.parse_snapshot({"plans": [future]}).plans["p"].control.kind == "bedrock"
+
+
+def test_a_lone_surrogate_unit_gets_a_stable_bucket_not_a_crash() -> None:
+    """mmh3 (5.3.1) segfaults hashing a str with a lone surrogate; such a unit reaches
+    decide() from any JSON parser. It is hashed as its surrogatepass bytes instead."""
+    unit = "user-\ud800"
+    first = routing.bucket("salt", unit)
+    assert first == routing.bucket("salt", unit)
+    assert 0 <= first < routing.BASIS_POINTS
+    assert 0 <= routing.shadow_bucket("salt", unit) < routing.BASIS_POINTS
+    for weight in (0, 5000, 10_000):
+        decision = routing.decide(_plan(weight, shadow_bp=5000), unit, decision_id="d")
+        assert decision.arm == ("candidate" if first < weight else "control")
+    # Every other string hashes exactly as mmh3 hashes it (no bucket moves).
+    assert routing.bucket("s", "ünït") == mmh3.hash("s:ünït", 0, False) % routing.BASIS_POINTS

@@ -34,16 +34,21 @@ CANDIDATE = "candidate"
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 _hash = mmh3.hash
+# Keys are hashed as UTF-8 bytes, encoded here: mmh3 (5.3.1) encodes a str itself and
+# segfaults on a lone surrogate ("\ud800", which JSON parsers and str() let through), which
+# would take the host process down. For every other string the bytes are those mmh3 hashed,
+# so no bucket moves (the conformance vectors pin it); a lone surrogate gets a stable bucket.
+_UTF8, _LONE = "utf-8", "surrogatepass"
 
 
 def bucket(salt: str, unit: str) -> int:
     """The unit's sticky bucket in [0, 10000) for the split."""
-    return int(_hash(f"{salt}:{unit}", 0, False)) % BASIS_POINTS
+    return int(_hash(f"{salt}:{unit}".encode(_UTF8, _LONE), 0, False)) % BASIS_POINTS
 
 
 def shadow_bucket(salt: str, unit: str) -> int:
     """The unit's bucket for shadow sampling, independent of :func:`bucket`."""
-    return int(_hash(f"{salt}:shadow:{unit}", 0, False)) % BASIS_POINTS
+    return int(_hash(f"{salt}:shadow:{unit}".encode(_UTF8, _LONE), 0, False)) % BASIS_POINTS
 
 
 def freeze(value: Any) -> Any:
@@ -279,11 +284,15 @@ def decide(
     status = plan.status
     if status == "running":
         salt = plan.salt
-        if int(_hash(f"{salt}:{unit}", 0, False)) % BASIS_POINTS < plan.weight_bp:
+        if (
+            int(_hash(f"{salt}:{unit}".encode(_UTF8, _LONE), 0, False)) % BASIS_POINTS
+            < plan.weight_bp
+        ):
             return _build(plan, unit, CANDIDATE, plan.candidate, False, "SPLIT", decision_id)
         shadow = (
             plan.shadow_bp > 0
-            and int(_hash(f"{salt}:shadow:{unit}", 0, False)) % BASIS_POINTS < plan.shadow_bp
+            and int(_hash(f"{salt}:shadow:{unit}".encode(_UTF8, _LONE), 0, False)) % BASIS_POINTS
+            < plan.shadow_bp
         )
         return _build(plan, unit, CONTROL, plan.control, shadow, "SPLIT", decision_id)
     if status == "completed":
