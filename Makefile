@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/turnout
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install system-deps run test lint bench demo clean
+.PHONY: install system-deps bench-deps run test lint demo clean
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	python3 -m venv $(VENV)
@@ -36,6 +36,12 @@ system-deps:
 	@[ -x /usr/bin/chromium ] || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "warning: /usr/bin/chromium missing and not root: the browser tests will be skipped"
+
+# The benchmarks' own system package: Debian's wrk drives bench/bench_server.py (root).
+bench-deps: install
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
+		echo "warning: wrk missing and not root: bench/bench_server.py needs it"
 
 test: install system-deps lint
 	DEBUG=1 DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
