@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stack import ROOT, bench_env, ensure_database, setup_django, wait_for_port  # noqa: E402
+from bench._stack import ROOT, bench_env, ensure_database, setup_django, wait_for_port
 
 DB = "turnout_bench_shadow"
 REDIS_DB = 9
@@ -76,9 +76,9 @@ def worker(env: dict[str, str], concurrency: int) -> Any:
 
 
 def new_plan(sim_url: str) -> Any:
-    from migrations_app import plans
     from django.contrib.auth.models import User
 
+    from migrations_app import plans
     from migrations_app.models import MigrationPlan, PlanPhase, ProviderConnection
 
     ProviderConnection.objects.filter(name="anthropic").update(
@@ -111,8 +111,12 @@ def samples(plan: Any, n: int) -> list[dict[str, Any]]:
             "unit": f"user-{i}",
             "ts": now,
             "request": {"messages": [{"role": "user", "content": f"Where is my order {i}?"}]},
-            "control": {"text": f"Order {i} ships tomorrow.", "latency_ms": 900.0,
-                        "input_tokens": 20, "output_tokens": 8},
+            "control": {
+                "text": f"Order {i} ships tomorrow.",
+                "latency_ms": 900.0,
+                "input_tokens": 20,
+                "output_tokens": 8,
+            },
         }  # fmt: skip
         for i in range(n)
     ]
