@@ -36,11 +36,26 @@ RESYNC_SECONDS = 0.5
 TRUST_SECONDS = 1.0
 
 
+# A request never waits long on Redis: an unreachable one (a failover, a dropped route) must
+# cost a decision at most this, and the callers fall back to what the process knows.
+CONNECT_TIMEOUT = 0.25
+COMMAND_TIMEOUT = 1.0
+# While the follower is not trusted, a request reads the sequence itself at most this often
+# after a failed read; the others serve the last known snapshot without waiting.
+DIRECT_READ_BACKOFF = 0.5
+
+
 @lru_cache(maxsize=1)
 def redis_client() -> Any:
+    """The process's Redis client (one connection pool; redis-py makes a fresh pool in a
+    forked child)."""
     import redis
 
-    return redis.Redis.from_url(settings.REDIS_URL)
+    return redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=COMMAND_TIMEOUT,
+    )
 
 
 def current_sequence() -> int:
@@ -69,9 +84,11 @@ class _Follower:
         self.trusted_until = 0.0  # monotonic; 0: not following
         self._published = 0  # bumped by saw(): a resync read in flight may predate it
         self._warn_after = 0.0
+        self._direct_after = 0.0  # monotonic; after a failed direct read, not before this
 
     def get(self) -> int:
-        if time.monotonic() < self.trusted_until:
+        now = time.monotonic()
+        if now < self.trusted_until or now < self._direct_after:
             return self.sequence
         self._ensure_thread()
         try:
@@ -79,7 +96,7 @@ class _Follower:
         except Exception:
             # Redis is unreachable: keep deciding from the last snapshot this process holds
             # rather than failing every decision; the listener catches up when Redis is back.
-            now = time.monotonic()
+            self._direct_after = now + DIRECT_READ_BACKOFF
             if now >= self._warn_after:  # once in a while, not once per decision
                 self._warn_after = now + 10.0
                 log.warning("routing sequence unreadable; serving the last known snapshot")

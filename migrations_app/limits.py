@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from migrations_app import changes
 
@@ -125,7 +126,10 @@ def provider_slot(limit: Limit, *, lease: float, wait: float) -> Iterator[None]:
     deadline = time.monotonic() + wait
     delay = 0.005
     while True:
-        taken = _try_redis(limit, token, lease) if shared else _try_local(limit)
+        try:
+            taken = _try_redis(limit, token, lease) if shared else _try_local(limit)
+        except RedisError as exc:  # no shared count to keep: the call waits for Redis
+            raise SlotTimeout(f"the shared call limits are unreachable: {exc}") from exc
         if taken == 1:
             break
         if time.monotonic() >= deadline:

@@ -244,9 +244,9 @@ def shadow_samples_ingest(*, identity: Any, payload: Any) -> IngestResult:
             )
             ids = [r["sample_id"] for r in new if r["stage_id"]]
             if ids:
-                from migrations_app.tasks import run_shadow_samples
+                from migrations_app.tasks import enqueue_shadow_samples
 
-                transaction.on_commit(lambda: run_shadow_samples.delay(ids))
+                transaction.on_commit(lambda: enqueue_shadow_samples(ids))
         result.stored = len(new)
         result.duplicates += len(existing)
     metrics.count_ingest(
@@ -297,6 +297,17 @@ def _price(model: Any, input_tokens: int | None, output_tokens: int | None) -> f
     ) / 1e6
 
 
+def _estimate(model: Any, sample: ShadowSample) -> float:
+    """The candidate call's cost before it is made, for the budget's reservation: control's
+    token counts, or a characters / 4 estimate of the prompt and control's answer when the
+    application did not report them (no reservation would let every sample through)."""
+    control = sample.control
+    prompt_chars = sum(len(m.get("content", "")) for m in sample.request.get("messages", []))
+    input_tokens = control.get("input_tokens") or -(-prompt_chars // 4)
+    output_tokens = control.get("output_tokens") or max(1, -(-len(control.get("text", "")) // 4))
+    return _price(model, input_tokens, output_tokens) or 0.0
+
+
 def _day_start(now: datetime) -> datetime:
     return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
@@ -328,11 +339,7 @@ def shadow_claim(sample_ids: Sequence[str], *, now: datetime | None = None) -> l
             spent = _spent_today(plan, now)
             budget = plan.shadow_budget_usd_per_day
             for sample in ShadowSample.objects.filter(claimable, pk__in=ids).order_by("pk"):
-                estimate = _price(
-                    plan.candidate_model,
-                    sample.control.get("input_tokens"),
-                    sample.control.get("output_tokens"),
-                )
+                estimate = _estimate(plan.candidate_model, sample)
                 if budget is not None and spent + (estimate or 0.0) > float(budget):
                     ShadowSample.objects.filter(pk=sample.pk).update(
                         status=ShadowStatus.SKIPPED,
@@ -545,7 +552,13 @@ def shadow_run(
             result = call(sample)
         except NotCalled as exc:
             return sample, exc, {}
-        return sample, result, compare(sample, result)
+        try:
+            return sample, result, compare(sample, result)
+        except Exception:
+            # The answer is paid for and counts; only its scores are missing. A bug in a
+            # comparison must not drop the batch's other answers or hold the samples.
+            log.exception("comparing shadow sample %s failed", sample.pk)
+            return sample, result, {"error": "comparison failed"}
 
     completed: list[tuple[ShadowSample, CandidateResult, Mapping[str, Any]]] = []
 
@@ -555,7 +568,8 @@ def shadow_run(
         counts["lost"] += len(completed) - done
         completed.clear()
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         # Stored as they come back, a few at a time: one transaction per few answers, and
         # one slow call holds back only the answers that arrive after it.
         for future in as_completed([pool.submit(one, sample) for sample in claimed]):
@@ -569,6 +583,10 @@ def shadow_run(
             completed.append((sample, result, comparison))
             if len(completed) >= COMPLETE_BATCH:
                 flush()
+    finally:
+        # On the task's soft time limit: keep what came back, start no queued call (their
+        # samples' leases expire and the sweeper hands them on), do not wait for the rest.
+        pool.shutdown(wait=False, cancel_futures=True)
         flush()
     return counts
 
@@ -693,7 +711,12 @@ def judge_pair(sample: ShadowSample, result: CandidateResult) -> dict[str, Any] 
             model,
             arm_spec(model, {}, "none", ""),
             lambda provider: compare.judge(
-                provider, sample.request["messages"], control_text, result.text, sample.pk
+                provider,
+                sample.request["messages"],
+                control_text,
+                result.text,
+                sample.pk,
+                timeout=settings.TURNOUT_SHADOW_CALL_TIMEOUT,
             ),
         )
     except NotCalled as exc:  # the pair still counts; only the judge's opinion is missing

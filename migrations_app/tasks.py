@@ -76,6 +76,15 @@ def watch_recovery(plan_id: int) -> str:
     return engine.plan_watch_recovery(plan_id=plan_id)
 
 
+def enqueue_shadow_samples(sample_ids: list[str]) -> None:
+    """One task per ``TURNOUT_SHADOW_CONCURRENCY`` samples: a task starts every call it claims
+    at once, so each sample's lease runs from about when its call starts, and a task's work
+    fits its time limit whatever the size of the batch that brought the samples."""
+    size = settings.TURNOUT_SHADOW_CONCURRENCY
+    for start in range(0, len(sample_ids), size):
+        run_shadow_samples.delay(sample_ids[start : start + size])
+
+
 @shared_task(name="turnout.run_shadow_samples", acks_late=True, soft_time_limit=150, time_limit=180)
 def run_shadow_samples(sample_ids: list[str]) -> dict[str, int]:
     """Call the candidate for these samples (many at once), compare, aggregate. Safe to run
@@ -87,8 +96,7 @@ def run_shadow_samples(sample_ids: list[str]) -> dict[str, int]:
 def sweep_shadow() -> int:
     """Re-enqueue samples whose task was lost or whose worker died."""
     ids = shadow.shadow_sweep()
-    for start in range(0, len(ids), 50):
-        run_shadow_samples.delay(ids[start : start + 50])
+    enqueue_shadow_samples(ids)
     return len(ids)
 
 

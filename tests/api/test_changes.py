@@ -99,6 +99,31 @@ def test_redis_unreachable_serves_the_last_known_sequence(
     assert follower.get() == 41
 
 
+def test_a_hung_redis_holds_up_one_request_per_backoff_not_every_one(
+    follower: changes._Follower, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each direct read may wait up to the client's timeouts; after a failed one the
+    process's other requests serve the last sequence without trying for a while."""
+    follower.sequence = 7
+    tries: list[float] = []
+
+    def unreachable() -> int:
+        tries.append(time.monotonic())
+        raise redis.TimeoutError("no answer")
+
+    monkeypatch.setattr(changes, "current_sequence", unreachable)
+    monkeypatch.setattr(follower, "_ensure_thread", lambda: None)  # no listener to trust
+    follower.trusted_until = 0.0
+    assert [follower.get() for _ in range(1000)] == [7] * 1000
+    assert len(tries) == 1
+    follower._direct_after = 0.0  # the backoff is over: the next request tries again
+    assert follower.get() == 7 and len(tries) == 2
+    client = changes.redis_client()
+    kwargs = client.connection_pool.connection_kwargs
+    assert kwargs["socket_connect_timeout"] == changes.CONNECT_TIMEOUT
+    assert kwargs["socket_timeout"] == changes.COMMAND_TIMEOUT
+
+
 def test_own_publication_is_visible_to_the_next_request_at_once(
     other_process: redis.Redis,
 ) -> None:

@@ -81,3 +81,17 @@ def test_a_release_frees_the_slot_at_once() -> None:
         with limits.provider_slot(limit, lease=30, wait=0.05):
             assert limits.in_flight(limit.name) == 1
     assert limits.in_flight(limit.name) == 0
+
+
+def test_an_unreachable_redis_is_no_slot_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller gives the sample back for later (shadow.NotCalled), rather than calling
+    without the shared count or failing the whole batch."""
+    import redis
+
+    def down(*args: object) -> int:
+        raise redis.ConnectionError("Redis is down")
+
+    monkeypatch.setattr(limits, "_try_redis", down)
+    with pytest.raises(limits.SlotTimeout, match="unreachable"):
+        with limits.provider_slot(fresh(4), lease=30, wait=5):
+            pass  # pragma: no cover - never entered

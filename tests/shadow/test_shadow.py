@@ -166,6 +166,37 @@ def test_shadowing_stops_at_the_daily_budget_within_one_request():
     assert "daily shadow budget is spent" in note.reason
 
 
+def test_the_budget_holds_when_the_application_reports_no_token_counts():
+    """Without control's token counts the reservation is a characters / 4 estimate, not
+    nothing: otherwise every sample would be claimed whatever the cap."""
+    plan = shadow_plan(shadow_budget_usd_per_day=Decimal("0.01"))
+    control = {"text": "x" * 4000, "latency_ms": 900.0, "error": None}  # ~1,000 tokens
+    events = [sample(plan, control=control) for _ in range(20)]
+    ingest(*events)
+    shadow.shadow_run([e["id"] for e in events], call=answer(), compare=same)
+    done = ShadowSample.objects.filter(plan=plan, status=ShadowStatus.DONE).count()
+    skipped = ShadowSample.objects.filter(plan=plan, status=ShadowStatus.SKIPPED).count()
+    # Each call reserves ~(12 + 1,000 tokens) at $3 / $15 per 1M: about $0.015 > the cap.
+    assert (done, skipped) == (0, 20)
+
+
+def test_a_comparison_that_fails_keeps_the_answer_and_the_batch():
+    plan = shadow_plan()
+    events = [sample(plan) for _ in range(5)]
+    ingest(*events)
+
+    def flaky(s: ShadowSample, r: shadow.CandidateResult) -> dict[str, Any]:
+        if s.pk == events[2]["id"]:
+            raise ValueError("a bug in a scorer")
+        return same(s, r)
+
+    counts = shadow.shadow_run([e["id"] for e in events], call=answer(), compare=flaky)
+    assert counts["done"] == 5
+    broken = ShadowSample.objects.get(pk=events[2]["id"])
+    assert (broken.status, broken.comparison) == (ShadowStatus.DONE, {"error": "comparison failed"})
+    assert ShadowAggregate.objects.get(stage=plan.current_stage).data["n"] == 5
+
+
 def test_retention_purges_samples():
     plan = shadow_plan(shadow_retention_days=3)
     ingest(sample(plan), sample(plan))
