@@ -366,8 +366,21 @@ def test_a_shadowed_prompt_too_long_for_the_candidate_is_not_sampled(
     answer = client.complete("chat", "user-12", messages=HELLO)
     assert answer.ok and answer.decision.shadow and answer.arm == "control"
     (outcome,) = sent(client, fake)
-    assert outcome["arm"] == "control" and "fallback" not in outcome
+    # Counted in neither arm: a candidate unit's long prompt would not be counted either.
+    assert (outcome["arm"], outcome["fallback"]) == ("control", "context_window")
     assert fake.stored["shadow"] == []
+
+
+def test_a_control_units_prompt_too_long_for_the_candidate_counts_in_neither_arm(
+    setup: Any, sim: Simulator, fake: FakeTurnout
+) -> None:
+    client = setup(weight_bp=0, candidate=sim_arm(sim, CANDIDATE, context_window=5))
+    short = client.complete("chat", "user-13", messages=[{"role": "user", "content": "hi"}])
+    long = client.complete("chat", "user-13", messages=[{"role": "user", "content": "x" * 40}])
+    assert short.arm == long.arm == "control" and not long.fell_back
+    counted, excluded = sent(client, fake)
+    assert "fallback" not in counted
+    assert (excluded["arm"], excluded["fallback"]) == ("control", "context_window")
 
 
 # --- no plan, bad arguments, adapters ------------------------------------------------------

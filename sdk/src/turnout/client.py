@@ -413,7 +413,9 @@ class Client:
         - A prompt whose estimated size (characters / 4, the candidate's prompt adjustment
           included) exceeds the candidate's context window goes to control whatever the
           fallback setting: one ``fallback: context_window`` outcome, no candidate error.
-          A shadowed request too long for the candidate is not sampled.
+          The same prompt from a unit in control's bucket is marked the same way, so that
+          neither arm's sample holds the long prompts the other's cannot. A shadowed request
+          too long for the candidate is not sampled.
         - On a shadow decision the request and control's answer are handed to
           :meth:`shadow_sample`; the server's workers then call the candidate.
 
@@ -461,7 +463,13 @@ class Client:
             return _completion(decision, control, FALLBACK_CANDIDATE_ERROR, (first, served))
         result = self._call(spec, request)
         if reporting:
-            self._report(decision, result)
+            if self._too_long_for_candidate(decision, request):
+                # The same prompt routed to the candidate would have gone to control,
+                # uncounted: counted here it would put only the long prompts (slower,
+                # costlier, likelier to fail) in control's sample and flatter the candidate.
+                self._report_fallback(decision, result, FALLBACK_CONTEXT_WINDOW)
+            else:
+                self._report(decision, result)
         candidate = decision.shadow_spec
         if decision.shadow and candidate is not None and not _too_long(request, candidate):
             self.shadow_sample(
@@ -489,6 +497,14 @@ class Client:
             input_tokens=result.input_tokens,
             output_tokens=result.output_tokens,
         )
+
+    def _too_long_for_candidate(self, decision: Decision, request: Request) -> bool:
+        """A control unit's prompt that the candidate's context window could not take, while
+        the plan splits or shadows traffic (its outcome then counts in neither arm)."""
+        if decision.arm != routing.CONTROL or decision.reason != "SPLIT":
+            return False
+        plan = self._snapshot.plans.get(decision.plan)
+        return plan is not None and _too_long(request, plan.candidate)
 
     def _fallback_on(self, decision: Decision) -> bool:
         plan = self._snapshot.plans.get(decision.plan)
