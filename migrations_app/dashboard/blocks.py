@@ -270,13 +270,13 @@ def _blocks(stage_ids: Sequence[int], since: datetime, until: datetime) -> list[
         if sql is not _SQL:
             cursor.nextset()
         rows = cursor.fetchall()
-    # No ORDER BY: the figures do not depend on the order of rows within an hour.
+    # No ORDER BY: the figures do not depend on the order of rows within an hour, and UNION
+    # ALL promises no order between its parts (an hour's rows may come before its line).
     hours: dict[tuple[int, int], list[tuple[Any, ...]]] = {}
     for row in rows:
-        if row[2] is None:  # an hour's fingerprint line
-            hours.setdefault((row[0], row[1]), [])
-        else:
-            hours[(row[0], row[1])].append(row)
+        block_rows = hours.setdefault((row[0], row[1]), [])
+        if row[2] is not None:  # not the hour's fingerprint line: one of its rows
+            block_rows.append(row)
     out = []
     for key in sorted(hours):
         if hours[key]:  # its rows came back: the held block (if any) is stale
