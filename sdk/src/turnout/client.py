@@ -453,12 +453,15 @@ class Client:
                     self._report_fallback(decision, served, FALLBACK_CONTEXT_WINDOW)
                 return _completion(decision, control, FALLBACK_CONTEXT_WINDOW, (served,))
             first = self._call(spec, request)
-            if reporting:
-                self._report(decision, first)
             if first.ok or not first.transient or not self._fallback_on(decision):
+                if reporting:
+                    self._report(decision, first)
                 return _completion(decision, spec, None, (first,))
             served = self._call(control, request)
             if reporting:
+                # Queued together, after both calls: they travel in one batch, so feedback on
+                # the answer (given after this returns) finds both outcomes stored.
+                self._report(decision, first)
                 self._report_fallback(decision, served, FALLBACK_CANDIDATE_ERROR)
             return _completion(decision, control, FALLBACK_CANDIDATE_ERROR, (first, served))
         result = self._call(spec, request)
