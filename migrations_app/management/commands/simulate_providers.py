@@ -22,7 +22,9 @@ class Command(BaseCommand):
             "--profiles", type=Path, default=None, help="JSON: model (or '*') -> profile fields"
         )
 
-    def handle(self, *args: Any, port: int, host: str, seed: int, profiles: Path | None, **options: Any) -> None:
+    def handle(
+        self, *args: Any, port: int, host: str, seed: int, profiles: Path | None, **options: Any
+    ) -> None:
         sim = build(port, host, seed, profiles)
         self.stdout.write(f"provider simulator listening on {sim.url}")
         self.stdout.flush()

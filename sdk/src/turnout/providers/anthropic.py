@@ -143,9 +143,7 @@ class AnthropicProvider(Provider):
                 )
                 usage = getattr(message, "usage", None)
                 return Answer(
-                    text="".join(
-                        block.text for block in message.content if block.type == "text"
-                    ),
+                    text="".join(block.text for block in message.content if block.type == "text"),
                     finish_reason=_finish(message.stop_reason),
                     input_tokens=usage.input_tokens if usage else None,
                     output_tokens=usage.output_tokens if usage else None,

@@ -205,7 +205,9 @@ DEFAULT_RETRY = RetryPolicy()
 NO_RETRY = RetryPolicy(max_attempts=1)
 
 
-def retry_after_seconds(headers: Mapping[str, str] | None, now: float | None = None) -> float | None:
+def retry_after_seconds(
+    headers: Mapping[str, str] | None, now: float | None = None
+) -> float | None:
     """The server's requested wait: ``retry-after-ms``, then ``retry-after`` in seconds or as
     an HTTP date (RFC 9110 §10.2.3); ``None`` when absent or unreadable."""
     if not headers:

@@ -86,7 +86,9 @@ def error_from(exc: errors.APIError) -> ProviderError:
             kind = "auth"
         elif dtype.endswith("google.rpc.QuotaFailure"):
             violations = detail.get("violations") or []
-            if any("PerDay" in str(v.get("quotaId", "")) for v in violations if isinstance(v, Mapping)):
+            if any(
+                "PerDay" in str(v.get("quotaId", "")) for v in violations if isinstance(v, Mapping)
+            ):
                 transient = False  # a daily quota does not come back within a retry budget
         elif dtype.endswith("google.rpc.RetryInfo"):
             match = _DURATION.match(str(detail.get("retryDelay", "")))

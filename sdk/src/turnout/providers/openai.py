@@ -47,7 +47,9 @@ def error_from(exc: openai.OpenAIError) -> ProviderError:
         if status == 429 and _QUOTA in (code, etype):
             # Out of credit: waiting a second will not refill it.
             return ProviderError("rate_limited", message, transient=False, status=status)
-        return ProviderError(kind_for_status(status), message, status=status, retry_after=retry_after)
+        return ProviderError(
+            kind_for_status(status), message, status=status, retry_after=retry_after
+        )
     if isinstance(exc, openai.APIResponseValidationError):
         return ProviderError("server_error", str(exc), transient=False)
     return ProviderError("bad_request", str(exc), transient=False)
@@ -206,7 +208,9 @@ class OpenAIProvider(Provider):
                     final = event.response
                 elif event.type == "response.failed":
                     error = getattr(event.response, "error", None)
-                    raise ProviderError("server_error", getattr(error, "message", "response failed"))
+                    raise ProviderError(
+                        "server_error", getattr(error, "message", "response failed")
+                    )
                 elif event.type == "error":
                     raise ProviderError("server_error", event.message)
         usage = getattr(final, "usage", None)
