@@ -396,25 +396,13 @@ def _note_budget(plan: MigrationPlan, budget: float, spent: float, now: datetime
         )
 
 
-def shadow_complete(
-    sample: ShadowSample,
-    result: CandidateResult,
-    comparison: Mapping[str, Any],
-    *,
-    now: datetime | None = None,
-) -> bool:
-    """Store the candidate's answer and the comparison, and aggregate, if this claim is
-    still the sample's current one. Returns whether it was."""
-    return shadow_complete_many([(sample, result, comparison)], now=now) == 1
-
-
 def shadow_complete_many(
     completed: Sequence[tuple[ShadowSample, CandidateResult, Mapping[str, Any]]],
     *,
     now: datetime | None = None,
 ) -> int:
-    """:func:`shadow_complete` for a task's whole batch in one transaction: each sample is
-    stored if its claim is still current, and only those are aggregated (one pass over the
+    """Store the candidates' answers and comparisons of a task's batch in one transaction:
+    each sample is stored if its claim is still current, and only those are aggregated (one pass over the
     windows and one pair-aggregate update per stage). Returns how many were stored."""
     now = now or timezone.now()
     window = aggregation.window_start(now)
@@ -497,29 +485,26 @@ def _add_pairs(stage_id: int, pairs: Sequence[tuple[bool, bool, Mapping[str, Any
     row.save(update_fields=["data", "updated_at"])
 
 
-def shadow_release(sample: ShadowSample) -> bool:
-    """Give a claimed sample back (pending, its reservation dropped) when its call was never
-    made: it is processed again later, by this worker or another."""
+def _end_claim(sample: ShadowSample, **fields: Any) -> bool:
+    """Move a claimed sample on from running, its reservation dropped, if this claim is still
+    the current one (compare-and-set on the attempt)."""
     return bool(
         ShadowSample.objects.filter(
             pk=sample.pk, status=ShadowStatus.RUNNING, attempts=sample.attempts
-        ).update(status=ShadowStatus.PENDING, lease_until=None, candidate_cost_usd=None)
+        ).update(lease_until=None, candidate_cost_usd=None, **fields)
     )
+
+
+def shadow_release(sample: ShadowSample) -> bool:
+    """Give a claimed sample back (pending) when its call was never made: it is processed
+    again later, by this worker or another."""
+    return _end_claim(sample, status=ShadowStatus.PENDING)
 
 
 def shadow_skip(sample: ShadowSample, reason: str) -> bool:
     """A claimed sample that cannot be shadowed at all (the workers cannot call the
     candidate): stored as skipped with the reason, counted nowhere."""
-    return bool(
-        ShadowSample.objects.filter(
-            pk=sample.pk, status=ShadowStatus.RUNNING, attempts=sample.attempts
-        ).update(
-            status=ShadowStatus.SKIPPED,
-            skip_reason=reason[:200],
-            lease_until=None,
-            candidate_cost_usd=None,
-        )
-    )
+    return _end_claim(sample, status=ShadowStatus.SKIPPED, skip_reason=reason[:200])
 
 
 class NotCalled(Exception):

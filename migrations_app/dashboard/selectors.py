@@ -43,6 +43,7 @@ from migrations_app.models import (
     WindowAggregate,
 )
 from migrations_app.phases import Position, next_position, position
+from migrations_app.shadow import SCORE_KEYS
 from migrations_app.stats import ArmAggregates, Buckets
 
 ARMS = ("control", "candidate")
@@ -418,9 +419,7 @@ def _score(value: Any) -> str:
 
 #: The per-pair scores shown beside a pair (the sample keeps the rest: lengths, both arms'
 #: refusal flags, the judge's raw answer).
-PAIR_SCORES = frozenset(
-    {"exact_match", "normalized_match", "json_valid", "similarity", "length_ratio", "refusal"}
-)
+PAIR_SCORES = frozenset(SCORE_KEYS) - {"judge_score"}  # the judge shows as its verdict
 
 
 def _scores(comparison: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -136,7 +136,7 @@ def test_a_worker_killed_mid_call_loses_nothing_and_doubles_nothing():
     assert shadow.shadow_run([event["id"]], call=answer(error="timeout"), compare=same)["done"] == 1
     # worker A's answer arrives after all: it matches no current claim
     late = shadow.CandidateResult(text="late", latency_ms=1.0)
-    assert shadow.shadow_complete(dead, late, {}) is False
+    assert shadow.shadow_complete_many([(dead, late, {})]) == 0
 
     stored = ShadowSample.objects.get(pk=event["id"])
     assert (stored.status, stored.attempts, stored.candidate["error"]) == ("done", 2, "timeout")
