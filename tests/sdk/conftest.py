@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 import turnout
 
+from tests.providers.conftest import sim, simulator  # noqa: F401 (the simulator, shared)
+
 API_KEY = "tk_test_secret"
 
 

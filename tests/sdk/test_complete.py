@@ -5,7 +5,7 @@ samples the client sent."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,7 +15,6 @@ from turnout.errors import SnapshotError
 from turnout.providers import RetryPolicy
 
 from migrations_app.simulator import Simulator
-from tests.providers.conftest import FAST
 from tests.sdk.conftest import FakeTurnout, plan_entry
 
 CONTROL = "sim-control"
@@ -26,18 +25,6 @@ RETRY = RetryPolicy(max_attempts=2, base_s=0.01, max_backoff_s=0.02, max_total_s
 HELLO = [{"role": "user", "content": "What is the capital of France?"}]
 
 MakeClient = Callable[..., turnout.Client]
-
-
-@pytest.fixture(scope="module")
-def simulator() -> Iterator[Simulator]:
-    with Simulator(seed=11, default=FAST) as sim:
-        yield sim
-
-
-@pytest.fixture
-def sim(simulator: Simulator) -> Simulator:
-    simulator.reset()
-    return simulator
 
 
 def sim_arm(

@@ -465,16 +465,17 @@ class Client:
                 self._report_fallback(decision, served, FALLBACK_CANDIDATE_ERROR)
             return _completion(decision, control, FALLBACK_CANDIDATE_ERROR, (first, served))
         result = self._call(spec, request)
+        too_long = self._too_long_for_candidate(decision, request)
         if reporting:
-            if self._too_long_for_candidate(decision, request):
+            if too_long:
                 # The same prompt routed to the candidate would have gone to control,
                 # uncounted: counted here it would put only the long prompts (slower,
                 # costlier, likelier to fail) in control's sample and flatter the candidate.
                 self._report_fallback(decision, result, FALLBACK_CONTEXT_WINDOW)
             else:
                 self._report(decision, result)
-        candidate = decision.shadow_spec
-        if decision.shadow and candidate is not None and not _too_long(request, candidate):
+        # Nor is such a prompt shadowed: the candidate could not take it.
+        if decision.shadow and decision.shadow_spec is not None and not too_long:
             self.shadow_sample(
                 decision,
                 # The application's own request: the worker applies the candidate's params
