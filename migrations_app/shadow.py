@@ -20,11 +20,8 @@ overshoot the cap by more than one request's cost.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -605,9 +602,10 @@ def shadow_purge(*, now: datetime | None = None) -> int:
 
 # --- production call and comparison (the SDK's provider adapters and compare module) -------
 
-_MAX_PROVIDERS = 64
-_providers: OrderedDict[str, Provider] = OrderedDict()
-_providers_lock = threading.Lock()
+# One adapter per arm per worker process, shared by a task's threads (and kept with its
+# connection pool). Arms are few and change only with a plan's routing, so nothing is evicted:
+# an evicted adapter would be closed under a call still using it.
+_adapters = providers.Adapters()
 
 
 def candidate_spec(plan: MigrationPlan) -> ArmSpec:
@@ -621,24 +619,6 @@ def candidate_spec(plan: MigrationPlan) -> ArmSpec:
     )
 
 
-def _provider(spec: ArmSpec) -> Provider:
-    """One adapter per arm per worker process, shared by the task's threads (adapters are
-    thread-safe and keep their connection pool), the least recently used closed beyond
-    ``_MAX_PROVIDERS``."""
-    key = json.dumps(spec.to_dict(), sort_keys=True, default=str)
-    with _providers_lock:
-        provider = _providers.get(key)
-        if provider is not None:
-            _providers.move_to_end(key)
-            return provider
-    provider = providers.provider_for(spec)  # ProviderError when the key variable is unset
-    with _providers_lock:
-        provider = _providers.setdefault(key, provider)
-        while len(_providers) > _MAX_PROVIDERS:
-            _providers.popitem(last=False)[1].close()
-    return provider
-
-
 def _limit(model: ModelSpec) -> limits.Limit:
     connection = model.provider
     return limits.Limit(
@@ -650,7 +630,7 @@ def with_provider(model: ModelSpec, spec: ArmSpec, use: Callable[[Provider], T])
     """``use(adapter)`` inside the provider's shared call limits. Raises :class:`NotCalled`
     when no slot came free in time or the adapter cannot be built (no key in this process)."""
     try:
-        provider = _provider(spec)
+        provider, _ = _adapters.get(spec)  # the cache is never closed: it keeps the adapter
     except providers.ProviderError as exc:
         raise NotCalled(f"cannot call {spec.model}: {exc.message}", retry=False) from exc
     lease = settings.TURNOUT_SHADOW_LEASE_SECONDS

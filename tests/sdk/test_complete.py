@@ -430,15 +430,15 @@ def test_one_adapter_per_arm_shared_by_threads_and_closed_with_the_client(
         thread.join()
     assert len(answers) == 40 and all(a.ok for a in answers)
     assert {a.arm for a in answers} == {"control", "candidate"}
-    adapters = list(client._providers.values())
+    adapters = list(client._providers._kept.values())
     assert sorted(a.model for a in adapters) == sorted([CONTROL, CANDIDATE])
     assert len(sent(client, fake)) == 40
     client.close()
-    assert client._providers == {}
+    assert client._providers._kept == {}
     assert all(a.client.is_closed() for a in adapters)  # type: ignore[attr-defined]
     # A closed client still answers, with adapters made for the call and closed after it.
     assert client.complete("chat", "late", messages=HELLO).ok
-    assert client._providers == {}
+    assert client._providers._kept == {}
 
 
 # --- the snapshot fields complete() reads ---------------------------------------------------

@@ -5,6 +5,7 @@ when the workers cannot call the candidate at all."""
 from __future__ import annotations
 
 import pytest
+from turnout.providers import Adapters
 
 from migrations_app import limits, shadow
 from migrations_app.models import (
@@ -26,7 +27,7 @@ CANDIDATE = "claude-sonnet-4-20250514"
 def candidate_at_simulator(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> Simulator:
     ProviderConnection.objects.filter(name="anthropic").update(base_url=sim.url)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
-    shadow._providers.clear()
+    monkeypatch.setattr(shadow, "_adapters", Adapters())  # adapters for this simulator
     return sim
 
 

@@ -55,12 +55,12 @@ import httpx
 from turnout import routing
 from turnout.providers.base import (
     DEFAULT_RETRY,
+    Adapters,
     Provider,
     ProviderError,
     Request,
     Result,
     RetryPolicy,
-    provider_for,
     with_prompt,
 )
 from turnout.routing import ArmSpec, Decision
@@ -541,23 +541,9 @@ class Client:
                 provider.close()
 
     def _provider(self, spec: ArmSpec) -> tuple[Provider, bool]:
-        """The arm's adapter, made once per arm and kept (its connection pool with it);
-        ``True`` with it when the caller must close it (a client already closed keeps none)."""
-        key = _spec_key(spec)
-        provider = self._providers.get(key)  # no lock on the common path: dict reads are atomic
-        if provider is not None:
-            return provider, False
-        # Made outside the lock: the first use of a vendor imports its SDK (a second or so),
-        # which must not hold up the threads calling other arms. Two threads racing on the
-        # same arm each make one; the one that loses closes its own.
-        made = provider_for(spec, retry=self._provider_retry)
-        with self._providers_lock:
-            if self._closed:
-                return made, True
-            kept = self._providers.setdefault(key, made)
-        if kept is not made:
-            made.close()
-        return kept, False
+        """The arm's adapter, kept for the client's life; ``True`` with it when the caller
+        must close it (a client already closed keeps none)."""
+        return self._providers.get(spec)
 
     # --- state -----------------------------------------------------------------------
 
@@ -625,14 +611,7 @@ class Client:
                 self._http.close()
         except Exception as exc:
             log.debug("turnout: close: %r", exc)
-        with self._providers_lock:
-            adapters = list(self._providers.values())
-            self._providers.clear()
-        for adapter in adapters:
-            try:
-                adapter.close()
-            except Exception as exc:
-                log.debug("turnout: closing an adapter: %r", exc)
+        self._providers.close()
         if self._dropped:
             log.info("turnout: closed; %d events were dropped in this process", self._dropped)
 
@@ -663,8 +642,9 @@ class Client:
         self._sending = False
         self._deadline = None
         # A forked child makes its own adapters: the parent's hold its connection pools.
-        self._providers: dict[str, Provider] = {}
-        self._providers_lock = threading.Lock()
+        self._providers = Adapters(retry=self._provider_retry)
+        if self._closed:
+            self._providers.close()
         self._refresher = threading.Thread(
             target=self._refresh_loop, name="turnout-refresh", daemon=True
         )
@@ -1131,11 +1111,6 @@ def _completion(
     return Completion(
         text, decision, arm, spec, reason, results, served.error, served.error_message
     )
-
-
-def _spec_key(spec: ArmSpec) -> str:
-    """An arm's identity for the adapter cache (ArmSpec holds mappings, so it has no hash)."""
-    return json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":"), default=repr)
 
 
 def _event_id() -> str:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import email.utils
 import importlib
 import json
+import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -42,6 +44,7 @@ ERROR_KINDS = (
 TRANSIENT_KINDS = frozenset({"rate_limited", "overloaded", "server_error", "timeout", "connection"})
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+log = logging.getLogger("turnout")
 
 
 class ProviderError(Exception):
@@ -453,6 +456,56 @@ def provider_for(
         sleep=sleep,
         rng=rng,
     )
+
+
+def spec_key(spec: ArmSpec) -> str:
+    """An arm's identity for an adapter cache (ArmSpec holds mappings, so it has no hash)."""
+    return json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":"), default=repr)
+
+
+class Adapters:
+    """One adapter per arm, made on first use and kept (its connection pool with it), shared
+    by every thread of the process: :class:`Provider` is thread-safe.
+
+    After :meth:`close` (which closes every kept adapter) :meth:`get` still answers, with an
+    adapter the caller owns and must close.
+    """
+
+    def __init__(self, *, retry: RetryPolicy = DEFAULT_RETRY) -> None:
+        self._retry = retry
+        self._kept: dict[str, Provider] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def get(self, spec: ArmSpec) -> tuple[Provider, bool]:
+        """The arm's adapter, and whether the caller owns it (must close it). Raises
+        :class:`ProviderError` as :func:`provider_for` does."""
+        key = spec_key(spec)
+        provider = self._kept.get(key)  # no lock on the common path: dict reads are atomic
+        if provider is not None:
+            return provider, False
+        # Made outside the lock: the first use of a vendor imports its SDK (a second or so),
+        # which must not hold up the threads calling other arms. Two threads racing on the
+        # same arm each make one; the one that loses closes its own.
+        made = provider_for(spec, retry=self._retry)
+        with self._lock:
+            if self._closed:
+                return made, True
+            kept = self._kept.setdefault(key, made)
+        if kept is not made:
+            made.close()
+        return kept, False
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            adapters = list(self._kept.values())
+            self._kept.clear()
+        for adapter in adapters:
+            try:
+                adapter.close()
+            except Exception as exc:  # closing connections: nothing left to do
+                log.debug("turnout: closing an adapter: %r", exc)
 
 
 def text_of(parts: Iterable[Any]) -> str:
