@@ -19,6 +19,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 from django.conf import settings
 from redis.exceptions import RedisError
@@ -66,24 +68,21 @@ class SlotTimeout(Exception):
     """No slot came free in time: the call was not made (it is not the vendor's failure)."""
 
 
-_script_lock = threading.Lock()
-_script: object | None = None
 _local_lock = threading.Lock()
 _local: dict[str, tuple[threading.BoundedSemaphore, list[float]]] = {}
 
 
-def _acquire_script() -> object:
-    global _script
-    with _script_lock:
-        if _script is None:
-            _script = changes.redis_client().register_script(_ACQUIRE)
-        return _script
+@lru_cache(maxsize=1)
+def _acquire_script() -> Any:
+    """The script, registered once per process on its Redis client (redis-py loads it into
+    Redis by hash on first use, again after a Redis restart)."""
+    return changes.redis_client().register_script(_ACQUIRE)
 
 
 def _try_redis(limit: Limit, token: str, lease: float) -> int:
     script = _acquire_script()
     return int(
-        script(  # type: ignore[operator]
+        script(
             keys=[SLOTS_KEY.format(name=limit.name), RATE_KEY.format(name=limit.name)],
             args=[token, lease, limit.concurrency, limit.per_second or 0],
         )

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
 from django.conf import settings
 
 from migrations_app import changes
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.skipif(not settings.REDIS_URL, reason="the follower follows Redis")
 
@@ -30,17 +31,6 @@ def follower() -> Iterator[changes._Follower]:
     follower = changes._Follower()
     yield follower
     follower.close()
-
-
-def eventually(check: Callable[[], bool], deadline: float = 10.0) -> bool:
-    """True once ``check`` holds; a generous deadline only so that a broken follower fails
-    the test instead of hanging it (no timing is asserted)."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.01)
-    return check()
 
 
 def following(follower: changes._Follower) -> bool:
