@@ -1,4 +1,5 @@
 # Two commands: `make run` starts the control plane, `make test` runs the whole suite.
+# `make test-fast` is the edit-test loop: no test that starts processes, no long simulation.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -6,12 +7,12 @@ STAMP := $(VENV)/.installed-stamp
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/turnout
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install system-deps bench-deps run test lint demo clean
+.PHONY: install system-deps bench-deps run test test-fast lint demo clean
 
 $(STAMP): pyproject.toml sdk/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e './sdk[providers]'
+	$(PY) -m pip install -q -e './sdk[providers,plans]'
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	touch $(STAMP)
 
@@ -21,11 +22,14 @@ run: install
 	$(PY) -m controlplane.launcher
 
 # The control plane, a plan, live traffic and a candidate that regresses (Ctrl-C stops it).
+# STORY=quality: a faster, cheaper candidate that answers worse, stopped on quality.
 demo: install
-	$(PY) -m controlplane.demo
+	$(PY) -m controlplane.demo $(if $(STORY),--story $(STORY))
 
+# ruff everywhere (its banned imports keep the SDK Django-free); mypy strict on the SDK.
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy sdk/src/turnout
 
 # System packages the suite needs: Debian's docker-compose (validates docker/compose.yml) and
 # Debian's Chromium (the browser tests drive it through Playwright; no browser download).
@@ -43,9 +47,22 @@ bench-deps: install
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
 		echo "warning: wrk missing and not root: bench/bench_server.py needs it"
 
+# WORKERS=2 runs the suite on two pytest-xdist workers, a file per worker at a time (the
+# simulations' module fixtures are computed once); each worker has its own test database,
+# Redis database and ports (tests/conftest.py). Not the default until `make test WORKERS=2`
+# has passed twice on a quiet machine (one loaded run had live tests time out).
+WORKERS ?=
+XDIST = $(if $(WORKERS),-n $(WORKERS) --dist loadfile)
+
 test: install system-deps lint
 	DEBUG=1 DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
-		$(VENV)/bin/pytest
+		$(VENV)/bin/pytest $(XDIST)
+
+# Everything but the `live` tests (servers, workers, benches, child processes) and the `slow`
+# simulations; `make test` runs those too. ARGS narrows it: make test-fast ARGS=tests/api
+test-fast: install
+	DEBUG=1 DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+		$(VENV)/bin/pytest -m "not live and not slow" $(XDIST) $(ARGS)
 
 clean:
 	rm -rf $(VENV) var test-artifacts

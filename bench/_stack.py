@@ -3,6 +3,11 @@ Django set up against it, and gunicorn WSGI workers serving the API (DEBUG off).
 
 The same shape as ``bench/bench_server.py`` and docker/compose.yml, parametrised so each bench
 uses its own database and port and can run beside the others.
+
+Every bench takes ``--smoke``: the same code path at a tiny size, run by the suite
+(``tests/bench/test_benches.py``) so that a schema or API change that breaks a bench fails the
+suite. Its figures mean nothing. ``BENCH_DATABASE_URL`` / ``BENCH_REDIS_URL`` move a bench to
+another database or Redis (the suite gives each bench its own database).
 """
 
 from __future__ import annotations
@@ -12,21 +17,56 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+SMOKE_HELP = "a tiny run of the same code path (the suite runs it); its figures mean nothing"
+
+
+def database_url(db_name: str) -> str:
+    """``BENCH_DATABASE_URL``, else a database of the bench's own on the local PostgreSQL."""
+    return os.environ.get("BENCH_DATABASE_URL") or f"postgres://postgres@127.0.0.1:5432/{db_name}"
+
+
+def redis_url(redis_db: int) -> str:
+    return os.environ.get("BENCH_REDIS_URL") or f"redis://127.0.0.1:6379/{redis_db}"
+
+
+def database_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")
+
+
+def flush_redis(url: str) -> None:
+    """Empty a bench's own Redis db (tasks an aborted run left queued). Never a Redis named by
+    ``BENCH_REDIS_URL``: that one may hold someone else's data."""
+    if os.environ.get("BENCH_REDIS_URL"):
+        return
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+
+
+def admin_url(url: str) -> str:
+    """The same server's maintenance database: where a bench creates or drops its own."""
+    parts = urlsplit(url)
+    return urlunsplit(("postgresql", parts.netloc, "/postgres", "", ""))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def bench_env(db_name: str, redis_db: int) -> dict[str, str]:
     return {
         **os.environ,
-        "DATABASE_URL": os.environ.get(
-            "BENCH_DATABASE_URL", f"postgres://postgres@127.0.0.1:5432/{db_name}"
-        ),
-        "REDIS_URL": os.environ.get("BENCH_REDIS_URL", f"redis://127.0.0.1:6379/{redis_db}"),
+        "DATABASE_URL": database_url(db_name),
+        "REDIS_URL": redis_url(redis_db),
         "DEBUG": "0",
         "SECRET_KEY": "bench-only-secret",
         "ALLOWED_HOSTS": "127.0.0.1",
@@ -35,12 +75,24 @@ def bench_env(db_name: str, redis_db: int) -> dict[str, str]:
     }
 
 
-def ensure_database(db_name: str) -> None:
+def ensure_database(url: str) -> None:
+    """Create the database ``url`` names unless it exists (its tables are the bench's own)."""
     import psycopg
 
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db_name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{db_name}"')
+    name = database_name(url)
+    with psycopg.connect(admin_url(url), autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def recreate_database(url: str) -> None:
+    """Drop and create the database ``url`` names: a bench that builds its data from empty."""
+    import psycopg
+
+    name = database_name(url)
+    with psycopg.connect(admin_url(url), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def setup_django(env: dict[str, str]) -> None:
@@ -96,16 +148,58 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def database_backends(db_name: str) -> list[int]:
+def database_backends(url: str) -> list[int]:
     """PostgreSQL backend pids connected to a database now."""
     import psycopg
 
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+    with psycopg.connect(admin_url(url), autocommit=True) as conn:
         rows = conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (db_name,),
+            (database_name(url),),
         ).fetchall()
     return [r[0] for r in rows]
+
+
+class Worker:
+    """A Celery worker process under a node name of its own: a broadcast ping that another
+    worker on the same broker answers does not count as this one's."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.name = f"bench-{uuid.uuid4().hex[:8]}@%h"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "controlplane", "worker", *args,
+             "-n", self.name, "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=env,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Until the worker answers a ping: it consumes from the queue from then on, so a
+        bench's clock starts on a worker that is up, however long a loaded machine took to
+        start it. Needs Django set up in this process (the Celery app reads its settings)."""
+        from controlplane.celery import app
+
+        node = self.name.replace("%h", socket.gethostname())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the Celery worker exited with {self.proc.returncode}")
+            if app.control.ping(destination=[node], timeout=0.5):
+                return
+        raise RuntimeError(f"the Celery worker did not answer a ping in {timeout:.0f} s")
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``: a bench never leaves a process behind."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @contextmanager
@@ -126,5 +220,4 @@ def gunicorn(
         wait_for_port(port, proc)
         yield f"http://127.0.0.1:{port}", proc.pid
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        stop_process(proc, timeout=15)

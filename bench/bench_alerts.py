@@ -6,7 +6,8 @@ in the same transaction (as the engine does); the page goes to a signed webhook 
 a local HTTP receiver in this process. Measured: commit -> request received.
 
 Needs PostgreSQL and Redis as in `make test`.
-Run: .venv/bin/python bench/bench_alerts.py [--runs 50]  (BENCH_REDIS_URL overrides Redis db 6)
+Run: .venv/bin/python bench/bench_alerts.py [--runs 50] [--smoke]
+(BENCH_DATABASE_URL / BENCH_REDIS_URL override its database and Redis db 6)
 """
 
 from __future__ import annotations
@@ -14,18 +15,24 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DB_NAME = "turnout_bench_alerts"
+from _stack import (
+    ROOT,
+    SMOKE_HELP,
+    Worker,
+    database_url,
+    flush_redis,
+    recreate_database,
+    redis_url,
+)
+
 ENV = {
-    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
-    "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6"),
+    "DATABASE_URL": database_url("turnout_bench_alerts"),
+    "REDIS_URL": redis_url(6),
     "DEBUG": "0",
     "SECRET_KEY": "bench-only-secret",
     "ALLOWED_HOSTS": "127.0.0.1",
@@ -51,27 +58,25 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def setup(hook_url: str) -> None:
-    import psycopg
-
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}"')
-        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    recreate_database(ENV["DATABASE_URL"])
     os.environ.update({**ENV, "BENCH_HOOK_URL": hook_url})
     sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()
-    import redis
     from django.core.management import call_command
 
-    redis.Redis.from_url(ENV["REDIS_URL"]).flushdb()
+    flush_redis(ENV["REDIS_URL"])
     call_command("migrate", "--noinput", verbosity=0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    if args.smoke:
+        args.runs = 3
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     setup(f"http://127.0.0.1:{server.server_address[1]}/hook")
@@ -80,40 +85,36 @@ def main() -> None:
     from django.db import transaction
     from django.utils import timezone
 
-    from migrations_app import paging, plans
-    from migrations_app.alerts import outbox
+    from migrations_app.alerts import oncall, outbox
     from migrations_app.models import AlertChannel, MigrationPlan
+    from migrations_app.plans import edits, lifecycle
 
-    actor = plans.Actor.for_user(get_user_model().objects.create_superuser("bench", "", "pw"))
+    actor = lifecycle.Actor.for_user(get_user_model().objects.create_superuser("bench", "", "pw"))
     channel = AlertChannel.objects.create(
         name="hook", kind="webhook", url_env="BENCH_HOOK_URL", secret_env="BENCH_HOOK_SECRET"
     )
     keys = [f"bench-{i:03d}" for i in range(args.runs)]
     for key in keys:
-        plans.plan_create(
+        edits.plan_create(
             key=key,
             name=key,
             control={"model": "openai:gpt-4o-2024-08-06"},
             candidate={"model": "anthropic:claude-sonnet-4-20250514"},
             actor=actor,
         )
-        plans.plan_start(plan_key=key, actor=actor)
+        lifecycle.plan_start(plan_key=key, actor=actor)
         MigrationPlan.objects.get(key=key).alert_channels.add(channel)
 
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "--concurrency", "2",
-         "--pool", "prefork", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],
-        cwd=ROOT, env={**os.environ},
-    )  # fmt: skip
+    worker = Worker({**os.environ}, "--concurrency", "2", "--pool", "prefork")
     committed: dict[str, float] = {}
     try:
-        time.sleep(6.0)  # the worker is consuming
+        worker.wait_ready()  # the worker is consuming
         for key in keys:
             with transaction.atomic():
-                plan = plans.plan_rollback(
-                    plan_key=key, actor=plans.ENGINE, reason="bench: error_rate regressed"
+                plan = lifecycle.plan_rollback(
+                    plan_key=key, actor=lifecycle.ENGINE, reason="bench: error_rate regressed"
                 )
-                message = paging.alert_message(
+                message = oncall.alert_message(
                     action="rollback", plan_key=key, plan_name=key, run=1,
                     control_model="gpt-4o", candidate_model="claude-sonnet-4",
                     evidence={}, reason="error_rate regressed", at=timezone.now(),
@@ -126,15 +127,18 @@ def main() -> None:
         while len(arrivals) < len(keys) and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
-        worker.terminate()
-        worker.wait()
+        worker.stop()
         server.shutdown()
+    if not arrivals:
+        raise SystemExit(f"no page of {len(keys)} arrived within 60 s")
     delays = sorted((arrivals[k] - committed[k]) * 1000 for k in keys if k in arrivals)
     p99 = delays[min(len(delays) - 1, int(0.99 * len(delays)))]
     print(
         f"rollback commit -> webhook received, {len(delays)} of {len(keys)} runs: median "
         f"{statistics.median(delays):.0f} ms, p99 {p99:.0f} ms, max {delays[-1]:.0f} ms"
     )
+    if len(delays) < len(keys):
+        raise SystemExit(f"{len(keys) - len(delays)} pages did not arrive within 60 s")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ report. Prints median and p95 over --runs requests, and the query count.
 
 Needs PostgreSQL as in `make test`.
 Run: .venv/bin/python bench/bench_dashboard.py [--runs 20] [--outcomes 1000000]
-     [--database NAME] [--redis-db N] [--reuse] [--profile FILE]
-``--database`` / ``--redis-db`` keep engineers sharing a machine out of each other's data;
+     [--database NAME] [--redis-db N] [--reuse] [--profile FILE] [--smoke]
+``--database`` / ``--redis-db`` keep engineers sharing a machine out of each other's data
+(``BENCH_DATABASE_URL`` / ``BENCH_REDIS_URL`` too, as for every bench);
+``--smoke`` builds six hours of windows (1,000 outcomes, 20 audit events) and times 1 request;
 ``--reuse`` times an already built database (windows end where that build's clock stood);
 ``--profile`` writes cProfile stats of the 7-day page to FILE.
 """
@@ -29,8 +31,10 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
+from _stack import SMOKE_HELP, database_url, recreate_database, redis_url
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {
@@ -44,18 +48,12 @@ MINUTES = 7 * 24 * 60
 KEY = "bench-dashboard"
 
 
-def setup(db_name: str, redis_db: int, *, fresh: bool) -> None:
-    import psycopg
-
+def setup(db_url: str, redis: str, *, fresh: bool) -> None:
     if fresh:
-        with psycopg.connect(
-            "postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True
-        ) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}"')
-            conn.execute(f'CREATE DATABASE "{db_name}"')
+        recreate_database(db_url)
     os.environ.update(ENV)
-    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{db_name}"
-    os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{redis_db}"
+    os.environ["DATABASE_URL"] = db_url
+    os.environ["REDIS_URL"] = redis
     sys.path.insert(0, str(ROOT))
     import django
 
@@ -66,14 +64,13 @@ def setup(db_name: str, redis_db: int, *, fresh: bool) -> None:
         call_command("migrate", "--noinput", verbosity=0)
 
 
-def build(outcomes: int) -> str:
+def build(outcomes: int, minutes: int = MINUTES, audit_events: int = 500) -> str:
     from django.contrib.auth import get_user_model
     from django.db import transaction
     from django.utils import timezone
 
-    from migrations_app import aggregation, engine, plans
-    from migrations_app.aggregation import OutcomeFacts
-    from migrations_app.catalog import seed_catalog
+    from migrations_app.guardrails import engine
+    from migrations_app.guardrails.stats import ArmAggregates
     from migrations_app.models import (
         Evaluation,
         MigrationPlan,
@@ -82,13 +79,16 @@ def build(outcomes: int) -> str:
         StageAggregate,
         WindowAggregate,
     )  # fmt: skip
-    from migrations_app.stats import ArmAggregates
+    from migrations_app.outcomes import aggregation
+    from migrations_app.outcomes.aggregation import OutcomeFacts
+    from migrations_app.plans import edits, lifecycle
+    from migrations_app.plans.catalog import seed_catalog
 
     seed_catalog()
     user = get_user_model().objects.create_superuser("bench", "", "pw")
-    actor = plans.Actor.for_user(user)
+    actor = lifecycle.Actor.for_user(user)
     key = KEY
-    plans.plan_create(
+    edits.plan_create(
         key=key, name="Bench", actor=actor,
         control={"model": "openai:gpt-4o-2024-08-06"},
         candidate={"model": "anthropic:claude-sonnet-4-20250514"},
@@ -96,21 +96,21 @@ def build(outcomes: int) -> str:
                  "min_samples": 1000, "auto_advance": False},
                 {"kind": "rollout", "steps": [100]}],
     )  # fmt: skip
-    plans.plan_start(plan_key=key, actor=actor)
+    lifecycle.plan_start(plan_key=key, actor=actor)
     plan = MigrationPlan.objects.get(key=key)
     now = timezone.now()
-    began = aggregation.window_start(now - timedelta(minutes=MINUTES))
+    began = aggregation.window_start(now - timedelta(minutes=minutes))
     PlanRun.objects.filter(pk=plan.current_run_id).update(started_at=began)
     PlanStage.objects.filter(pk=plan.current_stage_id).update(started_at=began)
     MigrationPlan.objects.filter(pk=plan.pk).update(step_started_at=began)
     stage = plan.current_stage
 
     rng = np.random.default_rng(1)
-    per_window = max(1, outcomes // (MINUTES * 2))
+    per_window = max(1, outcomes // (minutes * 2))
     t0 = time.perf_counter()
     totals: dict[str, list[ArmAggregates]] = {"control": [], "candidate": []}
     rows = []
-    for m in range(MINUTES):
+    for m in range(minutes):
         window = began + timedelta(minutes=m)
         for arm, scale in (("control", 700.0), ("candidate", 760.0)):
             lat = rng.lognormal(0, 0.35, per_window) * scale
@@ -171,13 +171,13 @@ def build(outcomes: int) -> str:
                 candidate_requests=real.candidate_requests,
                 created_at=began + timedelta(seconds=15 * i),
             )  # fmt: skip
-            for i in range(MINUTES * 4)
+            for i in range(minutes * 4)
         ),
         batch_size=5000,
     )
     plan.refresh_from_db()
-    for i in range(500):
-        plans.record_edit(plan, actor=actor, action="edit", reason=f"note {i}", publish=False)
+    for i in range(audit_events):
+        lifecycle.record_edit(plan, actor=actor, action="edit", reason=f"note {i}", publish=False)
     from django.db import connection
 
     with connection.cursor() as cursor:
@@ -191,9 +191,9 @@ def arriving(key: str):
     from django.db import transaction
     from django.utils import timezone
 
-    from migrations_app import ingest
-    from migrations_app.aggregation import OutcomeFacts, window_start
     from migrations_app.models import MigrationPlan
+    from migrations_app.outcomes import rollup
+    from migrations_app.outcomes.aggregation import OutcomeFacts, window_start
 
     stage_id = MigrationPlan.objects.get(key=key).current_stage_id
     batch = [0]
@@ -207,16 +207,16 @@ def arriving(key: str):
             for i in range(25) for arm in ("control", "candidate")
         ]  # fmt: skip
         with transaction.atomic():
-            ingest.aggregate(outcomes, [])
+            rollup.aggregate(outcomes, [])
 
     return step
 
 
 def cold() -> None:
     """Before each request, an empty block cache: the first view of a plan in a process."""
-    from migrations_app.dashboard import blocks
+    from migrations_app.dashboard import window_cache
 
-    blocks.CACHE.clear()
+    window_cache.CACHE.clear()
 
 
 def timed(client, path: str, runs: int, before=None) -> tuple[float, float, int]:
@@ -243,13 +243,22 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--outcomes", type=int, default=1_000_000)
-    parser.add_argument("--database", default="turnout_bench_dashboard")
-    parser.add_argument("--redis-db", type=int, default=10)
+    parser.add_argument("--database", help="default: BENCH_DATABASE_URL's, else its own")
+    parser.add_argument("--redis-db", type=int)
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--profile", metavar="FILE")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
-    setup(args.database, args.redis_db, fresh=not args.reuse)
-    key = KEY if args.reuse else build(args.outcomes)
+    db_url = database_url("turnout_bench_dashboard")
+    if args.database:
+        db_url = urlunsplit(urlsplit(db_url)._replace(path=f"/{args.database}"))
+    redis = redis_url(10) if args.redis_db is None else f"redis://127.0.0.1:6379/{args.redis_db}"
+    setup(db_url, redis, fresh=args.smoke or not args.reuse)
+    if args.smoke:
+        args.runs = 1
+        key = build(1000, minutes=6 * 60, audit_events=20)
+    else:
+        key = KEY if args.reuse else build(args.outcomes)
     from django.contrib.auth import get_user_model
     from django.test import Client
 

@@ -9,7 +9,7 @@ sums, cost and feedback), then times one full cycle:
 The cycle must finish well inside the 15 s beat period.
 
 Needs PostgreSQL and Redis as in `make test`.
-Run: .venv/bin/python bench/bench_engine.py [--plans 1000]
+Run: .venv/bin/python bench/bench_engine.py [--plans 1000] [--smoke]
 """
 
 from __future__ import annotations
@@ -17,18 +17,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from _stack import ROOT, SMOKE_HELP, Worker, database_url, recreate_database, redis_url
 
-ROOT = Path(__file__).resolve().parent.parent
-DB_NAME = "turnout_bench_engine"
 ENV = {
-    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
-    "REDIS_URL": "redis://127.0.0.1:6379/8",
+    "DATABASE_URL": database_url("turnout_bench_engine"),
+    "REDIS_URL": redis_url(8),
     "DEBUG": "0",
     "SECRET_KEY": "bench-only-secret",
     "ALLOWED_HOSTS": "127.0.0.1",
@@ -38,11 +35,7 @@ ENV = {
 
 
 def setup() -> None:
-    import psycopg
-
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}"')
-        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    recreate_database(ENV["DATABASE_URL"])
     os.environ.update(ENV)
     sys.path.insert(0, str(ROOT))
     import django
@@ -54,7 +47,7 @@ def setup() -> None:
 
 
 def arm(rng: np.random.Generator, n: int, error_rate: float) -> object:
-    from migrations_app.stats import ArmAggregates, Buckets, ClusterSums
+    from migrations_app.guardrails.stats import ArmAggregates, Buckets, ClusterSums
 
     errors = rng.random(n) < error_rate
     latency = rng.lognormal(np.log(800), 0.6, n)
@@ -88,25 +81,26 @@ def arm(rng: np.random.Generator, n: int, error_rate: float) -> object:
 def make_plans(count: int) -> list[int]:
     from django.contrib.auth import get_user_model
 
-    from migrations_app import aggregation, plans
     from migrations_app.models import MigrationPlan, StageAggregate
+    from migrations_app.outcomes import aggregation
+    from migrations_app.plans import edits, lifecycle
 
     user = get_user_model().objects.create_superuser("bench", "", "bench-password")
-    actor = plans.Actor.for_user(user)
+    actor = lifecycle.Actor.for_user(user)
     rng = np.random.default_rng(1)
     control = aggregation.to_json(arm(rng, 100_000, 0.02))
     candidate = aggregation.to_json(arm(rng, 100_000, 0.021))
     for i in range(count):
         key = f"bench-{i:04d}"
-        plans.plan_create(
+        edits.plan_create(
             key=key,
             name=key,
             control={"model": "openai:gpt-4o-2024-08-06"},
             candidate={"model": "anthropic:claude-sonnet-4-20250514"},
             actor=actor,
         )
-        plans.plan_start(plan_key=key, actor=actor)
-        plans.plan_advance(plan_key=key, actor=actor)  # A/B split
+        lifecycle.plan_start(plan_key=key, actor=actor)
+        lifecycle.plan_advance(plan_key=key, actor=actor)  # A/B split
     stages = MigrationPlan.objects.values_list("current_stage_id", flat=True)
     StageAggregate.objects.bulk_create(
         [
@@ -119,7 +113,7 @@ def make_plans(count: int) -> list[int]:
 
 
 def in_process_cycle(ids: list[int]) -> tuple[float, list[float]]:
-    from migrations_app import engine
+    from migrations_app.guardrails import engine
 
     each: list[float] = []
     start = time.perf_counter()
@@ -131,33 +125,31 @@ def in_process_cycle(ids: list[int]) -> tuple[float, list[float]]:
 
 
 def celery_cycle(count: int, pool: str, concurrency: int) -> float:
+    from migrations_app.guardrails.tasks import evaluate_plans
     from migrations_app.models import Evaluation
-    from migrations_app.tasks import evaluate_plans
 
-    env = {**os.environ, **ENV}
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "controlplane", "worker",
-         "--concurrency", str(concurrency), "--pool", pool, "--loglevel", "WARNING",
-         "--without-gossip", "--without-mingle"],
-        cwd=ROOT, env=env,
-    )  # fmt: skip
+    worker = Worker({**os.environ, **ENV}, "--concurrency", str(concurrency), "--pool", pool)
     try:
-        time.sleep(6.0)  # the worker is up and consuming
+        worker.wait_ready()  # the worker is up and consuming
         before = Evaluation.objects.count()
         start = time.perf_counter()
         evaluate_plans.delay()
         while Evaluation.objects.count() < before + count:
+            if worker.proc.poll() is not None:
+                raise SystemExit(f"the worker exited with {worker.proc.returncode}")
             time.sleep(0.05)
         return time.perf_counter() - start
     finally:
-        worker.terminate()
-        worker.wait()
+        worker.stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--plans", type=int, default=1000)
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    if args.smoke:
+        args.plans = 5
     setup()
     t = time.perf_counter()
     ids = make_plans(args.plans)

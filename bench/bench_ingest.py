@@ -9,15 +9,21 @@ missing TTFT, timestamps over the last three minutes. The figure is the wall tim
 request to the last answer, and the run checks that every event was stored once and counted
 in the aggregates.
 
-The ceiling: the same rows, already priced and windowed, written with ``COPY`` from one client
-into a scratch table ``LIKE`` the outcome table (same columns and indexes), no validation and no
-aggregation.
+The ceiling: the same rows, as ingest stored them (priced and windowed), read back and written
+with ``COPY`` from one client into a scratch table ``LIKE`` the outcome table (same columns and
+indexes), no validation and no aggregation. Its columns come from the model and its rows from the
+table, so a column added later is in the baseline too (a hand-written list once missed one).
+
+``--metrics N`` (issue 15): the plan declares N per-request metrics (a 0/1 rate and means
+bounded 0-5) and every event carries a value of each, stored on the outcome and rolled up per
+unit beside the rest; the run checks each metric's count in the stage's aggregates too.
 
 Also printed: CPU time per batch in the web workers and in the PostgreSQL backends (from /proc),
 which moves less than the rate when other work shares the machine.
 
 Needs PostgreSQL and Redis as in `make test`.
 Run: .venv/bin/python bench/bench_ingest.py [--events 200000] [--loaders 4] [--workers 2 --threads 2]
+     [--metrics 2] [--smoke]
 """
 
 from __future__ import annotations
@@ -39,58 +45,90 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _stack import (
+    SMOKE_HELP,
     bench_env,
     children,
     cpu_seconds,
     database_backends,
     ensure_database,
+    free_port,
     gunicorn,
     setup_django,
 )
 
 DB_NAME = "turnout_bench_ingest"
 REDIS_DB = 9
-PORT = 8395
 PLAN_KEY = "bench-ingest"
 BATCH = 500
 UNITS = 20_000
 ERRORS = ["timeout", "rate_limited", "server_error", "overloaded"]
 
 
-def make_plan_and_key() -> tuple[Any, str]:
+def metric_names(count: int) -> list[str]:
+    """``task_completed`` (a rate) first, then means ``score_1``, ``score_2``, ..."""
+    return ["task_completed", *(f"score_{i}" for i in range(1, count))][:count]
+
+
+SEGMENT_DIMENSIONS = ("tenant", "lang", "tier")
+
+
+def make_plan_and_key(metrics: int = 0, segments: int = 0) -> tuple[Any, str]:
     from django.contrib.auth import get_user_model
     from django.db import connection
 
-    from migrations_app import plans
-    from migrations_app.apikeys import apikey_create
+    from migrations_app.api.keys import apikey_create
+    from migrations_app.plans import edits, lifecycle
 
     user = get_user_model().objects.filter(
         username="bench"
     ).first() or get_user_model().objects.create_superuser("bench", "", "bench-password")
-    actor = plans.Actor.for_user(user)
+    actor = lifecycle.Actor.for_user(user)
     # The bench database is ours: start every run from empty ingest tables.
     with connection.cursor() as cursor:
         cursor.execute(
             "TRUNCATE migrations_app_feedback, migrations_app_outcome, migrations_app_unittotals,"
-            " migrations_app_windowaggregate, migrations_app_stageaggregate"
+            " migrations_app_windowaggregate, migrations_app_stageaggregate,"
+            " migrations_app_metricunittotals, migrations_app_metricvalue,"
+            " migrations_app_segmentaggregate"
         )
     from migrations_app.models import MigrationPlan
 
     MigrationPlan.objects.filter(key=PLAN_KEY).delete()
-    plans.plan_create(
+    edits.plan_create(
         key=PLAN_KEY,
         name="bench ingest",
         control={"model": "openai:gpt-4o-2024-08-06", "params": {"temperature": 0.2}},
         candidate={"model": "anthropic:claude-sonnet-4-20250514", "params": {"temperature": 0.2}},
         actor=actor,
     )
-    plans.plan_start(plan_key=PLAN_KEY, actor=actor)
-    plans.plan_advance(plan_key=PLAN_KEY, actor=actor)  # A/B split, 10 % candidate
+    lifecycle.plan_start(plan_key=PLAN_KEY, actor=actor)
+    lifecycle.plan_advance(plan_key=PLAN_KEY, actor=actor)  # A/B split, 10 % candidate
+    if segments:
+        MigrationPlan.objects.filter(key=PLAN_KEY).update(
+            segment_dimensions=list(SEGMENT_DIMENSIONS[:segments])
+        )
     plan = MigrationPlan.objects.get(key=PLAN_KEY)
+    from migrations_app.models import MetricDefinition
+
+    for name in metric_names(metrics):
+        if name == "task_completed":
+            MetricDefinition.objects.create(plan=plan, name=name, kind="rate")
+        else:
+            MetricDefinition.objects.create(
+                plan=plan, name=name, kind="mean", lower_bound=0, upper_bound=5
+            )
     return plan, apikey_create(name="bench-ingest", scopes=["report"])[1]
 
 
-def make_events(plan: Any, n: int, rng: random.Random) -> list[dict[str, Any]]:
+def unit_segments(unit: int, dimensions: int) -> dict[str, str]:
+    """A unit's segment values: 500 tenants, 12 languages, 3 tiers (sticky per unit)."""
+    values = {"tenant": f"t{unit % 500}", "lang": f"l{unit % 12}", "tier": f"tier{unit % 3}"}
+    return {d: values[d] for d in SEGMENT_DIMENSIONS[:dimensions]}
+
+
+def make_events(
+    plan: Any, n: int, rng: random.Random, metrics: list[str] | None = None, segments: int = 0
+) -> list[dict[str, Any]]:
     now = time.time()
     events = []
     for _ in range(n):
@@ -104,7 +142,7 @@ def make_events(plan: Any, n: int, rng: random.Random) -> list[dict[str, Any]]:
                 "run": plan.current_run.number,
                 "plan_version": plan.version,
                 "arm": arm,
-                "unit": f"user-{rng.randrange(UNITS)}",
+                "unit": f"user-{(unit := rng.randrange(UNITS))}",
                 "ts": now - rng.uniform(1, 180),
                 "latency_ms": rng.lognormvariate(6.5, 0.5),
                 "ttft_ms": None if rng.random() < 0.2 else rng.lognormvariate(5, 0.4),
@@ -113,6 +151,14 @@ def make_events(plan: Any, n: int, rng: random.Random) -> list[dict[str, Any]]:
                 "output_tokens": None if unknown_usage else rng.randrange(10, 1000),
             }
         )
+        if segments:
+            events[-1]["segments"] = unit_segments(unit, segments)
+        if metrics:
+            events[-1]["metrics"] = {
+                name: (int(rng.random() < 0.8) if name == "task_completed"
+                       else round(rng.uniform(0, 5), 2))
+                for name in metrics
+            }  # fmt: skip
     return events
 
 
@@ -173,40 +219,29 @@ def run_load(base: str, key: str, bodies: list[bytes], loaders: int) -> tuple[in
     return stored, rejected, elapsed
 
 
-def copy_rate(plan: Any, events: list[dict[str, Any]]) -> float:
-    """Rows/s of a raw COPY of the same rows (priced, windowed) into a table LIKE the outcome
-    table, from one client."""
-    from datetime import UTC, datetime
-
+def copy_rate(plan: Any) -> tuple[int, float]:
+    """Rows and rows/s of a raw COPY, from one client, of the rows ingest stored for ``plan``
+    into a table LIKE the outcome table. Every column of the model, in the stored values: the
+    rows are read back before the clock starts, and ``write_row`` formats them as ingest's
+    own rows are formatted, per value, in the client."""
     from django.db import connection
 
-    from migrations_app.aggregation import window_start
-    from migrations_app.selectors import plan_infos
+    from migrations_app.models import Outcome
 
-    info = plan_infos([plan.key])[plan.key]
-    run_id, _, stage_id = info.at(plan.version)
-    received = datetime.now(UTC)
-    rows = []
-    for e in events:
-        ts = datetime.fromtimestamp(e["ts"], tz=UTC)
-        rows.append(
-            (
-                e["id"], plan.pk, run_id, stage_id, e["plan_version"], e["decision_id"], e["arm"],
-                e["unit"], ts, window_start(ts), e["latency_ms"], e["ttft_ms"], e["error"] or "",
-                e["input_tokens"], e["output_tokens"],
-                info.cost(e["arm"], e["input_tokens"], e["output_tokens"]), received,
-            )
-        )  # fmt: skip
-    columns = (
-        'event_id, plan_id, run_id, stage_id, plan_version, decision_id, arm, unit, ts, "window",'
-        " latency_ms, ttft_ms, error, input_tokens, output_tokens, cost_usd, received_at"
-    )
-    with connection.cursor() as cursor:
+    qn = connection.ops.quote_name
+    columns = ", ".join(qn(field.column) for field in Outcome._meta.concrete_fields)
+    connection.ensure_connection()
+    raw = connection.connection  # the psycopg connection under Django's
+    with raw.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {columns} FROM {qn(Outcome._meta.db_table)} WHERE plan_id = %s", [plan.pk]
+        )
+        rows = cursor.fetchall()
         cursor.execute("DROP TABLE IF EXISTS bench_outcome_copy")
         cursor.execute(
-            "CREATE TABLE bench_outcome_copy (LIKE migrations_app_outcome INCLUDING ALL)"
+            f"CREATE TABLE bench_outcome_copy (LIKE {qn(Outcome._meta.db_table)} INCLUDING ALL)"
         )
-    raw = connection.connection  # the psycopg connection under Django's
+    raw.commit()
     started = time.perf_counter()
     with raw.cursor() as cursor:
         with cursor.copy(f"COPY bench_outcome_copy ({columns}) FROM STDIN") as copy:
@@ -214,16 +249,17 @@ def copy_rate(plan: Any, events: list[dict[str, Any]]) -> float:
                 copy.write_row(row)
     raw.commit()
     elapsed = time.perf_counter() - started
-    with connection.cursor() as cursor:
+    with raw.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM bench_outcome_copy")
         assert cursor.fetchone()[0] == len(rows)
         cursor.execute("DROP TABLE bench_outcome_copy")
-    return len(rows) / elapsed
+    raw.commit()
+    return len(rows), len(rows) / elapsed
 
 
-def check_exact(plan: Any, total: int) -> None:
-    from migrations_app import aggregation
-    from migrations_app.models import Outcome, StageAggregate, WindowAggregate
+def check_exact(plan: Any, total: int, metrics: list[str] | None = None, segments: int = 0) -> None:
+    from migrations_app.models import Outcome, SegmentAggregate, StageAggregate, WindowAggregate
+    from migrations_app.outcomes import aggregation
 
     stored = Outcome.objects.filter(plan=plan).count()
     stage = sum(
@@ -234,6 +270,16 @@ def check_exact(plan: Any, total: int) -> None:
         WindowAggregate.objects.filter(stage__plan=plan).values_list("requests", flat=True)
     )
     assert stored == stage == windows == total, (stored, stage, windows, total)
+    for name in metrics or []:
+        counted = sum(
+            aggregation.from_json(d).metrics[name].n
+            for d in StageAggregate.objects.filter(stage__plan=plan).values_list("data", flat=True)
+        )
+        assert counted == total, (name, counted, total)
+    for dimension in SEGMENT_DIMENSIONS[:segments]:
+        rows = SegmentAggregate.objects.filter(stage__plan=plan, dimension=dimension)
+        counted = sum(rows.values_list("requests", flat=True))
+        assert counted == total, (dimension, counted, total)
 
 
 def main() -> None:
@@ -242,41 +288,57 @@ def main() -> None:
     parser.add_argument("--loaders", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--metrics", type=int, default=0, help="per-request metrics on every event (issue 15)"
+    )
+    parser.add_argument(
+        "--segments", type=int, default=0, choices=range(4),
+        help="segment dimensions on the plan and every event (issue 16): tenant, lang, tier",
+    )  # fmt: skip
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     opts = parser.parse_args()
+    if opts.smoke:
+        opts.events, opts.loaders, opts.workers, opts.threads = 4 * BATCH, 2, 1, 2
 
     env = bench_env(DB_NAME, REDIS_DB)
-    ensure_database(DB_NAME)
+    ensure_database(env["DATABASE_URL"])
     setup_django(env)
     from django.db import connection
 
-    plan, key = make_plan_and_key()
+    plan, key = make_plan_and_key(opts.metrics, opts.segments)
+    names = metric_names(opts.metrics)
     rng = random.Random(7)
-    warmup = make_events(plan, 4 * BATCH, rng)
-    events = make_events(plan, opts.events, rng)
+    warmup = make_events(plan, (1 if opts.smoke else 4) * BATCH, rng, names, opts.segments)
+    events = make_events(plan, opts.events, rng, names, opts.segments)
     bodies = gzip_batches(events)
     connection.close()
 
     load_before = os.getloadavg()[0]
-    with gunicorn(env, PORT, opts.workers, opts.threads) as (base, master):
+    with gunicorn(env, free_port(), opts.workers, opts.threads) as (base, master):
         run_load(base, key, gzip_batches(warmup), opts.loaders)
-        web, backends = children(master), database_backends(DB_NAME)
+        web, backends = children(master), database_backends(env["DATABASE_URL"])
         web_cpu, db_cpu = cpu_seconds(web), cpu_seconds(backends)
         stored, rejected, elapsed = run_load(base, key, bodies, opts.loaders)
         web_cpu, db_cpu = cpu_seconds(web) - web_cpu, cpu_seconds(backends) - db_cpu
     assert rejected == 0 and stored == len(events), (stored, rejected)
-    check_exact(plan, len(events) + len(warmup))
+    check_exact(plan, len(events) + len(warmup), names, opts.segments)
     api = len(events) / elapsed
-    ceiling = copy_rate(plan, events)
+    copied, ceiling = copy_rate(plan)
     print(
         f"stack: gunicorn {opts.workers} WSGI workers x {opts.threads} threads, DEBUG off,"
         f" PostgreSQL + Redis; load: {opts.loaders} processes posting gzip batches of {BATCH}"
     )
     print(f"events: {len(events):,} ({len(bodies)} batches), every one stored once and aggregated")
+    if names:
+        print(f"metrics: {', '.join(names)} on every event, each counted once per event")
+    if opts.segments:
+        dims = ", ".join(SEGMENT_DIMENSIONS[: opts.segments])
+        print(f"segments: {dims} on every event, rolled up per segment")
     print(
         f"machine: {os.cpu_count()} cores, 1-minute load average {load_before:.2f} before the run"
     )
     print(f"POST /api/v1/outcomes   {api:10,.0f} events/s   ({elapsed:.2f} s)")
-    print(f"raw COPY (ceiling)      {ceiling:10,.0f} rows/s")
+    print(f"raw COPY (ceiling)      {ceiling:10,.0f} rows/s   ({copied:,} rows as stored)")
     print(f"ingest / COPY           {api / ceiling:10.0%}   (goals: >= 20,000 events/s, >= 25 %)")
     per_batch = 1000 / len(bodies)
     print(

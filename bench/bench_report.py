@@ -3,11 +3,12 @@
 The sink answers every batch 200 at once, so what is measured is the call the request path
 pays (append to the buffer) while the sender drains, serialises and gzips in the same process,
 as it would in production. Prints median and p99 per call over batches of calls.
-Run: .venv/bin/python bench/bench_report.py
+Run: .venv/bin/python bench/bench_report.py [--smoke]
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import logging
@@ -18,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import turnout
+from _stack import SMOKE_HELP  # bench/ is on the path: this script's directory
 
 CALLS_PER_SAMPLE = 200
 SAMPLES = 1000
@@ -52,6 +54,9 @@ class Sink(BaseHTTPRequestHandler):
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    samples = 20 if parser.parse_args().smoke else SAMPLES
     logging.disable(logging.WARNING)
     server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -62,13 +67,13 @@ def main() -> None:
     for _ in range(CALLS_PER_SAMPLE):  # warm-up
         report(decision, latency_ms=812.0, ttft_ms=190.0, input_tokens=1500, output_tokens=420)
     per_call = []
-    for _ in range(SAMPLES):
+    for _ in range(samples):
         start = time.perf_counter_ns()
         for _ in range(CALLS_PER_SAMPLE):
             report(decision, latency_ms=812.0, ttft_ms=190.0, input_tokens=1500, output_tokens=420)
         per_call.append((time.perf_counter_ns() - start) / CALLS_PER_SAMPLE / 1000)
         time.sleep(0.005)  # the rest of the request: ~40k reports/s offered, the sender keeps up
-    total = CALLS_PER_SAMPLE * (SAMPLES + 1)
+    total = CALLS_PER_SAMPLE * (samples + 1)
     client.close(timeout=30)
     server.shutdown()
     per_call.sort()

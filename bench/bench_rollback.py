@@ -9,8 +9,15 @@ requests for a warm-up, then at t0 the candidate's failure rate triples to 6 %. 
 run: seconds from t0 to the engine's rollback, requests per arm the deciding evaluation saw,
 and seconds from the rollback's commit until every SDK client routes to control.
 
+Each warm-up (``--warmup``, seconds; default 30 s and 10 min) gets ``--runs`` runs (default
+5). The first warm-up is the baseline: the other's median is printed as a ratio to it. With a
+long warm-up the stage's running totals dilute the regression (the cumulative tests slow
+down); the change detectors (issue 20) are what keeps the rollback about as fast.
+
 Needs PostgreSQL and Redis as in `make test`.
-Run: .venv/bin/python bench/bench_rollback.py [--runs 3] [--warmup 30]
+Run: .venv/bin/python bench/bench_rollback.py [--runs 5] [--warmup 30 600] [--smoke]
+``--smoke``: one run per warm-up of 3 s and 6 s, 3 followers, the candidate then failing half
+its requests, and the engine every second: the same path to a rollback in seconds.
 """
 
 from __future__ import annotations
@@ -27,22 +34,34 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _stack import (
+    SMOKE_HELP,
+    database_url,
+    flush_redis,
+    free_port,
+    recreate_database,
+    redis_url,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-DB_NAME = "turnout_bench_rollback"
-PORT = 8491
+PORT, STREAM_PORT = free_port(), free_port()
 ENV = {
-    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
-    "REDIS_URL": "redis://127.0.0.1:6379/7",
+    "DATABASE_URL": database_url("turnout_bench_rollback"),
+    "REDIS_URL": redis_url(7),
     "DEBUG": "0",
     "SECRET_KEY": "bench-only-secret",
     "ALLOWED_HOSTS": "127.0.0.1",
     "LOG_LEVEL": "WARNING",
     "DJANGO_SETTINGS_MODULE": "controlplane.settings",
     "TURNOUT_PORT": str(PORT),
+    "TURNOUT_STREAM_PORT": str(STREAM_PORT),
 }
 BASE = f"http://127.0.0.1:{PORT}"
-STREAM = f"http://127.0.0.1:{PORT + 1}"
+STREAM = f"http://127.0.0.1:{STREAM_PORT}"
+#: The candidate's failure rate after t0: three times the 2 % both arms fail before.
+REGRESSED = 0.06
+#: Seconds a run may take before the bench gives up on it (the engine never rolled back).
+GIVE_UP_S = 900
 RATE = 50.0
 PHASES = [
     {"kind": "ab_split", "percent": 50.0, "steps": [], "min_duration_minutes": 600,
@@ -53,14 +72,8 @@ PHASES = [
 
 
 def start_stack(data_dir: str) -> subprocess.Popen[bytes]:
-    import psycopg
-
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}"')
-        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    import redis
-
-    redis.Redis.from_url(ENV["REDIS_URL"]).flushdb()
+    recreate_database(ENV["DATABASE_URL"])
+    flush_redis(ENV["REDIS_URL"])
     env = {**os.environ, **ENV, "TURNOUT_DATA_DIR": data_dir}
     stack = subprocess.Popen(
         [sys.executable, "-m", "controlplane.launcher"],
@@ -90,17 +103,25 @@ def start_stack(data_dir: str) -> subprocess.Popen[bytes]:
     return stack
 
 
-def one_run(run: int, key: str, warmup: float) -> tuple[float, int, int, float]:
+def one_run(
+    run: int,
+    key: str,
+    warmup: float,
+    stack: subprocess.Popen[bytes],
+    followers_count: int = 20,
+    failing: float = REGRESSED,
+    give_up_s: float = GIVE_UP_S,
+) -> tuple[float, int, int, float]:
     import turnout
     from django.contrib.auth import get_user_model
 
-    from migrations_app import plans
     from migrations_app.models import AuditEvent, Evaluation, MigrationPlan
+    from migrations_app.plans import edits, lifecycle
 
     user = get_user_model().objects.get(username="admin")
-    actor = plans.Actor.for_user(user)
+    actor = lifecycle.Actor.for_user(user)
     plan_key = f"bench-rollback-{run}"
-    plans.plan_create(
+    edits.plan_create(
         key=plan_key,
         name=plan_key,
         control={"model": "openai:gpt-4o-2024-08-06"},
@@ -108,14 +129,22 @@ def one_run(run: int, key: str, warmup: float) -> tuple[float, int, int, float]:
         phases=PHASES,
         actor=actor,
     )
-    plans.plan_start(plan_key=plan_key, actor=actor)
-    followers = [turnout.Client(BASE, key, stream_url=STREAM) for _ in range(20)]
+    lifecycle.plan_start(plan_key=plan_key, actor=actor)
+    followers = [turnout.Client(BASE, key, stream_url=STREAM) for _ in range(followers_count)]
     client = turnout.Client(BASE, key, stream_url=STREAM, flush_interval=1.0)
     rng = np.random.default_rng(run)
     stop = threading.Event()
     t0: list[float] = []
+    died: list[BaseException] = []
 
     def traffic() -> None:
+        try:
+            send()
+        except BaseException as exc:  # the main loop reports it instead of waiting forever
+            died.append(exc)
+            raise
+
+    def send() -> None:
         started = time.time()
         i = 0
         while not stop.is_set():
@@ -124,7 +153,7 @@ def one_run(run: int, key: str, warmup: float) -> tuple[float, int, int, float]:
             if regressed and not t0:
                 t0.append(now)
             d = client.decide(plan_key, unit=f"user-{rng.integers(0, 20_000)}")
-            rate = 0.06 if regressed and d.arm == "candidate" else 0.02
+            rate = failing if regressed and d.arm == "candidate" else 0.02
             client.report(
                 d,
                 latency_ms=float(900 * np.exp(rng.normal(0, 0.5))),
@@ -141,12 +170,19 @@ def one_run(run: int, key: str, warmup: float) -> tuple[float, int, int, float]:
     thread = threading.Thread(target=traffic, daemon=True)
     thread.start()
     try:
+        give_up = time.monotonic() + give_up_s
         while MigrationPlan.objects.get(key=plan_key).status != "rolled_back":
+            if died:
+                raise SystemExit(f"the traffic thread died: {died[0]!r}")
+            if stack.poll() is not None or time.monotonic() > give_up:
+                raise SystemExit(f"no rollback of {plan_key} (stack exit code {stack.poll()})")
             time.sleep(0.05)
         event = AuditEvent.objects.get(plan__key=plan_key, action="rollback")
         committed = event.created_at.timestamp()
         everyone = [client, *followers]
         while any(c.snapshot.plans[plan_key].status != "rolled_back" for c in everyone):
+            if time.monotonic() > give_up:
+                raise SystemExit("some SDK clients never saw the rollback")
             time.sleep(0.01)
         switched = time.time()
     finally:
@@ -165,34 +201,57 @@ def one_run(run: int, key: str, warmup: float) -> tuple[float, int, int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--warmup", type=float, default=30.0)
+    parser.add_argument("--runs", type=int, default=5, help="runs per warm-up")
+    parser.add_argument("--warmup", type=float, nargs="+", default=[30.0, 600.0],
+                        help="seconds of health before the regression; the first is the baseline")  # fmt: skip
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    followers, failing, give_up = 20, REGRESSED, GIVE_UP_S
+    if args.smoke:
+        args.runs, args.warmup, followers, failing, give_up = 1, [3.0, 6.0], 3, 0.5, 120.0
+        ENV["TURNOUT_EVALUATION_INTERVAL"] = "1"
+    by_warmup: dict[float, list[tuple[float, int, int, float]]] = {}
     with tempfile.TemporaryDirectory() as data_dir:
         stack = start_stack(data_dir)
         try:
-            from migrations_app.apikeys import apikey_create
+            from migrations_app.api.keys import apikey_create
 
             key = apikey_create(name="bench", scopes=["decide", "report"])[1]
-            results = []
-            for run in range(args.runs):
-                seconds, control, candidate, propagation = one_run(run, key, args.warmup)
-                results.append((seconds, control, candidate, propagation))
-                print(
-                    f"run {run + 1}: rolled back {seconds:.0f} s after the regression, on "
-                    f"{control} control / {candidate} candidate requests; every SDK on "
-                    f"control {propagation * 1000:.0f} ms after the rollback's commit"
-                )
+            run = 0
+            for warmup in args.warmup:
+                results = by_warmup.setdefault(warmup, [])
+                for _ in range(args.runs):
+                    seconds, control, candidate, propagation = one_run(
+                        run, key, warmup, stack, followers, failing, give_up
+                    )
+                    run += 1
+                    results.append((seconds, control, candidate, propagation))
+                    print(
+                        f"warm-up {warmup:g} s, run {len(results)}: rolled back {seconds:.0f} s "
+                        f"after the regression, on {control} control / {candidate} candidate "
+                        f"requests; every SDK on control {propagation * 1000:.0f} ms after the "
+                        "rollback's commit",
+                        flush=True,
+                    )
         finally:
             os.killpg(stack.pid, signal.SIGTERM)
-            stack.wait(timeout=30)
-    print(
-        f"median over {len(results)} runs: {statistics.median(r[0] for r in results):.0f} s to "
-        f"rollback, {statistics.median(r[1] for r in results):.0f} control / "
-        f"{statistics.median(r[2] for r in results):.0f} candidate requests, SDKs switched "
-        f"{statistics.median(r[3] for r in results) * 1000:.0f} ms after the commit "
-        f"(max {max(r[3] for r in results) * 1000:.0f} ms)"
-    )
+            try:
+                stack.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # never leave a server behind
+                os.killpg(stack.pid, signal.SIGKILL)
+                stack.wait()
+    baseline = statistics.median(r[0] for r in by_warmup[args.warmup[0]])
+    for warmup, results in by_warmup.items():
+        median = statistics.median(r[0] for r in results)
+        print(
+            f"warm-up {warmup:g} s, median over {len(results)} runs: {median:.0f} s to rollback "
+            f"(range {min(r[0] for r in results):.0f}-{max(r[0] for r in results):.0f} s, "
+            f"{median / baseline:.2f}x the {args.warmup[0]:g} s warm-up's), "
+            f"{statistics.median(r[1] for r in results):.0f} control / "
+            f"{statistics.median(r[2] for r in results):.0f} candidate requests in the stage, "
+            f"SDKs switched {statistics.median(r[3] for r in results) * 1000:.0f} ms after the "
+            f"commit (max {max(r[3] for r in results) * 1000:.0f} ms)"
+        )
 
 
 if __name__ == "__main__":

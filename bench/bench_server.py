@@ -20,9 +20,12 @@ Beside each figure: the CPU the server, wrk and everything else on the machine u
 Then connects 100 turnout.Client instances, flips the plan through the lifecycle service, and
 times until each client holds the new snapshot (5 flips).
 
-Needs: PostgreSQL and Redis as in `make test`, and Debian's wrk (apt-get install wrk).
+Needs: PostgreSQL and Redis as in `make test`, and Debian's wrk (`make bench-deps`).
 Run: .venv/bin/python bench/bench_server.py [--connections 8,32] [--rounds 3] [--seconds 8]
-     [--no-propagation]; WEB_CONCURRENCY / WEB_THREADS change the server as in production.
+     [--no-propagation] [--smoke]; WEB_CONCURRENCY / WEB_THREADS change the server as in
+     production. ``--smoke``: one 1 s round at 8 connections, 10 clients and 2 flips; without
+     wrk it sends a few hundred requests per endpoint from this process instead (every answer
+     checked, the rate meaningless) so that the suite still runs the server path.
 """
 
 from __future__ import annotations
@@ -32,25 +35,32 @@ import os
 import re
 import resource
 import runpy
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from _stack import children, cpu_seconds, wait_for_port
+from _stack import (
+    SMOKE_HELP,
+    children,
+    cpu_seconds,
+    database_url,
+    ensure_database,
+    free_port,
+    redis_url,
+    stop_process,
+    wait_for_port,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-DATABASE_URL = os.environ.get(
-    "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/turnout_bench"
-)
-DB_NAME = urlsplit(DATABASE_URL).path.lstrip("/")
+DATABASE_URL = database_url("turnout_bench")
 ENV = {
     **os.environ,
     "DATABASE_URL": DATABASE_URL,
-    "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
+    "REDIS_URL": redis_url(14),
     "DEBUG": "0",
     "SECRET_KEY": "bench-only-secret",
     "ALLOWED_HOSTS": "127.0.0.1",
@@ -60,18 +70,10 @@ ENV = {
     "TURNOUT_RATE_LIMIT_PER_KEY": "100000",
     "LOG_LEVEL": "WARNING",
 }
-PORT = 8391
-STREAM_PORT = 8392
+PORT = free_port()
+STREAM_PORT = free_port()
 BASE = f"http://127.0.0.1:{PORT}"
 STREAM = f"http://127.0.0.1:{STREAM_PORT}"
-
-
-def ensure_database() -> None:
-    import psycopg
-
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{DB_NAME}"')
 
 
 def setup_django() -> None:
@@ -89,24 +91,24 @@ def setup_django() -> None:
 def make_plan_and_key() -> str:
     from django.contrib.auth import get_user_model
 
-    from migrations_app import plans
-    from migrations_app.apikeys import apikey_create
+    from migrations_app.api.keys import apikey_create
     from migrations_app.models import MigrationPlan
+    from migrations_app.plans import edits, lifecycle
 
     user = get_user_model().objects.filter(
         username="bench"
     ).first() or get_user_model().objects.create_superuser("bench", "", "bench-password")
-    actor = plans.Actor.for_user(user)
+    actor = lifecycle.Actor.for_user(user)
     MigrationPlan.objects.filter(key="bench-chat").delete()
-    plans.plan_create(
+    edits.plan_create(
         key="bench-chat",
         name="bench",
         control={"model": "openai:gpt-4o-2024-08-06", "params": {"temperature": 0.2}},
         candidate={"model": "anthropic:claude-sonnet-4-20250514", "params": {"temperature": 0.2}},
         actor=actor,
     )
-    plans.plan_start(plan_key="bench-chat", actor=actor)
-    plans.plan_advance(plan_key="bench-chat", actor=actor)  # A/B split 10 %
+    lifecycle.plan_start(plan_key="bench-chat", actor=actor)
+    lifecycle.plan_advance(plan_key="bench-chat", actor=actor)  # A/B split 10 %
     return apikey_create(name="bench", scopes=["decide", "report"])[1]
 
 
@@ -197,9 +199,9 @@ def propagation(key: str, clients_count: int = 100, flips: int = 5) -> list[floa
     import turnout
     from django.contrib.auth import get_user_model
 
-    from migrations_app import plans
+    from migrations_app.plans import lifecycle
 
-    actor = plans.Actor.for_user(get_user_model().objects.get(username="bench"))
+    actor = lifecycle.Actor.for_user(get_user_model().objects.get(username="bench"))
     clients = [
         turnout.Client(BASE, key, poll_interval=3600, stream_url=STREAM)
         for _ in range(clients_count)
@@ -209,7 +211,7 @@ def propagation(key: str, clients_count: int = 100, flips: int = 5) -> list[floa
     try:
         for flip in range(flips):
             before = clients[0].snapshot_version
-            action = plans.plan_pause if flip % 2 == 0 else plans.plan_resume
+            action = lifecycle.plan_pause if flip % 2 == 0 else lifecycle.plan_resume
             started = time.perf_counter()
             action(plan_key="bench-chat", actor=actor)
             pending = set(range(clients_count))
@@ -281,15 +283,46 @@ def measure_endpoints(
         )
 
 
+def python_load(key: str, requests: int = 300) -> None:
+    """Without wrk: each endpoint driven from this process over one kept-alive connection,
+    every answer checked. The same server path as under wrk; the rate measures this process
+    as much as the server, so it is no figure."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=BASE, headers=headers, timeout=30) as client:
+        for name, path, body in ENDPOINTS:
+            started = time.perf_counter()
+            for n in range(requests):
+                if body is None:
+                    response = client.get(path, params={"unit": f"user-{n}"})
+                else:
+                    response = client.post(path, content=body % n)
+                if response.status_code != 200:
+                    raise SystemExit(f"{name}: {response.status_code} {response.text[:300]}")
+            rate = requests / (time.perf_counter() - started)
+            print(f"  {name:22s} {requests} requests, every answer 200 ({rate:.0f} req/s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--connections", default="8,32", help="wrk connections, comma-separated")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=8, help="per endpoint per round")
     parser.add_argument("--no-propagation", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     options = parser.parse_args()
-    ensure_database()
+    has_wrk = shutil.which("wrk") is not None
+    if not has_wrk and not options.smoke:
+        raise SystemExit("bench_server needs wrk: `make bench-deps` installs Debian's")
+    clients, flips = 100, 5
+    if options.smoke:
+        options.connections, options.rounds, options.seconds = "8", 1, 1
+        clients, flips = 10, 2
+    ensure_database(DATABASE_URL)
     setup_django()
+    from controlplane.launcher import STREAM_GRACE_SECONDS  # as `make run` starts the stream
+
     key = make_plan_and_key()
     # The production shape of `make run` and docker/compose.yml: WSGI workers for the API, an ASGI
     # server for the long-lived SSE streams.
@@ -319,6 +352,8 @@ def main() -> None:
             "--no-access-log",
             "--log-level",
             "warning",
+            "--timeout-graceful-shutdown",
+            str(STREAM_GRACE_SECONDS),
         ],
         cwd=ROOT,
         env=ENV,
@@ -336,29 +371,31 @@ def main() -> None:
             f"and whatever else runs; load average {os.getloadavg()[0]:.1f} at start"
         )
         server_pids = [server.pid, *children(server.pid)]
-        # Warm-up, with connections enough to reach every worker: each has the key, the
-        # snapshot and its routing follower before anything is measured.
-        wrk(ENDPOINTS[1][1], key, ENDPOINTS[1][2], 32, 2, server_pids)
-        for connections in (int(c) for c in options.connections.split(",")):
-            measure_endpoints(key, connections, options.rounds, options.seconds, server_pids)
+        if has_wrk:
+            # Warm-up, with connections enough to reach every worker: each has the key, the
+            # snapshot and its routing follower before anything is measured.
+            wrk(ENDPOINTS[1][1], key, ENDPOINTS[1][2], 32, 2, server_pids)
+            for connections in (int(c) for c in options.connections.split(",")):
+                measure_endpoints(key, connections, options.rounds, options.seconds, server_pids)
+        else:
+            print("wrk not found (`make bench-deps`): the smoke run drives the endpoints itself")
+            python_load(key)
         if not options.no_propagation:
-            delays = sorted(propagation(key))
-            if delays:
-                p50 = statistics.median(delays)
-                p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
-                print(
-                    f"propagation to 100 SDK clients over SSE: {len(delays)} deliveries, "
-                    f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {delays[-1]:.0f} ms"
-                )
+            delays = sorted(propagation(key, clients, flips))
+            if len(delays) < clients * flips:
+                raise SystemExit(f"{clients * flips - len(delays)} deliveries missing")
+            p50 = statistics.median(delays)
+            p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+            print(
+                f"propagation to {clients} SDK clients over SSE: {len(delays)} deliveries, "
+                f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {delays[-1]:.0f} ms"
+            )
     finally:
+        # uvicorn waits for open SSE streams to end: a bounded wait, then kill
         for proc in (server, stream):
             proc.terminate()
         for proc in (server, stream):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:  # uvicorn waits for open SSE streams to end
-                proc.kill()
-                proc.wait()
+            stop_process(proc, timeout=10)
 
 
 if __name__ == "__main__":

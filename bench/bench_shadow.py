@@ -1,7 +1,7 @@
 """Shadow throughput: candidate calls completed per second by the Celery workers, with the
 provider simulator answering every call in about 200 ms.
 
-    .venv/bin/python bench/bench_shadow.py [--samples 3000] [--baseline-samples 120]
+    .venv/bin/python bench/bench_shadow.py [--samples 3000] [--baseline-samples 120] [--smoke]
 
 Both runs in the same process, on the same stack: PostgreSQL, Redis, a real Celery worker
 (prefork, 2 processes: this machine has 2 cores), the real Anthropic SDK, and the simulator in
@@ -27,11 +27,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stack import ROOT, bench_env, ensure_database, setup_django, wait_for_port
+from bench._stack import (
+    ROOT,
+    SMOKE_HELP,
+    Worker,
+    bench_env,
+    ensure_database,
+    free_port,
+    setup_django,
+    stop_process,
+    wait_for_port,
+)
 
 DB = "turnout_bench_shadow"
-REDIS_DB = 9
-SIM_PORT = 8397
+REDIS_DB = 11  # bench_ingest has 9
 LATENCY_MS = 200.0
 BATCH = 50
 CONCURRENCY = 64
@@ -46,47 +55,44 @@ def simulator(tmp: Path) -> Any:
     profiles.write_text(
         json.dumps({"*": {"latency_median_ms": LATENCY_MS, "latency_p95_ms": LATENCY_MS * 1.1}})
     )
+    port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "migrations_app.simulator", "--port", str(SIM_PORT),
+        [sys.executable, "-m", "migrations_app.simulator", "--port", str(port),
          "--profiles", str(profiles)],
         cwd=ROOT, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        wait_for_port(SIM_PORT, proc)
-        yield f"http://127.0.0.1:{SIM_PORT}"
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc, timeout=10)
 
 
 @contextmanager
 def worker(env: dict[str, str], concurrency: int) -> Any:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "--pool", "prefork",
-         "--concurrency", "2", "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
-        cwd=ROOT,
-        env={**env, "TURNOUT_SHADOW_CONCURRENCY": str(concurrency), "ANTHROPIC_API_KEY": "sk-bench"},
+    proc = Worker(
+        {**env, "TURNOUT_SHADOW_CONCURRENCY": str(concurrency), "ANTHROPIC_API_KEY": "sk-bench"},
+        "--pool", "prefork", "--concurrency", "2",
     )  # fmt: skip
     try:
-        time.sleep(4.0)  # the worker and its two processes up before the clock starts
+        proc.wait_ready()  # the worker and its two processes up before the clock starts
         yield proc
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        proc.stop()
 
 
 def new_plan(sim_url: str) -> Any:
     from django.contrib.auth.models import User
 
-    from migrations_app import plans
     from migrations_app.models import MigrationPlan, PlanPhase, ProviderConnection
+    from migrations_app.plans import edits, lifecycle
 
     ProviderConnection.objects.filter(name="anthropic").update(
         base_url=sim_url, max_concurrent_calls=PROVIDER_SLOTS, max_calls_per_second=None
     )
     user, _ = User.objects.get_or_create(username="bench")
-    actor = plans.Actor.for_user(user)
-    plan = plans.plan_create(
+    actor = lifecycle.Actor.for_user(user)
+    plan = edits.plan_create(
         key=f"shadow-{uuid.uuid4().hex[:8]}",
         name="Shadow bench",
         control={"model": "openai:gpt-4o-2024-08-06"},
@@ -95,7 +101,7 @@ def new_plan(sim_url: str) -> Any:
         actor=actor,
     )
     PlanPhase.objects.filter(plan=plan, kind="shadow").update(percent=100.0)
-    plans.plan_start(plan_key=plan.key, actor=actor)
+    lifecycle.plan_start(plan_key=plan.key, actor=actor)
     return MigrationPlan.objects.get(pk=plan.pk)
 
 
@@ -130,17 +136,15 @@ class Everyone:
 
 
 def run(env: dict[str, str], sim_url: str, n: int, concurrency: int) -> dict[str, float]:
-    from migrations_app import shadow
     from migrations_app.models import ShadowSample, ShadowStatus
+    from migrations_app.shadow.samples import shadow_samples_ingest
 
     plan = new_plan(sim_url)
     events = samples(plan, n)
     with worker(env, concurrency):
         started = time.monotonic()
         for i in range(0, n, BATCH):
-            shadow.shadow_samples_ingest(
-                identity=Everyone(), payload={"samples": events[i : i + BATCH]}
-            )
+            shadow_samples_ingest(identity=Everyone(), payload={"samples": events[i : i + BATCH]})
         done = 0
         while done < n and time.monotonic() - started < 600:
             time.sleep(0.2)
@@ -153,10 +157,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=3000)
     parser.add_argument("--baseline-samples", type=int, default=120)
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = parser.parse_args()
+    if args.smoke:
+        args.samples, args.baseline_samples = 2 * BATCH, 4
 
     env = bench_env(DB, REDIS_DB)
-    ensure_database(DB)
+    ensure_database(env["DATABASE_URL"])
     setup_django(env)
     import tempfile
 
@@ -184,6 +191,8 @@ def main() -> None:
         )
     ratio = results["concurrent"]["calls_per_s"] / results["baseline"]["calls_per_s"]
     print(f"concurrent / baseline: {ratio:.1f}x (goal: >= 200 calls/s)")
+    if any(r["done"] < r["samples"] for r in results.values()):
+        raise SystemExit("not every sample was done: the figures above are not a measurement")
 
 
 if __name__ == "__main__":

@@ -155,6 +155,23 @@ def parse_database_url(name: str, url: str) -> dict[str, Any]:
     }
 
 
+def env_http_url(name: str, *, environ: Mapping[str, str] = os.environ) -> str | None:
+    """An absolute ``http(s)://host[:port][/path]`` URL without a trailing slash, or None."""
+    value = (_raw(name, environ) or "").strip()
+    if not value:
+        return None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}: malformed URL {value!r}: {exc}") from None
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ImproperlyConfigured(f"{name}: expected http(s)://host:port, got {value!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ImproperlyConfigured(f"{name}: no query, fragment or credentials, got {value!r}")
+    return value.rstrip("/")
+
+
 def check_redis_url(name: str, url: str) -> str:
     try:
         parts = urlsplit(url)

@@ -11,6 +11,7 @@ decisions are benchmarked against (``/api/v1/ping``) takes the same lean path.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -53,7 +54,27 @@ _full = get_wsgi_application()  # sets Django up
 _decisions = DecisionHandler()
 
 
+def read_chunked(environ: dict[str, Any]) -> None:
+    """A chunked request body (``Transfer-Encoding: chunked``, no ``Content-Length``): gunicorn
+    decodes it on ``wsgi.input``, but Django reads ``CONTENT_LENGTH`` bytes, none without the
+    header, so the body read as empty (400 parse_error "Expecting value"). Read it here, at
+    most one byte over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (a longer one is then refused as any
+    too-large body is: 413 payload_too_large), and give Django its length."""
+    if (
+        environ.get("CONTENT_LENGTH")
+        or "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    ):
+        return
+    from django.conf import settings
+
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    body = environ["wsgi.input"].read(limit + 1 if limit is not None else -1)
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+
+
 def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    read_chunked(environ)
     path = environ.get("PATH_INFO", "")
     if path in LEAN_PATHS or path.startswith(LEAN_PREFIX):
         return _decisions(environ, start_response)

@@ -5,3 +5,8 @@ class MigrationsAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "migrations_app"
     verbose_name = "Turnout"
+
+    def ready(self) -> None:
+        from migrations_app.routing import changes
+
+        changes.connect_catalog_edits()

@@ -13,15 +13,60 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests without a clock: no per-example deadline and no "too slow" health check (both
+# measure wall time, which a busy machine stretches), and the same examples on every run.
+settings.register_profile(
+    "turnout", deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+settings.load_profile("turnout")
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 
 
+def _worker() -> tuple[int, int]:
+    """(this pytest-xdist worker's index, the number of workers); (0, 1) without xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return (int(worker.removeprefix("gw")), count) if worker.startswith("gw") else (0, 1)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now. Under xdist each worker takes only ports of its own residue (port mod
+    the worker count), so that two workers never pick the same one before either listens."""
+    index, count = _worker()
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port % count == index:
+            return port
+
+
+def worker_redis_url(url: str, index: int) -> str:
+    """The suite's Redis URL for xdist worker ``index``: worker 0 keeps the database number,
+    the others count down from it (15 -> 14, ...), modulo Redis' 16 databases."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    base = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{(base - index) % 16}"))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_setupnodes(config: pytest.Config, specs: list[Any]) -> None:
+    """Each xdist worker its own Redis database: tests and the servers and Celery workers
+    they start share queues, caches and locks through it (the routing-change channel's name
+    carries the number too). Set in the worker's environment before it starts, as the
+    settings read REDIS_URL before any conftest runs; the test database gets its _gwN
+    suffix from pytest-django."""
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        return
+    for spec in specs:
+        spec.env["REDIS_URL"] = worker_redis_url(url, int(spec.id.removeprefix("gw")))
 
 
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -53,6 +98,14 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0, every: float = 
     return check()
 
 
+def wait_for(
+    condition: Callable[[], bool], state: Callable[[], object] = lambda: None, timeout: float = 60.0
+) -> None:
+    """Wait for something a worker or server must do, then go on; fail with what ``state()``
+    says when it has not happened within ``timeout`` seconds (patience, not a speed limit)."""
+    assert eventually(condition, timeout=timeout, every=0.05), f"gave up waiting: {state()}"
+
+
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -74,6 +127,18 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[subprocess.Popen[str]]]:
+    """Processes a test starts, each in a session of its own (``start_new_session=True``):
+    whatever is still running at teardown is killed with its process group."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+        proc.wait()
 
 
 @contextmanager
@@ -131,7 +196,9 @@ class LiveServer:
                 sys.executable,
                 "-m",
                 "uvicorn",
-                "controlplane.asgi:application",
+                # The whole app (API and stream on one port); the stream server's own entry
+                # point, controlplane.asgi:application, serves the stream path only.
+                "controlplane.asgi:django_application",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -174,14 +241,82 @@ def live_server_process(live_server_factory: Any) -> str:
     return str(live_server_factory().url)
 
 
-@pytest.fixture(autouse=True)
-def _catalog(request: pytest.FixtureRequest) -> None:
-    """Transactional tests flush the tables, the seeded catalog with them: put it back."""
-    marker = request.node.get_closest_marker("django_db")
-    if "transactional_db" in request.fixturenames or (
-        marker is not None and marker.kwargs.get("transaction")
-    ):
-        request.getfixturevalue("transactional_db")
-        from migrations_app.catalog import seed_catalog
+def _flush_by_delete(
+    self: Any, style: Any, tables: list[str], *, reset_sequences: bool = False,
+    allow_cascade: bool = False,
+) -> list[str]:  # fmt: skip
+    """PostgreSQL's flush as one DELETE a table (in the flush's one transaction, the foreign
+    keys deferred) instead of one TRUNCATE of them all: the same empty tables, but a TRUNCATE
+    makes new files for every table and index, about a second a transactional test on this
+    machine's PostgreSQL against a few milliseconds of DELETEs on the handful of rows a test
+    leaves. The content types and permissions stay: the flush's post_migrate signal writes the
+    same rows back (it still adds any missing), and reading them is half the cost of writing.
+    A flush that resets sequences keeps Django's TRUNCATE ... RESTART IDENTITY."""
+    if reset_sequences or allow_cascade or not tables:
+        return _truncate_flush(self, style, tables, reset_sequences=reset_sequences,
+                               allow_cascade=allow_cascade)  # fmt: skip
+    return ["SET CONSTRAINTS ALL DEFERRED;"] + [
+        f"DELETE FROM {self.quote_name(table)};" for table in tables if table not in _REWRITTEN
+    ]
 
+
+_REWRITTEN = {"django_content_type", "auth_permission"}
+
+
+_truncate_flush: Any = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fast_flush() -> Iterator[None]:
+    """Transactional tests empty the tables after each test (TransactionTestCase's flush):
+    by DELETE rather than TRUNCATE on PostgreSQL (_flush_by_delete)."""
+    global _truncate_flush
+    from django.db.backends.postgresql.operations import DatabaseOperations
+
+    _truncate_flush = DatabaseOperations.sql_flush
+    DatabaseOperations.sql_flush = _flush_by_delete  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        DatabaseOperations.sql_flush = _truncate_flush  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def _stop_following() -> Iterator[None]:
+    """A test that served decisions in this process started the routing-change follower, whose
+    poller holds a database connection of its own: stopped after the test, as the test
+    database must be free to drop at the end (and is flushed between tests)."""
+    yield
+    changes = sys.modules.get("migrations_app.routing.changes")
+    if changes is not None:
+        changes.stop_following()
+
+
+def _reseed(sender: Any, using: str = "default", **kwargs: Any) -> None:
+    """The rows the schema migrations seed (the catalog, the plan templates), put back after
+    a flush (its post_migrate signal): a transactional test's flush empties the tables, and
+    the tests after it - under pytest-xdist a file's plain tests run after the previous file's
+    transactional ones - find the database as migrated."""
+    if sender.label != "migrations_app":
+        return
+    from django.db import transaction
+
+    from migrations_app.plans.catalog import seed_catalog
+    from migrations_app.plans.templates import seed_templates
+
+    with transaction.atomic(using=using):  # one routing change for the whole catalog
         seed_catalog()
+    seed_templates()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _catalog() -> Iterator[None]:
+    """Transactional tests flush the tables, the seeded catalog with them: put back by the
+    flush itself (_reseed), before any other test runs."""
+    from django.db.models.signals import post_migrate
+
+    post_migrate.connect(_reseed, dispatch_uid="tests-reseed")
+    try:
+        yield
+    finally:
+        post_migrate.disconnect(dispatch_uid="tests-reseed")

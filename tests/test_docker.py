@@ -2,7 +2,11 @@
 
 import subprocess
 
+import pytest
+
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.live  # runs docker-compose
 
 
 def test_compose_file_validates() -> None:

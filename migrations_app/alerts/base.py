@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import httpx
+
+from migrations_app.plans.json_checks import whole_number
 
 from .message import AlertMessage
 
@@ -107,6 +110,25 @@ def resolve_target(
         secret=secret.strip(),
         recipients=tuple(r.strip() for r in recipients if r.strip()),
     )
+
+
+def shown_location(value: str) -> str:
+    """Where a URL-valued secret points, safe to show: its scheme, host and port. The rest
+    (a Slack path, a user and password, a database name) is the secret; a value that is not
+    a URL is not shown at all."""
+    if not value:
+        return "(not set)"
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        return "(set, not a URL)"
+    host = parts.hostname
+    if not parts.scheme or not host or not value.strip().startswith(f"{parts.scheme}://"):
+        return "(set, not a URL)"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{f':{port}' if port else ''}/…"
 
 
 def _env_value(name: str, env: Mapping[str, str]) -> str:
@@ -219,8 +241,9 @@ def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    seconds = whole_number(value, 10**9)
+    if seconds is not None:
+        return float(seconds)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):

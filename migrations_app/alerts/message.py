@@ -95,13 +95,16 @@ class GuardrailVerdict:
     summary: str
     control_value: float | None = None
     candidate_value: float | None = None
+    # When the guardrail's change detector fired: the change point (ISO 8601 UTC), the
+    # moment since which the candidate has been worse (issue 20); None for the whole-stage test.
+    changed_since: str | None = None
 
     def __post_init__(self) -> None:
         if self.tolerance_kind not in TOLERANCE_KINDS:
             raise ValueError(f"tolerance_kind must be one of {TOLERANCE_KINDS}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "metric": self.metric,
             "estimate": self.estimate,
             "lower": self.lower,
@@ -115,6 +118,9 @@ class GuardrailVerdict:
             "control_value": self.control_value,
             "candidate_value": self.candidate_value,
         }
+        if self.changed_since is not None:  # an optional key: absent for whole-stage tests
+            out["changed_since"] = self.changed_since
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GuardrailVerdict:
@@ -131,6 +137,7 @@ class GuardrailVerdict:
             summary=data["summary"],
             control_value=data.get("control_value"),
             candidate_value=data.get("candidate_value"),
+            changed_since=data.get("changed_since"),
         )
 
 

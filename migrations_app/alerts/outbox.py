@@ -1,4 +1,4 @@
-"""The alert outbox: enqueue in the causing transaction, deliver after commit, exactly once.
+"""The alert outbox: enqueue in the causing transaction; delivered after commit (``delivery``).
 
 :func:`alert_enqueue` writes one :class:`AlertDelivery` row per enabled channel of the plan
 inside the caller's transaction (a rolled-back plan and its page commit together or not at
@@ -6,21 +6,12 @@ all) and hands the rows to the ``turnout.deliver_alert`` task after commit. The 
 again (same channel, dedup key and event) within ``TURNOUT_ALERT_DEDUP_MINUTES`` is folded
 into the open row (``repeats``), so a guardrail that warns every 15 s pages once.
 
-:func:`alert_deliver` claims a due row with a compare-and-set on its status and attempt
-count, so two workers (a retry and the sweeper) never send it twice at once; records every
-attempt with the receiver's status code and latency; retries transient failures with
-exponential backoff (or the receiver's ``Retry-After``) up to ``TURNOUT_ALERT_MAX_ATTEMPTS``;
-then marks the row failed. Each row is delivered by its own task: a dead receiver delays
-only its own channel.
+Delivery (claims, attempts, retries) is ``delivery.py``.
 """
 
 from __future__ import annotations
 
-import logging
-import random
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -28,21 +19,14 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from migrations_app import metrics
-from migrations_app.alerts import AlertMessage, DeliveryError, get_channel, resolve_target
+from migrations_app.alerts import AlertMessage
+from migrations_app.alerts import tasks as alert_tasks
 from migrations_app.models import (
-    AlertAttempt,
     AlertChannel,
     AlertDelivery,
     DeliveryStatus,
     MigrationPlan,
 )
-
-log = logging.getLogger(__name__)
-
-# How long a claimed attempt may take before the sweeper may try again (a worker died).
-CLAIM_LEASE = timedelta(seconds=60)
-MAX_BACKOFF_S = 300.0
 
 
 def alert_enqueue(
@@ -84,95 +68,10 @@ def alert_enqueue(
             )
         )
     if created:
-        from migrations_app.tasks import deliver_alert
-
         ids = [row.pk for row in created]
-        transaction.on_commit(lambda: [deliver_alert.delay(pk) for pk in ids])
+        # robust: the action has committed; a broker that fails now (down, or hung past its
+        # timeouts) must not fail it. The rows are pending, and sweep_alerts delivers them.
+        transaction.on_commit(
+            lambda: [alert_tasks.deliver_alert.delay(pk) for pk in ids], robust=True
+        )
     return created
-
-
-@dataclass(frozen=True, slots=True)
-class Attempted:
-    """What one delivery attempt came to: ``delivered``, ``retry`` (in ``retry_in`` seconds),
-    ``failed``, or ``not_due`` (someone else holds it, or it is done)."""
-
-    outcome: str
-    retry_in: float = 0.0
-
-
-def _backoff(attempts: int) -> float:
-    return min(MAX_BACKOFF_S, 2.0 ** (attempts - 1)) * random.uniform(0.75, 1.0)
-
-
-def alert_deliver(*, delivery_id: int, now: datetime | None = None) -> Attempted:
-    """Try to deliver one outbox row now (see the module docstring)."""
-    now = now or timezone.now()
-    row = AlertDelivery.objects.select_related("channel").filter(pk=delivery_id).first()
-    if row is None or row.status != DeliveryStatus.PENDING:
-        return Attempted("not_due")
-    # A row never tried is due whatever its timestamp says: it was stamped by the clock of
-    # the process that enqueued it, and a worker whose clock is behind would otherwise leave
-    # the page to the sweeper. The claim below still lets only one task have it. Once tried,
-    # next_attempt_at is the backoff or the lease of an attempt in flight: respect it.
-    if row.attempts and row.next_attempt_at > now:
-        return Attempted("not_due")
-    claimed = AlertDelivery.objects.filter(
-        pk=row.pk, status=DeliveryStatus.PENDING, attempts=row.attempts
-    ).update(attempts=row.attempts + 1, next_attempt_at=now + CLAIM_LEASE)
-    if not claimed:
-        return Attempted("not_due")
-    attempts = row.attempts + 1
-    channel = row.channel
-    started = time.perf_counter()
-    error: DeliveryError | None = None
-    status_code: int | None = None
-    try:
-        target = resolve_target(
-            url_env=channel.url_env, secret_env=channel.secret_env, recipients=channel.recipients
-        )
-        result = get_channel(channel.kind).deliver(
-            AlertMessage.from_dict(row.message), target, now=now
-        )
-        status_code = result.status_code
-    except DeliveryError as exc:
-        error, status_code = exc, exc.status_code
-    latency_ms = (time.perf_counter() - started) * 1000.0
-    done_at = timezone.now()
-    with transaction.atomic():
-        AlertAttempt.objects.create(
-            delivery=row,
-            at=done_at,
-            ok=error is None,
-            status_code=status_code,
-            latency_ms=latency_ms,
-            error=error.message[:500] if error else "",
-        )
-        mine = AlertDelivery.objects.filter(
-            pk=row.pk, status=DeliveryStatus.PENDING, attempts=attempts
-        )
-        if error is None:
-            mine.update(status=DeliveryStatus.DELIVERED, delivered_at=done_at, last_error="")
-            outcome = Attempted("delivered")
-        elif error.transient and attempts < settings.TURNOUT_ALERT_MAX_ATTEMPTS:
-            delay = max(error.retry_after_s or 0.0, _backoff(attempts))
-            mine.update(
-                next_attempt_at=done_at + timedelta(seconds=delay), last_error=error.message[:500]
-            )
-            outcome = Attempted("retry", delay)
-        else:
-            mine.update(status=DeliveryStatus.FAILED, last_error=error.message[:500])
-            log.warning("alert %s to %s failed: %s", row.pk, channel.name, error.message)
-            outcome = Attempted("failed")
-    metrics.incr({f"turnout_alert_deliveries|{channel.kind}|{outcome.outcome}": 1})
-    return outcome
-
-
-def alerts_due(*, now: datetime | None = None, limit: int = 500) -> list[int]:
-    """Pending rows whose attempt is due: a lost task, a retry whose task was lost, or a
-    worker that died mid-attempt (its claim lease expired)."""
-    now = now or timezone.now()
-    return list(
-        AlertDelivery.objects.filter(status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
-        .order_by("next_attempt_at")
-        .values_list("pk", flat=True)[:limit]
-    )

@@ -74,6 +74,7 @@ def render_text(message: AlertMessage) -> str:
             "",
             f"Guardrail {verdict.metric}: {verdict.summary}",
             f"  {bounds_line(verdict)}",
+            *([f"  changed since {verdict.changed_since}"] if verdict.changed_since else []),
             f"  control   {arm_line(message.control_model, verdict.control_value, verdict.n_control)}",
             f"  candidate {arm_line(message.candidate_model, verdict.candidate_value, verdict.n_candidate)}",
         ]

@@ -18,9 +18,9 @@ from django.conf import settings
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
 
-from migrations_app import changes
-from migrations_app.apikeys import apikey_authenticate
+from migrations_app.api.keys import apikey_authenticate, apikey_plan_ids
 from migrations_app.models import ApiKey
+from migrations_app.routing import changes
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,8 @@ def identify(raw: str) -> KeyIdentity | None:
     key: ApiKey | None = apikey_authenticate(raw)
     identity = None
     if key is not None:
-        plan_ids = frozenset(key.plans.values_list("pk", flat=True))
         identity = KeyIdentity(
-            key.pk, key.name, key.prefix, frozenset(key.scopes), plan_ids or None
+            key.pk, key.name, key.prefix, frozenset(key.scopes), apikey_plan_ids(key)
         )
     with _keys_lock:
         if len(_keys) > 10_000:
@@ -96,9 +95,12 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         return 'Bearer realm="turnout"'
 
 
-def has_scope(scope: str) -> type[permissions.BasePermission]:
+def has_scope(scope: str, *others: str) -> type[permissions.BasePermission]:
+    """A permission: the key has ``scope`` (or one of ``others``)."""
+    wanted = (scope, *others)
+
     class HasScope(permissions.BasePermission):
-        message = f"This API key lacks the {scope!r} scope."
+        message = f"This API key lacks the {' or '.join(map(repr, wanted))} scope."
 
         def has_permission(self, request: Request, view: Any) -> bool:
             user = request.user
@@ -106,7 +108,7 @@ def has_scope(scope: str) -> type[permissions.BasePermission]:
                 raise exceptions.NotAuthenticated(
                     "An API key is required (Authorization: Bearer <key>)."
                 )
-            return scope in user.scopes
+            return any(s in user.scopes for s in wanted)
 
     return HasScope
 

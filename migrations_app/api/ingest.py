@@ -1,4 +1,5 @@
-"""What SDKs report: ``POST /api/v1/outcomes`` and ``POST /api/v1/feedback`` (docs/contracts.md).
+"""What SDKs report: ``POST /api/v1/outcomes``, ``POST /api/v1/feedback`` and ``POST /api/v1/metrics``
+(docs/contracts.md).
 
 Bodies may be gzip-compressed. A batch answers 200 with how many events were stored, how
 many were duplicates, and each rejected event's index, field and reason: one bad event
@@ -7,24 +8,19 @@ never costs the good ones. Only a body that is not a batch at all is a 4xx.
 
 from __future__ import annotations
 
-import json
 import zlib
 from typing import Any
 
-import orjson
-from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
+from turnout.contract import MAX_DECOMPRESSED_BYTES
 
-from migrations_app import ingest, metrics
 from migrations_app.api.auth import ApiKeyAuthentication, has_scope
+from migrations_app.api.parsers import BodyNotJSON, parse_json
 from migrations_app.errors import DomainError
-
-MAX_DECOMPRESSED_BYTES = 16 * 1024 * 1024
+from migrations_app.outcomes import feedback, ingest, metric_values
 
 
 def read_json_body(request: Request) -> Any:
@@ -48,16 +44,10 @@ def read_json_body(request: Request) -> Any:
                 status=413,
             )
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass  # not strict JSON: the standard parser decides (below) what it is
-    try:
-        # Python's parser reads what orjson refuses and the events' checks then reject one by
-        # one: NaN and Infinity literals, integers beyond 64 bits, lone surrogates.
-        return json.loads(body)
-    # ValueError covers bad JSON and bad UTF-8, and also integers beyond Python's digit limit;
-    # RecursionError is nesting deeper than the parser's stack.
-    except (ValueError, RecursionError) as exc:
+        # No depth bound for the whole body: each event's checks bound what they walk (a
+        # shadow sample's JSON schema too deep is that sample's rejection, not the batch's).
+        return parse_json(body, max_depth=None)
+    except BodyNotJSON as exc:
         raise DomainError(
             f"The body is not valid JSON: {str(exc)[:200]}", code="parse_error", status=400
         ) from None
@@ -81,22 +71,20 @@ class FeedbackView(APIView):
     permission_classes = [has_scope("report")]
 
     def post(self, request: Request) -> Response:
-        result = ingest.feedback_ingest(payload=read_json_body(request))
+        result = feedback.feedback_ingest(identity=request.user, payload=read_json_body(request))
         return Response(result.to_dict())
 
 
-_registry = CollectorRegistry(auto_describe=False)
-_registry.register(metrics.TurnoutCollector())
+class MetricsView(APIView):
+    """``POST /api/v1/metrics``: one per-request metric value or a batch (``{id, decision_id,
+    plan?, name, value, ts}``), for the application's own metrics reported after the answer
+    (a task completed minutes later, by another service)."""
 
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes = [has_scope("report")]
 
-def metrics_view(request: HttpRequest) -> HttpResponse:
-    """``GET /metrics`` in the Prometheus text format. Protected: with ``TURNOUT_METRICS_TOKEN``
-    set, a matching bearer token is required; without it, only loopback clients are served
-    (put the scraper on the same host or an internal network behind a proxy)."""
-    token = settings.TURNOUT_METRICS_TOKEN
-    if token:
-        if request.headers.get("Authorization", "") != f"Bearer {token}":
-            return HttpResponse("unauthorised\n", status=401, content_type="text/plain")
-    elif request.META.get("REMOTE_ADDR") not in ("127.0.0.1", "::1"):
-        return HttpResponse("forbidden\n", status=403, content_type="text/plain")
-    return HttpResponse(generate_latest(_registry), content_type=CONTENT_TYPE_LATEST)
+    def post(self, request: Request) -> Response:
+        result = metric_values.metrics_ingest(
+            identity=request.user, payload=read_json_body(request)
+        )
+        return Response(result.to_dict())

@@ -8,22 +8,33 @@ Its error format is the protocol's own, not the project's: ``{"key", "errorCode"
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import time
 import uuid
+from functools import lru_cache
 from typing import Any
 
-import orjson
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
-from turnout import routing
+from turnout import routing, targeting
+from turnout.contract import (
+    MAX_OFREP_BODY_BYTES,
+    MAX_UNIT_LENGTH,
+    REASON_EXCLUDED,
+    REASON_OVERRIDE,
+)
 
 from migrations_app.api.auth import KeyIdentity, identify, rate_limit_and_sequence, raw_key
 from migrations_app.api.errors import json_response
+from migrations_app.api.parsers import BodyNotJSON, BodyTooDeep, parse_json
 from migrations_app.api.sdk import etag_matches
-from migrations_app.snapshots import Served, served_snapshot
-
-MAX_BODY_BYTES = 16_384
+from migrations_app.outcomes.event_checks import (
+    unstorable_char,
+)
+from migrations_app.routing.snapshots import Served, served_snapshot
 
 
 class _Refused(Exception):
@@ -51,34 +62,17 @@ def _admit(request: HttpRequest) -> tuple[KeyIdentity, Served]:
     return identity, served_snapshot(identity.plan_ids, sequence)
 
 
-def _parse(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        # orjson refuses what Python's parser accepts (NaN, integers over 64 bits): the
-        # contract is Python's, so it decides.
-        return json.loads(raw)
-
-
-def _utf8(text: str) -> bool:
-    """False for a lone surrogate, which Python's parser lets through (``"\\ud800"``) and
-    mmh3 (5.3.1) segfaults hashing."""
-    if text.isascii():
-        return True
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _context(request: HttpRequest, key: str | None) -> dict[str, Any] | HttpResponse:
-    if len(request.body) > MAX_BODY_BYTES:
-        return _failure(key, "INVALID_CONTEXT", f"The request body is over {MAX_BODY_BYTES} bytes.")
+    if len(request.body) > MAX_OFREP_BODY_BYTES:
+        return _failure(
+            key, "INVALID_CONTEXT", f"The request body is over {MAX_OFREP_BODY_BYTES} bytes."
+        )
     try:
-        body = _parse(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
+        body = parse_json(request.body or b"{}")
+    except BodyNotJSON as exc:
         return _failure(key, "PARSE_ERROR", f"The body is not JSON: {exc}.")
+    except BodyTooDeep as exc:
+        return _failure(key, "INVALID_CONTEXT", f"The context is {exc}.")
     if not isinstance(body, dict):
         return _failure(key, "PARSE_ERROR", "The body must be a JSON object with a 'context'.")
     context = body.get("context", {})
@@ -91,17 +85,39 @@ def _context(request: HttpRequest, key: str | None) -> dict[str, Any] | HttpResp
             "TARGETING_KEY_MISSING",
             "context.targetingKey names the unit to route (a user id).",
         )
-    if not isinstance(unit, str) or len(unit) > 256 or not _utf8(unit):
+    if not isinstance(unit, str) or len(unit) > MAX_UNIT_LENGTH or unstorable_char(unit):
         return _failure(
             key,
             "INVALID_CONTEXT",
-            "context.targetingKey must be a string of at most 256 characters.",
+            f"context.targetingKey must be a string of at most {MAX_UNIT_LENGTH} characters, "
+            "without NUL or lone surrogates.",
         )
+    # Every other field is an attribute the plan's rules read, as /decide's attributes are.
+    problems = targeting.attribute_problems(_attributes(context))
+    if problems:
+        field, message = problems[0]
+        where = "context" + field.removeprefix("attributes")
+        return _failure(key, "INVALID_CONTEXT", f"{where}: {message}")
     return context
 
 
-def _evaluation(plan: routing.PlanSnapshot, unit: str, decision_id: str) -> dict[str, Any]:
-    decision = routing.decide(plan, unit, decision_id=decision_id)
+def _attributes(context: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in context.items() if name != "targetingKey"}
+
+
+# OFREP's reasons are a closed list (the Python provider refuses others): Turnout's own are
+# served as TARGETING_MATCH, named in the metadata; the value keeps them as /decide does.
+_OFREP_REASON = {REASON_EXCLUDED: "TARGETING_MATCH", REASON_OVERRIDE: "TARGETING_MATCH"}
+
+
+def _evaluation(
+    plan: routing.PlanSnapshot,
+    unit: str,
+    decision_id: str,
+    attributes: dict[str, Any],
+    now: float,
+) -> dict[str, Any]:
+    decision = routing.decide(plan, unit, decision_id=decision_id, attributes=attributes, now=now)
     metadata: dict[str, Any] = {
         "planVersion": decision.plan_version,
         "run": decision.run,
@@ -109,9 +125,14 @@ def _evaluation(plan: routing.PlanSnapshot, unit: str, decision_id: str) -> dict
     }
     if decision.phase:
         metadata["phase"] = decision.phase
+    if decision.cohort:
+        metadata["cohort"] = decision.cohort
+    reason = _OFREP_REASON.get(decision.reason, decision.reason)
+    if reason != decision.reason:
+        metadata["turnoutReason"] = decision.reason
     return {
         "key": plan.key,
-        "reason": decision.reason,
+        "reason": reason,
         "variant": decision.arm,
         "value": decision.to_dict(),
         "metadata": metadata,
@@ -132,7 +153,21 @@ def evaluate_flag(request: HttpRequest, key: str) -> HttpResponse:
     plan = served.parsed.plans.get(key)
     if plan is None:
         return _failure(key, "FLAG_NOT_FOUND", f"No plan with key {key!r}.", status=404)
-    return json_response(_evaluation(plan, context["targetingKey"], uuid.uuid4().hex))
+    return json_response(
+        _evaluation(
+            plan, context["targetingKey"], uuid.uuid4().hex, _attributes(context), time.time()
+        )
+    )
+
+
+def _bulk_decision_id(version: str, unit: str, attributes: str, plan_key: str) -> str:
+    message = f"{version}\x00{unit}\x00{attributes}\x00{plan_key}".encode("utf-8", "surrogatepass")
+    return hmac.new(_id_key(), message, hashlib.sha256).hexdigest()[:32]
+
+
+@lru_cache(maxsize=1)
+def _id_key() -> bytes:
+    return hashlib.sha256(b"turnout-ofrep-decision-id\x00" + settings.SECRET_KEY.encode()).digest()
 
 
 @csrf_exempt
@@ -147,16 +182,30 @@ def evaluate_flags(request: HttpRequest) -> HttpResponse:
     if isinstance(context, HttpResponse):
         return context
     unit = context["targetingKey"]
-    # Same snapshot and same unit give the same answers: that is what the ETag names. The
-    # decision ids are derived from it so that a cached bulk answer stays self-consistent.
-    digest = hashlib.sha256(f"{served.data['version']}\x00{unit}".encode()).hexdigest()
+    attributes = _attributes(context)
+    canonical = json.dumps(attributes, sort_keys=True, separators=(",", ":"), default=str)
+    # Same snapshot, unit and attributes give the same answers, but for a QA override that
+    # expires meanwhile: the ETag names the answers themselves (evaluating is cheaper than the
+    # request). The decision ids are derived from the same inputs, so that a cached bulk
+    # answer stays self-consistent, but keyed with the server's secret: feedback names an
+    # answer by its id, and one id (or the unit and version) must not tell another.
+    version = served.data["version"]
+    now = time.time()
+    flags = [
+        _evaluation(
+            plan, unit, _bulk_decision_id(version, unit, canonical, plan.key), attributes, now
+        )
+        for plan in served.parsed.plans.values()
+    ]
+    answers = "\x00".join(
+        f"{f['key']}:{f['variant']}:{f['value']['reason']}:{f['value']['cohort']}" for f in flags
+    )
+    digest = hashlib.sha256(
+        f"{version}\x00{unit}\x00{canonical}\x00{answers}".encode("utf-8", "surrogatepass")
+    ).hexdigest()
     etag = f'"{digest[:32]}"'
     if etag_matches(request.headers.get("If-None-Match"), etag):
         return HttpResponse(status=304, headers={"ETag": etag})
-    flags = [
-        _evaluation(plan, unit, f"{digest[:16]}{index:04x}")
-        for index, plan in enumerate(served.parsed.plans.values())
-    ]
     return json_response(
         {"flags": flags, "metadata": {"version": served.data["version"]}}, headers={"ETag": etag}
     )

@@ -6,9 +6,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from migrations_app import shadow
 from migrations_app.api.auth import ApiKeyAuthentication, has_scope
 from migrations_app.api.ingest import read_json_body
+from migrations_app.shadow import samples
 
 
 class ShadowSamplesView(APIView):
@@ -20,5 +20,5 @@ class ShadowSamplesView(APIView):
     def post(self, request: Request) -> Response:
         payload = read_json_body(request)
         return Response(
-            shadow.shadow_samples_ingest(identity=request.user, payload=payload).to_dict()
+            samples.shadow_samples_ingest(identity=request.user, payload=payload).to_dict()
         )

@@ -4,18 +4,49 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from migrations_app import stats
-from migrations_app.dashboard import selectors as sel
-from migrations_app.dashboard import svg
-from migrations_app.stats import ArmAggregates
+from migrations_app.dashboard import figures, selectors, svg
+from migrations_app.dashboard import format as fmt
+from migrations_app.guardrails import stats
+from migrations_app.guardrails.stats import ArmAggregates
 
 ARM_COLORS = {"control": svg.CONTROL, "candidate": svg.CANDIDATE}
 MAX_ERROR_KINDS = 3
 
 Windows = Mapping[str, Sequence[tuple[datetime, ArmAggregates]]]
+
+#: The window chart that shows a guardrail's metric: its change point is marked there too.
+CHART_OF = {
+    "error_rate": "errors",
+    "latency_p95": "latency",
+    "latency_p99": "latency",
+    "ttft_p95": "ttft",
+    "satisfaction": "satisfaction",
+    "cost_per_request": "cost",
+}
+
+
+def change_marker(verdict: selectors.GuardrailView) -> svg.Marker | None:
+    """The guardrail's change point (when its change detector fired) as a chart marker."""
+    if verdict.changed_since is None:
+        return None
+    return svg.Marker(
+        f"{verdict.label} worse since {verdict.changed_since:%H:%M}",
+        verdict.changed_since.timestamp(),
+    )
+
+
+def change_markers(verdicts: Sequence[selectors.GuardrailView]) -> dict[str, list[svg.Marker]]:
+    """Markers by window chart name (:data:`CHART_OF`)."""
+    out: dict[str, list[svg.Marker]] = {}
+    for v in verdicts:
+        marker = change_marker(v)
+        if marker is not None and v.metric in CHART_OF:
+            out.setdefault(CHART_OF[v.metric], []).append(marker)
+    return out
 
 
 def _points(
@@ -29,7 +60,7 @@ def _per_arm(
 ) -> list[svg.Series]:
     return [
         svg.Series(f"{arm}{suffix}", _points(windows.get(arm, ()), figure), ARM_COLORS[arm])
-        for arm in sel.ARMS
+        for arm in figures.ARMS
     ]
 
 
@@ -40,32 +71,26 @@ def _kind_rate(kind: str) -> Callable[[ArmAggregates], float | None]:
     return rate
 
 
-def _ms(v: float) -> str:
-    return f"{v:,.0f}"
-
-
-def _pct(v: float) -> str:
-    return f"{v * 100:.3g}%"
-
-
-def _usd(v: float) -> str:
-    return f"${v:.3g}"
-
-
 def window_charts(
-    windows: Windows, *, start: datetime, end: datetime, step_minutes: int
+    windows: Windows,
+    *,
+    start: datetime,
+    end: datetime,
+    step_minutes: int,
+    verdicts: Sequence[selectors.GuardrailView] = (),
 ) -> list[tuple[str, str]]:
     """(name, svg) per chart: request rate, error rate by kind, p50/p95 latency, p95 ttft,
-    satisfaction, cost per request, each per arm."""
+    satisfaction, cost per request, each per arm; a guardrail's change point (``verdicts``)
+    marked on its metric's chart."""
     x0, x1 = start.timestamp(), end.timestamp()
     kinds: Counter[str] = Counter()
-    for arm in sel.ARMS:
+    for arm in figures.ARMS:
         for _, agg in windows.get(arm, ()):
             kinds.update(agg.errors_by_kind)
     top = [k for k, _ in kinds.most_common(MAX_ERROR_KINDS)]
-    error_series = _per_arm(windows, sel.error_rate, " all")
+    error_series = _per_arm(windows, figures.error_rate, " all")
     for i, kind in enumerate(top):
-        for arm in sel.ARMS:
+        for arm in figures.ARMS:
             error_series.append(
                 svg.Series(
                     f"{arm} {kind}",
@@ -74,9 +99,9 @@ def window_charts(
                     dashed=arm == "candidate",
                 )
             )
-    latency = _per_arm(windows, lambda a: sel.quantile(a.latency, 0.5), " p50") + [
+    latency = _per_arm(windows, lambda a: figures.quantile(a.latency, 0.5), " p50") + [
         svg.Series(s.label, s.points, s.color, dashed=True)
-        for s in _per_arm(windows, lambda a: sel.quantile(a.latency, 0.95), " p95")
+        for s in _per_arm(windows, lambda a: figures.quantile(a.latency, 0.95), " p95")
     ]
     charts = [
         (
@@ -84,23 +109,22 @@ def window_charts(
             svg.Chart(
                 "Requests per minute",
                 _per_arm(windows, lambda a: a.requests / step_minutes),
-                fmt=lambda v: f"{v:,.3g}",
                 start=x0,
                 end=x1,
             ),
         ),
-        ("errors", svg.Chart("Error rate by kind", error_series, fmt=_pct, start=x0, end=x1)),
+        ("errors", svg.Chart("Error rate by kind", error_series, axis="%", start=x0, end=x1)),
         (
             "latency",
-            svg.Chart("Latency p50 and p95", latency, unit="ms", fmt=_ms, start=x0, end=x1),
+            svg.Chart("Latency p50 and p95", latency, unit="ms", axis="ms", start=x0, end=x1),
         ),
         (
             "ttft",
             svg.Chart(
                 "Time to first token p95",
-                _per_arm(windows, lambda a: sel.quantile(a.ttft, 0.95)),
+                _per_arm(windows, lambda a: figures.quantile(a.ttft, 0.95)),
                 unit="ms",
-                fmt=_ms,
+                axis="ms",
                 start=x0,
                 end=x1,
             ),
@@ -109,8 +133,7 @@ def window_charts(
             "satisfaction",
             svg.Chart(
                 "Satisfaction (mean feedback, 0-1)",
-                _per_arm(windows, sel.satisfaction),
-                fmt=lambda v: f"{v:.2f}",
+                _per_arm(windows, figures.satisfaction),
                 start=x0,
                 end=x1,
             ),
@@ -119,19 +142,22 @@ def window_charts(
             "cost",
             svg.Chart(
                 "Cost per request",
-                _per_arm(windows, sel.cost_per_request),
-                fmt=_usd,
+                _per_arm(windows, figures.cost_per_request),
+                axis="$",
                 start=x0,
                 end=x1,
             ),
         ),
     ]
-    return [(name, svg.render(chart)) for name, chart in charts]
+    markers = change_markers(verdicts)
+    return [
+        (name, svg.render(replace(chart, markers=markers.get(name, ())))) for name, chart in charts
+    ]
 
 
 def bound_charts(
     bounds: Sequence[tuple[datetime, Mapping[str, Any]]],
-    verdicts: Sequence[sel.GuardrailView],
+    verdicts: Sequence[selectors.GuardrailView],
     *,
     start: datetime,
     end: datetime,
@@ -145,7 +171,7 @@ def bound_charts(
         rules = []
         if v.tolerance is not None:
             limit = stats.threshold(v.tolerance, v.tolerance_kind, v.harm)  # type: ignore[arg-type]
-            rules.append(svg.Rule(f"tolerance {limit:.3g}", limit))
+            rules.append(svg.Rule(f"tolerance {fmt.plain(limit)}", limit))
         chart = svg.Chart(
             f"{v.label}: bounds vs tolerance",
             [
@@ -153,6 +179,7 @@ def bound_charts(
                 svg.Series("lower bound", lower, svg.CONTROL),
             ],
             rules=rules,
+            markers=[m for m in (change_marker(v),) if m is not None],
             start=start.timestamp(),
             end=end.timestamp(),
         )

@@ -1,26 +1,101 @@
 """The migration report: what changed, the before/after per arm with intervals, how long
 it took, every rollback and why. Read-only; built from stage aggregates, the audit trail
-and ``stats.py`` (the engine's own tests), in a fixed number of queries."""
+and ``guardrails/stats`` (the engine's own tests), in a fixed number of queries."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from migrations_app import stats
-from migrations_app.aggregation import from_json
+from migrations_app.dashboard import figures, selectors
 from migrations_app.dashboard import format as fmt
-from migrations_app.dashboard import selectors as sel
-from migrations_app.models import AuditEvent, MigrationPlan, PlanRun, PlanStage, StageAggregate
-from migrations_app.stats import ArmAggregates, Verdict
+from migrations_app.dashboard.shadow import ShadowSummary, shadow_summary
+from migrations_app.guardrails import stats
+from migrations_app.guardrails.measures import guardrail_spec
+from migrations_app.guardrails.stats import ArmAggregates, MetricSums, Verdict
+from migrations_app.judge.measures import JUDGE_MEASURES
+from migrations_app.models import (
+    AuditEvent,
+    Guardrail,
+    MigrationPlan,
+    PlanRun,
+    PlanStage,
+    StageAggregate,
+)
+from migrations_app.outcomes.aggregation import from_json
+from migrations_app.plans.metrics import plan_metric_specs
+from migrations_app.replay import selectors as replay_selectors
+
+# --- Markdown: names, prompts and reasons are anyone's text ------------------------------
+# Escaped so that a reader's viewer shows them as written: no link, image, raw HTML, heading
+# or table cell of their own (the templates/turnout/report.md filters, via report_md).
+
+# Inline constructs (and the table's cell separator): backslash-escaped wherever they are.
+_MD_INLINE = re.compile(r"([\\`*_\[\]<>|~&$#])")
+# Block markers act only at the start of a line, where a value may follow "- " or "| ".
+_MD_BLOCK_START = re.compile(r"^([-+=])|^(\d{1,9})([.)])(?= |$)")
+# Controls (an ANSI escape for a terminal reader) become spaces; split() then breaks on
+# every Unicode line and paragraph separator.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _one_line(value: object) -> str:
+    return " ".join(_CONTROLS.sub(" ", str(value)).split())
+
+
+def _escape_block_start(match: re.Match[str]) -> str:
+    if match.group(1):
+        return "\\" + match.group(1)
+    return f"{match.group(2)}\\{match.group(3)}"  # "1." as "1\.": a digit is not escapable
+
+
+# GFM's autolinks: bare URLs, www. names and email addresses (mailto:, xmpp: too) become links.
+# GitHub's renderer links an address after backslash escapes and character references are
+# resolved, so no escape stops it; a code span does, in every GFM renderer. A run of
+# characters holding a trigger is shown as one code span: exactly its characters, never a link.
+# The run stops at what ends a GFM autolink (space, "<") and at what a code span cannot hold
+# here (a backtick; a pipe, which a table cell splits on even inside code).
+_MD_RUN = re.compile(r"[^\s<>`|]+")
+_MD_LINK_TRIGGER = re.compile(r"://|www\.|@[\w-]+\.[\w-]", re.IGNORECASE)
+
+
+def _md_plain(text: str) -> str:
+    return _MD_INLINE.sub(r"\\\1", text)
+
+
+def md_text(value: object) -> str:
+    """``value`` as Markdown text that renders as exactly its characters, on one line: no
+    markup, and a URL or an email address in it as a code span (GFM would link it)."""
+    text = _one_line(value)
+    pieces, done = [], 0
+    for run in _MD_RUN.finditer(text):
+        if _MD_LINK_TRIGGER.search(run.group()):
+            pieces += [_md_plain(text[done : run.start()]), f"`{run.group()}`"]
+            done = run.end()
+    pieces.append(_md_plain(text[done:]))
+    # Block markers act only at the start of the value, which is plain text or a code span.
+    pieces[0] = _MD_BLOCK_START.sub(_escape_block_start, pieces[0])
+    return "".join(pieces)
+
+
+def md_code(value: object) -> str:
+    """``value`` as one code span inside a table cell: fenced by more backticks than it holds,
+    its pipes escaped (GitHub's tables split on them even inside code)."""
+    text = _one_line(value).replace("|", "\\|")
+    if not text:
+        return ""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 @dataclass(frozen=True, slots=True)
 class ArmFigure:
-    """One arm's figure; ``lower``/``upper`` when stats.py has a one-arm interval for it."""
+    """One arm's figure; ``lower``/``upper`` when guardrails/stats has a one-arm interval for it."""
 
     value: float | None
     n: int
@@ -104,8 +179,10 @@ class Report:
     compared: StageRow | None
     metrics: Sequence[MetricRow]
     rollbacks: Sequence[RollbackRow]
-    shadow: sel.ShadowSummary | None
+    shadow: ShadowSummary | None
     alpha: float
+    # The plan's replays, oldest first (replay.selectors.report_rows).
+    replays: Sequence[dict[str, Any]] = ()
 
     @property
     def duration_text(self) -> str:
@@ -138,12 +215,56 @@ def _figure(metric: str, agg: ArmAggregates, alpha: float) -> ArmFigure:
         if buckets.total == 0:
             return ArmFigure(None, 0)
         est, lo, hi = stats.quantile_interval(buckets, p, alpha)
-        return ArmFigure(est, buckets.total, lo, hi if sel.finite(hi) else None)
+        return ArmFigure(est, buckets.total, lo, hi if figures.finite(hi) else None)
     if metric == "error_rate":
-        return ArmFigure(sel.error_rate(agg), agg.requests)
+        return ArmFigure(figures.error_rate(agg), agg.requests)
     if metric == "satisfaction":
-        return ArmFigure(sel.satisfaction(agg), agg.feedback_n)
-    return ArmFigure(sel.cost_per_request(agg), agg.cost_n)
+        return ArmFigure(figures.satisfaction(agg), agg.feedback_n)
+    return ArmFigure(figures.cost_per_request(agg), agg.cost_n)
+
+
+def _per_request_rows(
+    plan: MigrationPlan,
+    control: ArmAggregates,
+    candidate: ArmAggregates,
+    guardrails: Mapping[str, Guardrail],
+) -> list[MetricRow]:
+    """The per-request metrics either arm has values of (the application's, the answer checks,
+    the judge's score), guarded ones first, each tested as the engine tests its guardrail."""
+    specs = plan_metric_specs(plan.pk)
+    names = sorted(
+        set(control.metrics) | set(candidate.metrics),
+        key=lambda name: (name not in guardrails, name),
+    )
+    rows = []
+    for name in names:
+        spec = specs.get(name)
+        a = control.metrics.get(name, MetricSums())
+        b = candidate.metrics.get(name, MetricSums())
+        g = guardrails.get(name)
+        comparison = None
+        if g is not None:
+            measure = guardrail_spec(g, specs).measure or JUDGE_MEASURES.get(name)
+            if measure is not None:
+                comparison = stats.metric_test(
+                    name, a, b, kind=measure.kind, harm=measure.harm, tolerance=g.tolerance,
+                    tolerance_kind=g.tolerance_kind,  # type: ignore[arg-type]
+                    alpha=plan.alpha, value_range=measure.value_range, label=measure.label,
+                )  # fmt: skip
+        rate = spec is not None and spec.kind == "rate"
+        judge = JUDGE_MEASURES.get(name)
+        label = (spec.label or name) if spec is not None else judge.label if judge else name
+        rows.append(
+            MetricRow(
+                name,
+                label,
+                "%" if rate else "",
+                ArmFigure(a.mean if a.n else None, a.n),
+                ArmFigure(b.mean if b.n else None, b.n),
+                comparison,
+            )  # fmt: skip
+        )
+    return rows
 
 
 def _changes(plan: MigrationPlan) -> list[tuple[str, str, str]]:
@@ -169,7 +290,7 @@ def plan_report(plan: MigrationPlan, *, now: datetime) -> Report | None:
     numbers = {r.pk: r.number for r in runs}
     stages = list(PlanStage.objects.filter(plan=plan).order_by("started_at", "pk"))
     totals: dict[int, dict[str, ArmAggregates]] = {
-        s.pk: {arm: ArmAggregates() for arm in sel.ARMS} for s in stages
+        s.pk: {arm: ArmAggregates() for arm in figures.ARMS} for s in stages
     }
     for stage_id, arm, data in StageAggregate.objects.filter(stage__plan=plan).values_list(
         "stage_id", "arm", "data"
@@ -182,19 +303,19 @@ def plan_report(plan: MigrationPlan, *, now: datetime) -> Report | None:
         row = StageRow(
             run=numbers[s.run_id],
             kind=s.kind,
-            where=sel.describe_position(s.kind, s.weight_bp, s.shadow_bp),
+            where=selectors.describe_position(s.kind, s.weight_bp, s.shadow_bp),
             started_at=s.started_at,
             ended_at=s.ended_at,
             duration=(s.ended_at or now) - s.started_at,
             control_requests=c.requests,
             candidate_requests=k.requests,
-            control_error_rate=sel.error_rate(c),
-            candidate_error_rate=sel.error_rate(k),
+            control_error_rate=figures.error_rate(c),
+            candidate_error_rate=figures.error_rate(k),
         )
         rows.append(row)
         # The before/after compares the arms within one stage of constant weight (pooling
         # stages confounds the arms with time): the last one where both arms served.
-        if s.kind != sel.RECOVERY and c.requests and k.requests:
+        if s.kind != selectors.RECOVERY and c.requests and k.requests:
             compared = (s, row)
     guardrails = {g.metric: g for g in plan.guardrails.all()}
     metrics: list[MetricRow] = []
@@ -224,6 +345,7 @@ def plan_report(plan: MigrationPlan, *, now: datetime) -> Report | None:
                     comparison,
                 )  # fmt: skip
             )
+        metrics += _per_request_rows(plan, control, candidate, guardrails)
     rollbacks = [
         RollbackRow(
             at=e.created_at,
@@ -250,6 +372,7 @@ def plan_report(plan: MigrationPlan, *, now: datetime) -> Report | None:
         compared=compared[1] if compared else None,
         metrics=metrics,
         rollbacks=rollbacks,
-        shadow=sel.shadow_summary({s.pk: s for s in stages}),
+        shadow=shadow_summary({s.pk: s for s in stages}),
         alpha=plan.alpha,
+        replays=replay_selectors.report_rows(plan),
     )

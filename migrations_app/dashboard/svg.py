@@ -9,10 +9,12 @@ colours inline. Labels are escaped; values that are None or not finite break the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
+
+from migrations_app.dashboard.format import axis_labels
 
 CONTROL = "#2563eb"
 CANDIDATE = "#ea580c"
@@ -39,13 +41,24 @@ class Rule:
 
 
 @dataclass(frozen=True, slots=True)
+class Marker:
+    """A vertical line at a moment (unix seconds): a guardrail's change point."""
+
+    label: str
+    at: float
+    color: str = "#dc2626"
+
+
+@dataclass(frozen=True, slots=True)
 class Chart:
     title: str
     series: Sequence[Series]
     rules: Sequence[Rule] = field(default_factory=tuple)
+    markers: Sequence[Marker] = field(default_factory=tuple)
     unit: str = ""
-    # Formats a y value for the axis labels.
-    fmt: Callable[[float], str] = lambda v: f"{v:.3g}"
+    # How the y ticks read (format.axis_labels): "%" fractions as percentages, "$" dollars,
+    # "" or "ms" plain numbers.
+    axis: str = ""
     start: float | None = None
     end: float | None = None
 
@@ -111,12 +124,12 @@ def render(chart: Chart, *, width: int = 560, height: int = 190) -> str:
         return top + plot_h - (v - y0) / (y1 - y0) * plot_h
 
     parts = [head]
-    for tick in ticks:
+    for tick, label in zip(ticks, axis_labels(ticks, chart.axis), strict=True):
         y = py(tick)
         parts.append(
             f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e7eb"/>'
             f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" fill="#4b5563">'
-            f"{escape(chart.fmt(tick))}</text>"
+            f"{escape(label)}</text>"
         )
     for i in range(3):
         t = x0 + (x1 - x0) * i / 2
@@ -134,6 +147,18 @@ def render(chart: Chart, *, width: int = 560, height: int = 190) -> str:
             f'stroke="{rule.color}" stroke-dasharray="6 3"/>'
             f'<text x="{left + plot_w - 2}" y="{y - 3:.1f}" text-anchor="end" '
             f'fill="{rule.color}">{escape(rule.label)}</text>'
+        )
+    for marker in chart.markers:
+        if not (math.isfinite(marker.at) and x0 <= marker.at <= x1):
+            continue
+        x = px(marker.at)
+        anchor = "end" if x > left + plot_w / 2 else "start"
+        shift = -3 if anchor == "end" else 3
+        parts.append(
+            f'<line class="marker" x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + plot_h}" '
+            f'stroke="{marker.color}" stroke-dasharray="2 2"><title>{escape(marker.label)}'
+            f'</title></line><text x="{x + shift:.1f}" y="{top + 9}" text-anchor="{anchor}" '
+            f'fill="{marker.color}">{escape(marker.label)}</text>'
         )
     for series in chart.series:
         path, pen_down, singles = [], False, []

@@ -2,7 +2,7 @@ from django.db import migrations
 
 
 def seed(apps, schema_editor):
-    from migrations_app.catalog import seed_catalog
+    from migrations_app.plans.catalog import seed_catalog
 
     seed_catalog(apps.get_model("migrations_app", "ProviderConnection"), apps.get_model("migrations_app", "ModelSpec"))
 

@@ -68,6 +68,9 @@ class Simulator:
         self._last: dict[str, Prompted] = {}
         self._in_flight = 0
         self._peak = 0
+        # Per model, the barrier its ``gather`` holds requests at, and how many it opened.
+        self._gates: dict[str, threading.Barrier] = {}
+        self._gathered: Counter[str] = Counter()
         self.stopping = threading.Event()
         self.reset()
         self.httpd = _Server((host, port), _Handler)
@@ -96,6 +99,7 @@ class Simulator:
 
     def stop(self) -> None:
         self.stopping.set()  # wakes requests held in a simulated latency or hang
+        self._open_gates()  # and those held by ``gather``, before shutdown waits on them
         self.httpd.shutdown()
         self.httpd.server_close()
         if self._thread is not None:
@@ -118,6 +122,10 @@ class Simulator:
             self._requests = 0
             self._last = {}
             self._peak = self._in_flight
+            gates, self._gates = self._gates, {}
+            self._gathered = Counter()
+        for gate in gates.values():
+            gate.abort()  # requests held there go on
 
     def last_request(self, model: str) -> Prompted | None:
         """What the last request for ``model`` asked, as parsed (system prompt, messages, JSON
@@ -145,6 +153,8 @@ class Simulator:
                 # evidence that slow answers overlap rather than queue.
                 "in_flight": self._in_flight,
                 "peak_in_flight": self._peak,
+                # Per model, how many times ``gather`` requests were inside at once.
+                "gathered": dict(sorted(self._gathered.items())),
                 "models": {model: dict(counts) for model, counts in sorted(self._stats.items())},
             }
 
@@ -160,6 +170,30 @@ class Simulator:
     def leave(self) -> None:
         with self._lock:
             self._in_flight -= 1
+
+    def gather(self, model: str, parties: int) -> None:
+        """Hold this request until ``parties`` requests for ``model`` are held here at once
+        (``Profile.gather``); returns at once when the simulator stops or resets."""
+        with self._lock:
+            gate = self._gates.get(model)
+            if gate is None or gate.parties != parties:
+                if gate is not None:
+                    gate.abort()  # the profile changed: those held go on
+                gate = self._gates[model] = threading.Barrier(parties)
+            if self.stopping.is_set():
+                return
+        try:
+            if gate.wait() == 0:  # one of the ``parties`` threads, once per opening
+                with self._lock:
+                    self._gathered[model] += 1
+        except threading.BrokenBarrierError:
+            pass
+
+    def _open_gates(self) -> None:
+        with self._lock:
+            gates = list(self._gates.values())
+        for gate in gates:
+            gate.abort()
 
     def draw(self, prompted: Prompted, route: str) -> Draw:
         """Decide one request's fate: the scripted failure if any, else a seeded draw."""
@@ -319,6 +353,8 @@ class _Handler(BaseHTTPRequestHandler):
         prompted = replace(parse(body), body=body)
         draw = sim.draw(prompted, route)
         profile = draw.profile
+        if profile.gather > 1:
+            sim.gather(prompted.model, profile.gather)
         rid = f"sim{draw.number}"
         error = draw.error
         if error is None and not self._authenticated(route):

@@ -5,28 +5,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
 
-from migrations_app import engine, ingest
+from migrations_app.guardrails import engine
 from migrations_app.models import AlertChannel, AlertDelivery
+from migrations_app.outcomes import ingest
 from tests.alerts.conftest import Receiver
 from tests.alerts.smtp import SmtpReceiver
-from tests.conftest import celery_process
-from tests.engine.conftest import put_totals, running_plan, synthetic_arm
-from tests.ingest.conftest import Everyone, outcome
+from tests.conftest import celery_process, wait_for
+from tests.guardrails.conftest import put_totals, running_plan, synthetic_arm
+from tests.outcomes.conftest import Everyone, outcome
 
-pytestmark = pytest.mark.django_db(transaction=True)
-PATIENCE_SECONDS = 60.0
-
-
-def wait_for(condition: Callable[[], bool], state: Callable[[], object] = lambda: None) -> None:
-    deadline = time.monotonic() + PATIENCE_SECONDS
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting: {state()}"
-        time.sleep(0.05)
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
 
 def test_a_rollback_pages_every_channel_once_and_the_recovery_resolves_it(
@@ -116,7 +108,7 @@ def test_an_escalation_re_triggers_under_its_own_key_and_recovery_resolves_both(
     from django.utils import timezone
 
     from migrations_app.models import PlanStage
-    from tests.engine.test_recovery import control_traffic
+    from tests.guardrails.test_recovery import control_traffic
 
     monkeypatch.setenv("T_PD_URL", f"{receiver.url}/pagerduty")
     monkeypatch.setenv("T_PD_KEY", "routing-key-123")

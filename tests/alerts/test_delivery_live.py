@@ -8,33 +8,25 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import pytest
 from django.db import transaction
 
 from controlplane.celery import app as celery_app
-from migrations_app import changes, metrics
 from migrations_app.alerts import outbox
+from migrations_app.alerts.tasks import deliver_alert, sweep_alerts
 from migrations_app.models import AlertAttempt, AlertChannel, AlertDelivery, MigrationPlan
-from migrations_app.tasks import deliver_alert, sweep_alerts
+from migrations_app.outcomes import metrics
+from migrations_app.routing import changes
 from tests.alerts.conftest import Receiver, rollback_message
-from tests.conftest import celery_process
+from tests.conftest import celery_process, wait_for
 from tests.factories import make_plan
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 # How long to wait for the worker before reporting what it did; not a speed limit.
 PATIENCE_SECONDS = 60.0
 MAX_ATTEMPTS = 3
-
-
-def wait_for(condition: Callable[[], bool], state: Callable[[], object]) -> None:
-    deadline = time.monotonic() + PATIENCE_SECONDS
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting: {state()}"
-        time.sleep(0.05)
 
 
 def rows() -> list[tuple[str, str, int, str]]:
@@ -73,11 +65,11 @@ def live_worker(max_attempts: int = MAX_ATTEMPTS) -> AbstractContextManager[obje
 
 def webhook(name: str, url: str, monkeypatch: pytest.MonkeyPatch) -> AlertChannel:
     # Set before the worker starts: it reads the URL and secret from its environment.
-    var = f"TURNOUT_LIVE_HOOK_{name.upper()}"
-    monkeypatch.setenv(var, url)
+    var = f"T_LIVE_HOOK_{name.upper()}"  # a name TURNOUT_ALERT_VARS allows (TURNOUT_* never)
+    monkeypatch.setenv(f"{var}_URL", url)
     monkeypatch.setenv(f"{var}_SECRET", "s3cret")
     return AlertChannel.objects.create(
-        name=name, kind="webhook", url_env=var, secret_env=f"{var}_SECRET"
+        name=name, kind="webhook", url_env=f"{var}_URL", secret_env=f"{var}_SECRET"
     )
 
 

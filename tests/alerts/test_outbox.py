@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from migrations_app.alerts import outbox
+from migrations_app.alerts import delivery, outbox
 from migrations_app.models import AlertAttempt, AlertChannel, AlertDelivery, MigrationPlan
 from tests.alerts.conftest import Receiver, rollback_message
 from tests.factories import make_plan
@@ -23,11 +23,11 @@ def plan_with(*channels: AlertChannel) -> MigrationPlan:
 
 
 def webhook(name: str, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> AlertChannel:
-    var = f"TURNOUT_TEST_HOOK_{name.upper()}"
-    monkeypatch.setenv(var, f"{receiver.url}/{name}")
+    var = f"T_HOOK_{name.upper()}"  # a name TURNOUT_ALERT_VARS allows (TURNOUT_* never)
+    monkeypatch.setenv(f"{var}_URL", f"{receiver.url}/{name}")
     monkeypatch.setenv(f"{var}_SECRET", "s3cret")
     return AlertChannel.objects.create(
-        name=name, kind="webhook", url_env=var, secret_env=f"{var}_SECRET"
+        name=name, kind="webhook", url_env=f"{var}_URL", secret_env=f"{var}_SECRET"
     )
 
 
@@ -36,7 +36,7 @@ def deliver_until_settled(row: AlertDelivery) -> list[str]:
     outcomes = []
     now = timezone.now()
     for _ in range(20):
-        attempted = outbox.alert_deliver(delivery_id=row.pk, now=now)
+        attempted = delivery.alert_deliver(delivery_id=row.pk, now=now)
         outcomes.append(attempted.outcome)
         if attempted.outcome != "retry":
             break
@@ -60,7 +60,7 @@ def test_receiver_down_for_a_while_then_up_gets_it_once(receiver, monkeypatch):
     body = json.loads(receiver.requests[-1].body)
     assert body["alert"]["dedup_key"] == "turnout:support-chat:3:error_rate"
     # a second task for the same row finds nothing to do
-    assert outbox.alert_deliver(delivery_id=row.pk).outcome == "not_due"
+    assert delivery.alert_deliver(delivery_id=row.pk).outcome == "not_due"
 
 
 def test_receiver_down_for_good_fails_after_the_limit_and_blocks_nobody(
@@ -68,7 +68,7 @@ def test_receiver_down_for_good_fails_after_the_limit_and_blocks_nobody(
 ):
     settings.TURNOUT_ALERT_MAX_ATTEMPTS = 4
     dead = webhook("dead", receiver, monkeypatch)
-    monkeypatch.setenv("TURNOUT_TEST_HOOK_DEAD", "http://127.0.0.1:9/nothing-listens")
+    monkeypatch.setenv("T_HOOK_DEAD_URL", "http://127.0.0.1:9/nothing-listens")
     plan = plan_with(dead, webhook("live", receiver, monkeypatch))
     rows = outbox.alert_enqueue(plan=plan, message=rollback_message())
     by_channel = {row.channel.name: row for row in rows}
@@ -108,16 +108,16 @@ def test_the_dedup_window_ends(receiver, monkeypatch):
 def test_due_rows_are_found_by_the_sweeper(receiver, monkeypatch):
     plan = plan_with(webhook("ops", receiver, monkeypatch))
     [row] = outbox.alert_enqueue(plan=plan, message=rollback_message())
-    assert outbox.alerts_due() == [row.pk]
-    outbox.alert_deliver(delivery_id=row.pk)
-    assert outbox.alerts_due() == []
+    assert delivery.alerts_due() == [row.pk]
+    delivery.alert_deliver(delivery_id=row.pk)
+    assert delivery.alerts_due() == []
 
 
 def test_a_fresh_row_is_due_even_when_stamped_by_a_clock_ahead_of_the_worker(receiver, monkeypatch):
     plan = plan_with(webhook("ops", receiver, monkeypatch))
     ahead = timezone.now() + timedelta(minutes=2)
     [row] = outbox.alert_enqueue(plan=plan, message=rollback_message(), now=ahead)
-    assert outbox.alert_deliver(delivery_id=row.pk).outcome == "delivered"
+    assert delivery.alert_deliver(delivery_id=row.pk).outcome == "delivered"
     assert len(receiver.requests) == 1
 
 
@@ -125,7 +125,7 @@ def test_a_row_in_flight_or_backing_off_is_not_due(receiver, monkeypatch):
     plan = plan_with(webhook("ops", receiver, monkeypatch))
     receiver.reply(503)
     [row] = outbox.alert_enqueue(plan=plan, message=rollback_message())
-    assert outbox.alert_deliver(delivery_id=row.pk).outcome == "retry"
+    assert delivery.alert_deliver(delivery_id=row.pk).outcome == "retry"
     # a duplicate task before the backoff is over sends nothing
-    assert outbox.alert_deliver(delivery_id=row.pk).outcome == "not_due"
+    assert delivery.alert_deliver(delivery_id=row.pk).outcome == "not_due"
     assert len(receiver.requests) == 1

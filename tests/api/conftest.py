@@ -6,8 +6,9 @@ import pytest
 from django.test import Client
 
 from migrations_app.api.auth import forget_keys, forget_windows
-from migrations_app.apikeys import apikey_create
-from migrations_app.snapshots import forget_served
+from migrations_app.api.keys import apikey_create
+from migrations_app.routing.snapshots import forget_served
+from tests.processes import gunicorn_factory  # noqa: F401 (a fixture for the live tests here)
 
 
 @pytest.fixture(autouse=True)

@@ -1,21 +1,28 @@
-"""The routing-change follower: each web process keeps the change sequence in memory from a
-listener thread, so the decision endpoints make no Redis round trip for it."""
+"""The routing-change follower: each web process keeps the routing sequence in memory (the
+database row re-read every second, Redis pub/sub for speed), so the decision endpoints make
+no query or Redis round trip for it, and the database decides what is current."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 import redis
 from django.conf import settings
+from django.db import OperationalError, transaction
+from django.test import override_settings
 
-from migrations_app import changes
+from migrations_app.models import RoutingState
+from migrations_app.routing import changes
 from tests.conftest import eventually
 
-pytestmark = pytest.mark.skipif(not settings.REDIS_URL, reason="the follower follows Redis")
+pytestmark = pytest.mark.django_db(transaction=True)
+needs_redis = pytest.mark.skipif(not settings.REDIS_URL, reason="pub/sub needs Redis")
 
 
 @pytest.fixture
@@ -38,105 +45,187 @@ def following(follower: changes._Follower) -> bool:
     return time.monotonic() < follower.trusted_until
 
 
-def test_a_change_published_elsewhere_reaches_the_follower(
-    follower: changes._Follower, other_process: redis.Redis
+def committed_elsewhere() -> int:
+    """A change recorded by another process: in the database, no message."""
+    return changes._bump()
+
+
+@needs_redis
+def test_a_published_change_reaches_the_follower_before_any_poll(
+    follower: changes._Follower, other_process: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert eventually(lambda: following(follower))
-    sequence = int(other_process.incr(changes.SEQUENCE_KEY))
-    other_process.publish(changes.CHANNEL, json.dumps({"seq": sequence, "plan": "p", "version": 1}))
+    follower.close()
+    monkeypatch.setattr(changes, "POLL_SECONDS", 3600.0)  # only pub/sub can bring it now
+    assert eventually(lambda: following(follower))
+    assert eventually(lambda: any(t.name.endswith("listen") for t in follower._threads))
+    time.sleep(0.2)  # let the listener subscribe (a message before that is for the poll)
+    sequence = committed_elsewhere()
+    other_process.publish(changes.channel(), json.dumps({"seq": sequence, "what": "t"}))
     assert eventually(lambda: follower.get() == sequence)
     assert following(follower)  # served from memory, not read per request
 
 
-def test_a_lost_message_and_a_reset_sequence_are_caught_up_by_the_resync(
-    follower: changes._Follower, other_process: redis.Redis
+def test_a_change_whose_message_was_lost_is_found_in_the_database(
+    follower: changes._Follower,
 ) -> None:
     assert eventually(lambda: following(follower))
-    other_process.incrby(changes.SEQUENCE_KEY, 7)  # no message: as if it were lost
-    moved = int(other_process.get(changes.SEQUENCE_KEY) or 0)
-    assert eventually(lambda: follower.get() == moved)
-    # A flushed Redis starts the sequence again from nothing: the follower goes down with it
-    # (the snapshot is keyed by the value, so any change of it rebuilds).
-    other_process.set(changes.SEQUENCE_KEY, 3)
-    try:
-        assert eventually(lambda: follower.get() == 3)
-    finally:
-        other_process.set(changes.SEQUENCE_KEY, moved + 1)
+    sequence = committed_elsewhere()  # no message at all
+    assert eventually(lambda: follower.get() == sequence)
 
 
-def test_memory_is_trusted_only_while_the_listener_confirms_it(
-    follower: changes._Follower, other_process: redis.Redis
+def test_without_any_redis_the_follower_follows_the_database(
+    follower: changes._Follower,
+) -> None:
+    with override_settings(REDIS_URL="redis://127.0.0.1:1/0"):  # nothing listens there
+        assert eventually(lambda: following(follower))
+        sequence = committed_elsewhere()
+        assert eventually(lambda: follower.get() == sequence)
+
+
+def test_a_database_restored_to_an_older_sequence_is_followed_down(
+    follower: changes._Follower,
 ) -> None:
     assert eventually(lambda: following(follower))
-    # The listener vouches for at most TRUST_SECONDS ahead: a listener that stalls stops
-    # being believed that soon after.
+    sequence = committed_elsewhere()
+    assert eventually(lambda: follower.get() == sequence)
+    RoutingState.objects.filter(pk=changes.ROW).update(sequence=sequence - 5)
+    assert eventually(lambda: follower.get() == sequence - 5)
+
+
+def test_memory_is_trusted_only_while_the_poller_confirms_it(
+    follower: changes._Follower,
+) -> None:
+    assert eventually(lambda: following(follower))
+    # The poller vouches for at most TRUST_SECONDS ahead: a poller that stalls stops being
+    # believed that soon after.
     assert follower.trusted_until - time.monotonic() <= changes.TRUST_SECONDS
     follower.close()
-    other_process.incrby(changes.SEQUENCE_KEY, 5)
-    # Not following: every read is a Redis round trip, so it is never stale.
-    assert follower.get() == int(other_process.get(changes.SEQUENCE_KEY) or 0)
+    sequence = committed_elsewhere()
+    # Not following: every read is a query, so it is never stale.
+    assert follower.get() == sequence
 
 
-def test_redis_unreachable_serves_the_last_known_sequence(
+def test_database_unreachable_serves_the_last_known_sequence(
     follower: changes._Follower, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     follower.sequence = 41
 
     def unreachable() -> int:
-        raise redis.ConnectionError("down")
+        raise OperationalError("down")
 
     monkeypatch.setattr(changes, "current_sequence", unreachable)
+    monkeypatch.setattr(follower, "_ensure_threads", lambda: None)
     assert follower.get() == 41
 
 
-def test_a_hung_redis_holds_up_one_request_per_backoff_not_every_one(
+def test_a_hung_database_holds_up_one_request_per_backoff_not_every_one(
     follower: changes._Follower, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each direct read may wait up to the client's timeouts; after a failed one the
-    process's other requests serve the last sequence without trying for a while."""
+    """Each direct read may wait for the database; after a failed one the process's other
+    requests serve the last sequence without trying for a while."""
     follower.sequence = 7
     tries: list[float] = []
 
     def unreachable() -> int:
         tries.append(time.monotonic())
-        raise redis.TimeoutError("no answer")
+        raise OperationalError("no answer")
 
     monkeypatch.setattr(changes, "current_sequence", unreachable)
-    monkeypatch.setattr(follower, "_ensure_thread", lambda: None)  # no listener to trust
-    follower.trusted_until = 0.0
+    monkeypatch.setattr(follower, "_ensure_threads", lambda: None)  # no poller to trust
     assert [follower.get() for _ in range(1000)] == [7] * 1000
     assert len(tries) == 1
     follower._direct_after = 0.0  # the backoff is over: the next request tries again
     assert follower.get() == 7 and len(tries) == 2
-    client = changes.redis_client()
-    kwargs = client.connection_pool.connection_kwargs
+
+
+def test_redis_client_timeouts_bound_a_request() -> None:
+    kwargs = changes.redis_client().connection_pool.connection_kwargs
     assert kwargs["socket_connect_timeout"] == changes.CONNECT_TIMEOUT
     assert kwargs["socket_timeout"] == changes.COMMAND_TIMEOUT
 
 
-def test_own_publication_is_visible_to_the_next_request_at_once(
-    other_process: redis.Redis,
-) -> None:
+def test_own_publication_is_visible_to_the_next_request_at_once() -> None:
     assert eventually(lambda: following(changes._follower))
-    changes.publish_routing_change("chat", 9)
-    # No wait: the listener may not have seen the message yet, saw() already did.
-    assert changes.followed_sequence() == int(other_process.get(changes.SEQUENCE_KEY) or 0)
+    changes.routing_changed("plan chat v9")
+    # No wait: the poller may not have read it yet, saw() already did.
+    assert changes.followed_sequence() == changes.current_sequence()
 
 
-def test_a_forked_child_follows_on_its_own(other_process: redis.Redis) -> None:
+def test_a_change_recorded_in_a_transaction_that_rolls_back_never_happened() -> None:
+    before = committed_elsewhere()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        changes.routing_changed("doomed")
+        raise RuntimeError("the change fails after recording it")
+    assert changes.current_sequence() == before
+    assert changes._follower.sequence != before + 1
+
+
+@needs_redis
+def test_the_channel_is_this_redis_databases_alone(
+    follower: changes._Follower, other_process: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pub/sub ignores the database number: an install on another database of the same Redis
+    must not move this one's routing."""
+    here = changes.channel()
+    # Another database than the suite's own, whichever that is.
+    other = 8 if here == "turnout:7:routing-changes" else 7
+    with override_settings(REDIS_URL=f"redis://127.0.0.1:6379/{other}"):
+        elsewhere = changes.channel()
+    with override_settings(REDIS_URL=f"unix:///run/redis.sock?db={other}"):
+        assert changes.channel() == elsewhere == f"turnout:{other}:routing-changes"
+    assert here != elsewhere and here.endswith("routing-changes")
+    monkeypatch.setattr(changes, "POLL_SECONDS", 3600.0)
+    assert eventually(lambda: following(follower))
+    time.sleep(0.2)  # subscribed
+    start = follower.get()
+    for name in (elsewhere, "turnout:routing-changes"):
+        other_process.publish(name, json.dumps({"seq": start + 1000, "what": "other install"}))
+    sequence = committed_elsewhere()
+    other_process.publish(here, json.dumps({"seq": sequence, "what": "this install"}))
+    assert eventually(lambda: follower.get() == sequence)  # ours arrived, theirs did not
+
+
+def test_every_waiter_on_a_loop_wakes_on_one_change() -> None:
+    assert eventually(lambda: following(changes._follower))
+    seen = changes.followed_sequence()
+
+    async def waiters() -> list[int]:
+        waiting = [asyncio.create_task(changes.next_change(seen, 30.0)) for _ in range(50)]
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(changes.routing_changed, "plan chat v1")
+        return await asyncio.gather(*waiting)
+
+    woken = asyncio.run(waiters())
+    assert set(woken) == {changes.current_sequence()} and seen not in woken
+
+
+def test_a_waiter_returns_the_same_value_after_its_timeout() -> None:
+    seen = changes.followed_sequence()
+    assert asyncio.run(changes.next_change(seen, 0.05)) == seen
+
+
+@pytest.mark.live
+def test_a_forked_child_follows_on_its_own() -> None:
     assert eventually(lambda: following(changes._follower))
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: as a gunicorn worker forked from a preloaded master
         try:
             os.close(read)
-            alive = eventually(lambda: following(changes._follower))
-            sequence = int(redis.Redis.from_url(settings.REDIS_URL).incr(changes.SEQUENCE_KEY))
-            redis.Redis.from_url(settings.REDIS_URL).publish(
-                changes.CHANNEL, json.dumps({"seq": sequence, "plan": "p", "version": 1})
-            )
-            seen = eventually(lambda: changes._follower.get() == sequence)
-            os.write(write, json.dumps([alive, seen]).encode())
+            result: list[bool] = []
+
+            def child() -> None:
+                # On a thread of its own, so on database connections of its own: the main
+                # thread's connection is the parent's socket.
+                alive = eventually(lambda: following(changes._follower))
+                sequence = committed_elsewhere()
+                result.extend([alive, eventually(lambda: changes._follower.get() == sequence)])
+
+            body = threading.Thread(target=child)
+            body.start()
+            body.join()
+            os.write(write, json.dumps(result).encode())
         finally:
             os._exit(0)
     os.close(write)

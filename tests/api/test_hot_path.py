@@ -11,9 +11,9 @@ import pytest
 from django.conf import settings
 from django.test import Client, override_settings
 
-from migrations_app import changes, plans
 from migrations_app.api import auth
-from tests.factories import make_plan, person
+from migrations_app.routing import changes
+from tests.factories import started_plan
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,7 +26,7 @@ def _post(client: Client, url: str, body: Any, **extra: Any) -> Any:
 
 
 def test_method_media_type_and_auth_answers(api: Client) -> None:
-    plans.plan_start(plan_key=make_plan("chat").key, actor=person())
+    started_plan("chat")
     wrong_method = api.get("/api/v1/decide")
     assert wrong_method.status_code == 405
     assert wrong_method.json()["code"] == "method_not_allowed" and "POST" in wrong_method["Allow"]
@@ -64,7 +64,7 @@ def test_every_bad_field_is_named_at_once(
 
 def test_json_python_accepts_is_accepted(api: Client) -> None:
     """orjson refuses NaN and integers over 64 bits; Python's parser, the contract, does not."""
-    plans.plan_start(plan_key=make_plan("chat").key, actor=person())
+    started_plan("chat")
     body = b'{"plan": "chat", "unit": 123456789012345678901234567890, "attributes": {"x": NaN}}'
     response = _post(api, "/api/v1/decide", body)
     assert response.status_code == 200, response.content
@@ -80,7 +80,7 @@ def test_json_python_accepts_is_accepted(api: Client) -> None:
 def test_warm_decisions_touch_neither_database_nor_redis(
     api: Client, monkeypatch: pytest.MonkeyPatch, django_assert_num_queries: Any
 ) -> None:
-    plans.plan_start(plan_key=make_plan("chat").key, actor=person())
+    started_plan("chat")
     for unit in ("warm-1", "warm-2"):  # the key, the snapshot and the follower, once
         assert _post(api, "/api/v1/decide", {"plan": "chat", "unit": unit}).status_code == 200
     deadline = time.monotonic() + 10
@@ -148,7 +148,7 @@ def test_the_decision_routes_take_the_lean_stack_and_the_rest_the_full_one(sdk_k
     from controlplane import wsgi
     from migrations_app.api import urls
 
-    plans.plan_start(plan_key=make_plan("chat").key, actor=person())
+    started_plan("chat")
     for pattern in urls.urlpatterns:  # every decision route is routed to the lean handler
         sample = "/" + str(pattern.pattern).replace("<str:key>", "chat")
         assert sample in wsgi.LEAN_PATHS or sample.startswith(wsgi.LEAN_PREFIX), sample
@@ -175,7 +175,7 @@ def test_the_decision_routes_take_the_lean_stack_and_the_rest_the_full_one(sdk_k
     [(b'"\\ud800"', "Surrogate characters"), (b'"a\\u0000b"', "Null characters")],
 )
 def test_units_routing_cannot_hash_are_refused(api: Client, raw_unit: bytes, message: str) -> None:
-    plans.plan_start(plan_key=make_plan("chat").key, actor=person())
+    started_plan("chat")
     response = _post(api, "/api/v1/decide", b'{"plan": "chat", "unit": ' + raw_unit + b"}")
     assert response.status_code == 400
     assert message in response.json()["details"]["fields"]["unit"][0]

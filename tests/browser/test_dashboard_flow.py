@@ -11,8 +11,8 @@ import pytest
 from playwright.sync_api import expect
 from turnout import Client as TurnoutClient
 
-from migrations_app import engine
-from migrations_app.apikeys import apikey_create
+from migrations_app.api.keys import apikey_create
+from migrations_app.guardrails import engine
 from migrations_app.models import AuditEvent, MigrationPlan, PlanStatus
 from tests.browser.conftest import shot
 from tests.factories import make_user

@@ -37,6 +37,7 @@ def connection(folder: Path) -> Connection:
     )
 
 
+@pytest.mark.live
 def test_the_embedded_default_uses_it(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     env.update(

@@ -9,7 +9,14 @@ import sys
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from controlplane.env import env_bool, env_float, env_int, env_list, parse_database_url
+from controlplane.env import (
+    env_bool,
+    env_float,
+    env_http_url,
+    env_int,
+    env_list,
+    parse_database_url,
+)
 from tests.conftest import ROOT
 
 
@@ -41,9 +48,11 @@ def _load_settings(**env: str) -> subprocess.CompletedProcess[str]:
             "TURNOUT_EVALUATION_INTERVAL: must be at least 0.5",
         ),
         ({"DEBUG": "maybe"}, "DEBUG: expected a boolean"),
+        ({"TURNOUT_STREAM_URL": "127.0.0.1:8001"}, "TURNOUT_STREAM_URL: expected http(s)://"),
         ({"DEBUG": "0", "SECRET_KEY": ""}, "SECRET_KEY: required when DEBUG is off"),
     ],
 )
+@pytest.mark.live
 def test_bad_setting_stops_the_process_naming_the_variable(
     env: dict[str, str], message: str
 ) -> None:
@@ -53,6 +62,7 @@ def test_bad_setting_stops_the_process_naming_the_variable(
     assert message in result.stderr
 
 
+@pytest.mark.live
 def test_embedded_defaults_without_services() -> None:
     result = _load_settings()
     assert result.returncode == 0, result.stderr
@@ -88,6 +98,16 @@ def test_parsers() -> None:
         env_float("E", 0.0, environ=environ)
     with pytest.raises(ImproperlyConfigured, match="B: must be at most 10"):
         env_int("B", 0, maximum=10, environ=environ)
+
+
+def test_http_url() -> None:
+    assert env_http_url("U", environ={}) is None
+    assert env_http_url("U", environ={"U": " https://stream.example:8443/ "}) == (
+        "https://stream.example:8443"
+    )
+    for bad in ("ftp://x", "http://", "http://u:p@x", "http://x?a=1", "http://x:port"):
+        with pytest.raises(ImproperlyConfigured, match="U: "):
+            env_http_url("U", environ={"U": bad})
 
 
 def test_secret_from_file(tmp_path: os.PathLike[str]) -> None:

@@ -1,5 +1,5 @@
 """Test data for the dashboard: a running plan whose stage has window aggregates, built
-through the lifecycle services and the real aggregation path (``ingest.aggregate``)."""
+through the lifecycle services and the real aggregation path (``rollup.aggregate``)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 from django.utils import timezone
 
-from migrations_app import ingest, plans
-from migrations_app.aggregation import OutcomeFacts, window_start
 from migrations_app.models import MigrationPlan, PlanRun, PlanStage
-from tests.factories import make_plan, person
+from migrations_app.outcomes import rollup
+from migrations_app.outcomes.aggregation import OutcomeFacts, window_start
+from tests.factories import started_plan
 
 SPLIT_PHASES: list[dict[str, Any]] = [
     {"kind": "ab_split", "percent": 50.0, "min_duration_minutes": 30, "min_samples": 100},
@@ -24,9 +24,7 @@ def running_plan(key: str = "dash", *, hours_ago: float = 3.0, **overrides: Any)
     """A plan started ``hours_ago`` (backdated so its windows fall inside the chart range),
     in an A/B split of 50 %."""
     overrides.setdefault("phases", SPLIT_PHASES)
-    plan = make_plan(key, **overrides)
-    plans.plan_start(plan_key=key, actor=person(), reason="go")
-    plan.refresh_from_db()
+    plan = started_plan(key, **overrides)
     began = timezone.now() - timedelta(hours=hours_ago)
     PlanRun.objects.filter(pk=plan.current_run_id).update(started_at=began)
     PlanStage.objects.filter(pk=plan.current_stage_id).update(started_at=began)
@@ -67,5 +65,5 @@ def feed(
             outcomes.append((stage.pk, facts))
             if feedback is not None and i % 5 == 0:
                 scored.append((stage.pk, facts, 1.0 if rng.random() < feedback else 0.0))
-    ingest.aggregate(outcomes, scored)
+    rollup.aggregate(outcomes, scored)
     return len(outcomes)

@@ -8,8 +8,9 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from migrations_app import engine, plans
+from migrations_app.guardrails import engine
 from migrations_app.models import AuditEvent, Evaluation
+from migrations_app.plans import lifecycle
 from tests.dashboard.data import feed, running_plan
 from tests.factories import make_user, person
 
@@ -39,7 +40,9 @@ def _load(plan, *, minutes: int, evaluations: int, events: int) -> None:
         for i in range(evaluations)
     )
     for i in range(events):
-        plans.record_edit(plan, actor=person(), action="edit", reason=f"edit {i}", publish=False)
+        lifecycle.record_edit(
+            plan, actor=person(), action="edit", reason=f"edit {i}", publish=False
+        )
 
 
 def test_query_count_does_not_grow_with_the_data(django_assert_max_num_queries) -> None:

@@ -11,9 +11,9 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 from django.utils import timezone
 
-from migrations_app import engine, stats
-from migrations_app.aggregation import window_start
-from migrations_app.dashboard import selectors as sel
+from migrations_app.dashboard import chart_series
+from migrations_app.dashboard.costs import MINUTES_PER_MONTH, PROJECTION_WINDOW, cost_projection
+from migrations_app.guardrails import engine, stats
 from migrations_app.models import (
     AuditEvent,
     MigrationPlan,
@@ -22,21 +22,56 @@ from migrations_app.models import (
     ShadowSample,
     ShadowStatus,
 )
+from migrations_app.outcomes.aggregation import window_start
+from migrations_app.outcomes.selectors import stage_totals
 from tests.dashboard.data import feed, running_plan
 from tests.factories import make_plan, make_user
 
 pytestmark = pytest.mark.django_db
 
 
-def staff(username: str, *, operate: bool) -> Client:
+def staff(username: str, *, operate: bool, view: bool = True) -> Client:
     user = make_user(username, superuser=False)
     user.is_staff = True
     user.save()
-    if operate:
-        user.user_permissions.add(Permission.objects.get(codename="operate_migrationplan"))
+    codenames = [
+        c
+        for c, wanted in (("view_migrationplan", view), ("operate_migrationplan", operate))
+        if wanted
+    ]
+    user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
     client = Client()
     client.force_login(user)
     return client
+
+
+PAGES = ("/plans/p1/", "/plans/p1/live", "/plans/p1/report", "/plans/p1/report?format=md")
+
+
+def test_staff_without_the_view_permission_sees_no_dashboard_report_or_pairs() -> None:
+    """The pages hold production prompts and answers (the shadow pairs): staff status is not
+    enough, the plan's view permission is needed, for reading and for acting alike."""
+    plan = running_plan("p1")
+    for client in (
+        staff("stranger", operate=False, view=False),
+        staff("doer", operate=True, view=False),
+    ):
+        for path in PAGES:
+            response = client.get(path)
+            assert response.status_code == 403, path
+            assert b"permission_denied" in response.content and b"p1" not in response.content
+        confirm = client.get(f"/plans/p1/act/pause?version={plan.version}")
+        assert confirm.status_code == 403
+        act = client.post("/plans/p1/act/pause", {"version": plan.version, "reason": "x"})
+        assert act.status_code == 403
+    assert MigrationPlan.objects.get(key="p1").status == PlanStatus.RUNNING
+
+
+def test_the_view_permission_is_enough_to_read_everything() -> None:
+    running_plan("p1")
+    viewer = staff("viewer", operate=False)
+    for path in PAGES:
+        assert viewer.get(path).status_code in (200, 409), path  # 409: the report of no run
 
 
 def test_anonymous_and_non_staff_are_sent_to_the_login() -> None:
@@ -110,15 +145,20 @@ def test_an_action_the_status_does_not_allow_is_a_409_with_its_code() -> None:
 def test_bad_input_gets_a_4xx_with_a_code_and_the_field() -> None:
     running_plan("p1")
     operator = staff("olga", operate=True)
-    unknown = operator.get("/plans/p1/act/start")
+    unknown = operator.get("/plans/p1/act/complete")  # complete stays in the admin
     assert unknown.status_code == 404 and b"unknown_action" in unknown.content
-    for hours in ("abc", "0", "100000", "-1"):
+    # "²" is a digit to str.isdigit and not to int(): it was a 500.
+    for hours in ("abc", "0", "100000", "-1", "\u00b2", "9" * 5000):
         response = operator.get(f"/plans/p1/?hours={hours}")
         assert response.status_code == 400, hours
         assert b"invalid_range" in response.content and b"hours" in response.content
     assert operator.get("/plans/nope/").status_code == 404
     no_version = operator.post("/plans/p1/act/pause", {"reason": "x"})
     assert no_version.status_code == 400
+    for version in ("\u00b2", "1" * 5000):
+        assert operator.get(f"/plans/p1/act/pause?version={version}").status_code == 200
+        bad = operator.post("/plans/p1/act/pause", {"version": version, "reason": "x"})
+        assert bad.status_code == 400, version
     assert operator.get("/plans/p1/report?format=pdf").status_code == 400
 
 
@@ -178,9 +218,9 @@ def test_cost_projection_is_the_last_hours_rate_times_the_priced_cost() -> None:
         plan.current_stage, start=start, minutes=60, per_minute=10, arm="candidate", cost_usd=0.005
     )
     stages = {plan.current_stage.pk: plan.current_stage}
-    costs = {c.arm: c for c in sel.cost_projection(plan, stages, now=now)}
-    minutes = (now - (now - sel.PROJECTION_WINDOW)).total_seconds() / 60
-    month = sel.MINUTES_PER_MONTH
+    costs = {c.arm: c for c in cost_projection(plan, stages, now=now)}
+    minutes = (now - (now - PROJECTION_WINDOW)).total_seconds() / 60
+    month = MINUTES_PER_MONTH
     assert costs["control"].cost_per_request == pytest.approx(0.002)
     assert costs["control"].monthly_at_current_split == pytest.approx(
         1800 / minutes * month * 0.002
@@ -196,10 +236,10 @@ def test_window_series_bins_sum_to_the_stage_totals() -> None:
     start = timezone.now() - timedelta(minutes=150)
     feed(plan.current_stage, start=start, minutes=150, per_minute=7, arm="control", error_rate=0.1)
     since = window_start(start)
-    series = sel.window_series(
+    series = chart_series.window_series(
         [plan.current_stage.pk], since=since, until=timezone.now(), step_minutes=15
     )
-    totals = sel.core.stage_totals(plan.current_stage)["control"]
+    totals = stage_totals(plan.current_stage)["control"]
     points = series["control"]
     assert len(points) == 10
     assert sum(a.requests for _, a in points) == totals.requests == 150 * 7
@@ -222,7 +262,8 @@ def test_a_draft_plan_has_a_page_with_nothing_to_chart_yet() -> None:
     html = staff("olga", operate=True).get("/plans/draft/").content.decode()
     assert "not started: all traffic on control" in html
     assert "No evaluation yet" in html and "No traffic yet." in html
-    assert "/act/" not in html.split('id="where"', 1)[1].split("</section>", 1)[0]
+    where = html.split('id="where"', 1)[1].split("</section>", 1)[0]
+    assert re.findall(r"/act/(\w+)", where) == ["start"]  # a draft can only be started
 
 
 def test_shadow_pairs_are_shown_side_by_side_escaped_with_their_scores() -> None:

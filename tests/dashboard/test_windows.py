@@ -11,12 +11,12 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
-from migrations_app import ingest
-from migrations_app.aggregation import OutcomeFacts, from_json, window_start
-from migrations_app.dashboard import blocks, charts
-from migrations_app.dashboard import selectors as sel
+from migrations_app.dashboard import chart_series, charts, figures, window_cache
+from migrations_app.guardrails.stats import ArmAggregates, Buckets
 from migrations_app.models import WindowAggregate
-from migrations_app.stats import ArmAggregates, Buckets
+from migrations_app.outcomes import rollup
+from migrations_app.outcomes.aggregation import OutcomeFacts, from_json, window_start
+from migrations_app.outcomes.selectors import stage_totals
 from tests.dashboard.data import running_plan
 
 pytestmark = [
@@ -32,9 +32,9 @@ CHART_FIELDS = (
 
 @pytest.fixture(autouse=True)
 def _empty_cache():
-    blocks.CACHE.clear()
+    window_cache.CACHE.clear()
     yield
-    blocks.CACHE.clear()
+    window_cache.CACHE.clear()
 
 
 def _traffic(
@@ -65,9 +65,9 @@ def _traffic(
                     scored.append((stage_id, facts, rng.random()))
     if savepoint:  # a subtransaction: its own xid, so its rows' xmin moves
         with transaction.atomic():
-            ingest.aggregate(outcomes, scored)
+            rollup.aggregate(outcomes, scored)
     else:
-        ingest.aggregate(outcomes, scored)
+        rollup.aggregate(outcomes, scored)
 
 
 def _merged(stage_ids, *, since, until, step_minutes):
@@ -108,23 +108,25 @@ def test_the_fast_path_is_the_row_by_row_computation_for_every_range() -> None:
     ]
     for since, step in ranges:
         since = since.replace(second=0, microsecond=0)
-        portable = sel.window_series_portable([stage.pk], since=since, until=until,
+        portable = chart_series.window_series_portable([stage.pk], since=since, until=until,
                                               step_minutes=step)  # fmt: skip
         for _ in ("read", "kept"):
-            fast = sel.window_series([stage.pk], since=since, until=until, step_minutes=step)
+            fast = chart_series.window_series(
+                [stage.pk], since=since, until=until, step_minutes=step
+            )
             assert fast == portable, (since, step)
         assert sum(len(points) for points in fast.values()) > 0
         merged = _merged([stage.pk], since=since, until=until, step_minutes=step)
-        for arm in sel.ARMS:
+        for arm in figures.ARMS:
             assert [(t, _chart_fields(a)) for t, a in fast[arm]] == [
                 (t, _chart_fields(a)) for t, a in merged.get(arm, [])
             ], (since, step, arm)
         # What the page draws from them, byte for byte.
         args = {"start": since, "end": until, "step_minutes": step}
         assert charts.window_charts(fast, **args) == charts.window_charts(portable, **args)
-    whole = sel.window_series([stage.pk], since=first, until=until, step_minutes=24 * 60)
-    totals = sel.core.stage_totals(stage)
-    for arm in sel.ARMS:
+    whole = chart_series.window_series([stage.pk], since=first, until=until, step_minutes=24 * 60)
+    totals = stage_totals(stage)
+    for arm in figures.ARMS:
         (_, day), *rest = whole[arm]
         day = ArmAggregates.merge([day, *(a for _, a in rest)])
         assert (day.requests, day.latency, day.errors_by_kind) == (
@@ -141,25 +143,25 @@ def test_an_hour_written_after_it_was_kept_is_read_again() -> None:
     start = window_start(now - timedelta(hours=5))
     _traffic(stage.pk, start=start, minutes=5 * 60, savepoint=False)
     args = {"since": start, "until": now + timedelta(minutes=1), "step_minutes": 2}
-    before = sel.window_series([stage.pk], **args)
-    kept = len(blocks.CACHE)
+    before = chart_series.window_series([stage.pk], **args)
+    kept = len(window_cache.CACHE)
     assert kept >= 5
     # Late outcomes into an hour read long ago, then feedback alone into another, in the
     # reader's own transaction (xmin does not move): the hours' requests and feedback tell.
     _traffic(stage.pk, start=start + timedelta(minutes=30), minutes=3, seed=8, savepoint=False)
-    after = sel.window_series([stage.pk], **args)
+    after = chart_series.window_series([stage.pk], **args)
     assert after != before
-    assert after == sel.window_series_portable([stage.pk], **args)
+    assert after == chart_series.window_series_portable([stage.pk], **args)
     late = (
         WindowAggregate.objects.filter(stage=stage, window__gte=start + timedelta(hours=2))
         .order_by("window")
         .first()
     )
     fact = OutcomeFacts(late.arm, "u1", late.window, 500.0, None, "", None)
-    ingest.aggregate([], [(stage.pk, fact, 1.0)])
-    again = sel.window_series([stage.pk], **args)
-    assert again != after and again == sel.window_series_portable([stage.pk], **args)
-    assert len(blocks.CACHE) == kept
+    rollup.aggregate([], [(stage.pk, fact, 1.0)])
+    again = chart_series.window_series([stage.pk], **args)
+    assert again != after and again == chart_series.window_series_portable([stage.pk], **args)
+    assert len(window_cache.CACHE) == kept
 
 
 @pytest.mark.django_db(transaction=True)
@@ -170,15 +172,15 @@ def test_a_committed_rewrite_that_keeps_the_counts_is_read_again() -> None:
     start = window_start(timezone.now() - timedelta(hours=2))
     _traffic(stage.pk, start=start, minutes=120)
     args = {"since": start, "until": timezone.now() + timedelta(minutes=1), "step_minutes": 1}
-    before = sel.window_series([stage.pk], **args)
+    before = chart_series.window_series([stage.pk], **args)
     row = WindowAggregate.objects.filter(stage=stage, arm="control", requests__gt=0).first()
     data = dict(row.data)
     data["latency"] = {"zero": row.requests, "counts": {}}  # same requests, other buckets
     WindowAggregate.objects.filter(pk=row.pk).update(data=data)
-    after = sel.window_series([stage.pk], **args)
+    after = chart_series.window_series([stage.pk], **args)
     point = next(a for t, a in after["control"] if t == row.window)
     assert point.latency == Buckets(counts={}, zero_count=row.requests)
-    assert after != before and after == sel.window_series_portable([stage.pk], **args)
+    assert after != before and after == chart_series.window_series_portable([stage.pk], **args)
 
 
 def test_one_query_whether_the_hours_are_kept_or_read(django_assert_num_queries) -> None:
@@ -188,10 +190,10 @@ def test_one_query_whether_the_hours_are_kept_or_read(django_assert_num_queries)
     _traffic(stage.pk, start=start, minutes=180)
     args = {"since": start, "until": timezone.now() + timedelta(minutes=1), "step_minutes": 2}
     with django_assert_num_queries(1):
-        cold = sel.window_series([stage.pk], **args)
+        cold = chart_series.window_series([stage.pk], **args)
     with django_assert_num_queries(1):
-        warm = sel.window_series([stage.pk], **args)
-    assert cold == warm == sel.window_series_portable([stage.pk], **args)
+        warm = chart_series.window_series([stage.pk], **args)
+    assert cold == warm == chart_series.window_series_portable([stage.pk], **args)
     assert len(warm["control"]) > 80
 
 
@@ -201,15 +203,15 @@ def test_the_cache_drops_the_least_recently_used_hours_past_its_size() -> None:
     start = window_start(timezone.now() - timedelta(hours=3))
     _traffic(stage.pk, start=start, minutes=180)
     args = {"since": start, "until": timezone.now() + timedelta(minutes=1), "step_minutes": 5}
-    expected = sel.window_series_portable([stage.pk], **args)
-    small = blocks._Cache(max_pairs=1)
-    original, blocks.CACHE = blocks.CACHE, small
+    expected = chart_series.window_series_portable([stage.pk], **args)
+    small = window_cache._Cache(max_pairs=1)
+    original, window_cache.CACHE = window_cache.CACHE, small
     try:
-        assert sel.window_series([stage.pk], **args) == expected
+        assert chart_series.window_series([stage.pk], **args) == expected
         assert len(small) == 1  # one hour larger than the budget is kept, not more
-        assert sel.window_series([stage.pk], **args) == expected
+        assert chart_series.window_series([stage.pk], **args) == expected
     finally:
-        blocks.CACHE = original
+        window_cache.CACHE = original
 
 
 def test_many_bins_merge_by_sorting_to_the_same_figures(monkeypatch) -> None:
@@ -218,7 +220,7 @@ def test_many_bins_merge_by_sorting_to_the_same_figures(monkeypatch) -> None:
     start = window_start(timezone.now() - timedelta(hours=3, minutes=20))
     _traffic(stage.pk, start=start, minutes=200)
     args = {"since": start, "until": timezone.now() + timedelta(minutes=1), "step_minutes": 1}
-    expected = sel.window_series_portable([stage.pk], **args)
-    monkeypatch.setattr(blocks, "DENSE_CELLS", 0)  # as if bins x keys were past the table
-    assert sel.window_series([stage.pk], **args) == expected
+    expected = chart_series.window_series_portable([stage.pk], **args)
+    monkeypatch.setattr(window_cache, "DENSE_CELLS", 0)  # as if bins x keys were past the table
+    assert chart_series.window_series([stage.pk], **args) == expected
     assert sum(len(points) for points in expected.values()) > 300

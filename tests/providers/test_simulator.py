@@ -4,10 +4,12 @@ two ways to start it as a process."""
 
 from __future__ import annotations
 
+import socketserver
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
 
 import anthropic
 import httpx
@@ -19,6 +21,7 @@ from google.genai import types as genai_types
 from turnout.providers import NO_RETRY, Provider, Request
 
 from migrations_app.simulator import Profile, Simulator
+from migrations_app.simulator import server as simulator_server
 from tests.conftest import ROOT, free_port, stop, wait_for_port
 
 ASK = Request(messages=[{"role": "user", "content": "ping"}])
@@ -219,20 +222,79 @@ def test_seeded_runs_are_reproducible() -> None:
     assert {"server_error", "rate_limited", None} == set(first)
 
 
-def test_hundreds_of_slow_requests_are_served_at_once(sim: Simulator, make: Make) -> None:
-    sim.set_profile("slow", {"latency_median_ms": 200, "latency_p95_ms": 250})
-    provider = make("openai-chat", model="slow", retry=NO_RETRY)
+def _all_within(
+    call: Callable[[], object], *, count: int, threads: int, patience_s: float
+) -> list[object]:
+    """``count`` calls from ``threads`` threads, and their results; fails once ``patience_s``
+    has passed with calls still unanswered (so a server that never answers fails the test
+    instead of hanging it; nothing is timed)."""
+    pool = ThreadPoolExecutor(max_workers=threads)
+    futures = [pool.submit(call) for _ in range(count)]
+    _, pending = wait(futures, timeout=patience_s)
+    try:
+        assert not pending, f"{len(pending)} of {count} calls unanswered after {patience_s:.1f} s"
+        return [f.result() for f in futures]
+    finally:
+        pool.shutdown(wait=not pending, cancel_futures=True)
 
-    with ThreadPoolExecutor(max_workers=200) as pool:
-        results = list(pool.map(lambda _: provider.complete(ASK), range(400)))
 
-    assert all(r.ok and r.text == "You said: ping" for r in results)
+CHAT = {"model": "gathered", "messages": [{"role": "user", "content": "ping"}]}
+# One connection per call (no client pool to queue behind), and no keep-alive for a serial
+# server to sit on.
+HEADERS = {"Authorization": "Bearer k", "Connection": "close"}
+# Patience, not a speed limit: how long a broken server may keep the test waiting before it
+# fails. A concurrent server opens the gate as soon as the calls are in, however slowly they
+# come; a serial one never does, however long it is given.
+PATIENCE_S = 120.0
+
+
+def _chat(url: str) -> Callable[[], int]:
+    def call() -> int:
+        return httpx.post(
+            url + "/v1/chat/completions", json=CHAT, headers=HEADERS, timeout=PATIENCE_S
+        ).status_code
+
+    return call
+
+
+def test_hundreds_of_requests_are_inside_the_server_at_once(sim: Simulator) -> None:
+    """With ``gather`` = 100 no request is answered until 100 are inside the server together:
+    every call answered proves it held 100 at once (twice over: 200 calls, two openings).
+    Nothing is timed, so a loaded machine passes and a serial server cannot."""
+    sim.set_profile("gathered", {"gather": 100, "latency_median_ms": 0, "latency_p95_ms": 0})
+
+    results = _all_within(_chat(sim.url), count=200, threads=100, patience_s=PATIENCE_S)
+
+    assert results == [200] * 200
     stats = sim.stats()
-    assert stats["models"]["slow"]["requests"] == 400
-    # Served concurrently, not one after another: most of the 200 client threads were waiting
-    # on the simulator at the same moment (a serial server would show a peak of 1).
-    assert stats["peak_in_flight"] >= 100
-    assert stats["in_flight"] == 0
+    assert stats["gathered"] == {"gathered": 2}
+    assert stats["peak_in_flight"] >= 100 and stats["in_flight"] == 0
+    with pytest.raises(ValueError, match="gather"):
+        sim.set_profile("gathered", {"gather": -1})
+
+
+class _SerialServer(simulator_server._Server):
+    """The simulator's server answering one connection at a time, as a server without
+    threads would."""
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        socketserver.TCPServer.process_request(self, request, client_address)
+
+
+def test_a_server_answering_one_at_a_time_never_opens_the_gate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check above against a serial server: the first call is held for company that can
+    never come in, so none is answered, whatever the patience (3 s here)."""
+    monkeypatch.setattr(simulator_server, "_Server", _SerialServer)
+    serial = Simulator(default=Profile(latency_median_ms=0, latency_p95_ms=0, gather=5)).start()
+    try:
+        with pytest.raises(AssertionError, match="5 of 5 calls unanswered after 3.0 s"):
+            _all_within(_chat(serial.url), count=5, threads=5, patience_s=3.0)
+        stats = serial.stats()
+        assert (stats["peak_in_flight"], stats["gathered"]) == (1, {})
+    finally:
+        serial.stop()  # opens the gate for the call held in it, then stops
 
 
 # --- processes ---
@@ -245,6 +307,7 @@ def test_hundreds_of_slow_requests_are_served_at_once(sim: Simulator, make: Make
         [sys.executable, "manage.py", "simulate_providers"],
     ],
 )
+@pytest.mark.live
 def test_runs_as_a_process(command: list[str]) -> None:
     port = free_port()
     proc = subprocess.Popen([*command, "--port", str(port), "--seed", "1"], cwd=ROOT)

@@ -1,6 +1,6 @@
 """A stand-in control plane for the SDK tests: a stdlib HTTP server in a thread that speaks
-docs/contracts.md exactly (config with ETag/304, the SSE stream, outcomes, feedback and shadow
-samples with gzip bodies) and can be told to fail, hang or rate-limit. It records what it received.
+docs/contracts.md exactly (config with ETag/304, the SSE stream, outcomes, feedback, shadow and
+judge samples with gzip bodies) and can be told to fail, hang or rate-limit. It records what it received.
 
 The real server has its own tests of the same contract (tests/api, tests/sdk/*_live.py);
 these run without Django, PostgreSQL or Redis: ``pytest -p no:django tests/sdk``.
@@ -89,8 +89,16 @@ class FakeTurnout:
         self.config_delay = 0.0
         self.config_body: bytes | None = None  # raw override, e.g. malformed JSON
         self.stream_status = 200
+        # Extra headers on config answers and on a refused stream (Turnout-Stream-URL).
+        self.config_headers: dict[str, str] = {}
+        self.stream_headers: dict[str, str] = {}
         self.stream_with_snapshot = True
         self.down = False  # drop every connection without an answer
+        # While down, hold each connection unanswered until this opens (a server that hangs).
+        self.down_until: threading.Event | None = None
+        # A report batch holding an event this says yes to is answered 500, every time: an
+        # event the server cannot store (a "poison" event).
+        self.poison: Callable[[dict[str, Any]], bool] | None = None
         self.streams: list[queue.Queue[bytes | None]] = []
         self.requests: list[dict[str, Any]] = []  # every request: method, path, headers, status
         # Scripted answers per path, used first-in first-out before the normal 200.
@@ -99,7 +107,9 @@ class FakeTurnout:
         self.stored: dict[str, list[dict[str, Any]]] = {
             "outcomes": [],
             "feedback": [],
+            "metrics": [],
             "shadow": [],
+            "judge": [],
         }
         self.stored_ids: set[str] = set()
         self.duplicates = 0
@@ -228,6 +238,8 @@ class FakeTurnout:
 
             def _drop_if_down(self) -> bool:
                 if fake.down:
+                    if fake.down_until is not None:
+                        fake.down_until.wait()
                     self._record(0)
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -254,19 +266,25 @@ class FakeTurnout:
                     return
                 etag = f'"{fake.version}"'
                 if self.headers.get("If-None-Match") == etag:
-                    self._send(304, headers={"ETag": etag})
+                    self._send(304, headers={"ETag": etag, **fake.config_headers})
                     return
                 body = (
                     fake.config_body
                     if fake.config_body is not None
                     else json.dumps(fake.snapshot).encode()
                 )
-                self._send(200, body, {"Content-Type": "application/json", "ETag": etag})
+                self._send(
+                    200,
+                    body,
+                    {"Content-Type": "application/json", "ETag": etag, **fake.config_headers},
+                )
 
             def _stream(self) -> None:
                 if fake.stream_status != 200:
                     self._json(
-                        fake.stream_status, {"code": "error", "message": "no stream", "details": {}}
+                        fake.stream_status,
+                        {"code": "error", "message": "no stream", "details": {}},
+                        fake.stream_headers,
                     )
                     return
                 self._record(200)
@@ -309,7 +327,9 @@ class FakeTurnout:
                 kind = {
                     "/api/v1/outcomes": "outcomes",
                     "/api/v1/feedback": "feedback",
+                    "/api/v1/metrics": "metrics",
                     "/api/v1/shadow-samples": "shadow",
+                    "/api/v1/judge-samples": "judge",
                 }.get(self.path)
                 if kind is None:
                     self._json(404, {"code": "not_found", "message": "Not found.", "details": {}})
@@ -320,6 +340,9 @@ class FakeTurnout:
                 payload = json.loads(body)
                 scripted = fake.script.get(self.path)
                 status, headers, store = scripted.popleft() if scripted else (200, {}, True)
+                listed = payload["samples"] if kind in ("shadow", "judge") else payload["events"]
+                if fake.poison is not None and any(fake.poison(e) for e in listed):
+                    status, headers, store = 500, {}, False
                 with fake.lock:
                     fake.batches.append(
                         {
@@ -333,7 +356,6 @@ class FakeTurnout:
                     )
                 stored = duplicates = 0
                 with fake.lock:
-                    listed = payload["samples"] if kind == "shadow" else payload["events"]
                     for event in listed if store else []:
                         if event["id"] in fake.stored_ids:
                             duplicates += 1

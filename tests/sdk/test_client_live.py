@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import turnout
 
-from migrations_app import plans
-from migrations_app.apikeys import apikey_create
+from migrations_app.api.keys import apikey_create
+from migrations_app.plans import lifecycle
 from tests.conftest import eventually, free_port
 from tests.factories import make_plan, person
 
@@ -31,7 +31,7 @@ def key(transactional_db: None) -> str:
 @pytest.fixture
 def running_plan(transactional_db: None) -> str:
     plan = make_plan("chat")
-    plans.plan_start(plan_key=plan.key, actor=person())  # shadow phase: everyone on control
+    lifecycle.plan_start(plan_key=plan.key, actor=person())  # shadow phase: everyone on control
     return plan.key
 
 
@@ -42,7 +42,7 @@ def test_a_change_reaches_a_connected_client_through_sse(
         assert _arms(client) == {"control"}
         shadowed = [client.decide("chat", u) for u in UNITS]
         assert any(d.shadow for d in shadowed) and all(d.reason == "SPLIT" for d in shadowed)
-        plans.plan_complete(plan_key="chat", actor=person(), reason="ship it")
+        lifecycle.plan_complete(plan_key="chat", actor=person(), reason="ship it")
         # Polling is an hour away: only the stream can bring this.
         assert eventually(lambda: _arms(client) == {"candidate"})
 
@@ -52,7 +52,7 @@ def test_with_the_stream_down_polling_brings_the_change(
 ) -> None:
     with turnout.Client(live_server_process, key, stream=False, poll_interval=0.3) as client:
         assert _arms(client) == {"control"}
-        plans.plan_complete(plan_key="chat", actor=person())
+        lifecycle.plan_complete(plan_key="chat", actor=person())
         assert eventually(lambda: _arms(client) == {"candidate"})
 
 
@@ -61,7 +61,7 @@ def test_server_down_serves_the_last_known_good_snapshot(
 ) -> None:
     lkg = tmp_path / "turnout-snapshot.json"
     server = live_server_factory()
-    plans.plan_complete(plan_key="chat", actor=person())
+    lifecycle.plan_complete(plan_key="chat", actor=person())
     with turnout.Client(server.url, key, lkg_path=lkg) as client:
         assert _arms(client) == {"candidate"}
     assert lkg.exists()
@@ -95,14 +95,14 @@ def test_after_fork_the_child_keeps_receiving_changes(
             os.close(read_end)
             os.read(go_read, 1)
             seen = eventually(lambda: _arms(client) == {"candidate"})
-            ids = {client.decide("chat", "u").decision_id[:12], client._id_prefix}
-            os.write(write_end, b"ok" if seen and len(ids) == 1 else b"no")
+            decided = client.decide("chat", "u").decision_id
+            os.write(write_end, b"ok" if seen and len(decided) == 32 else b"no")
             status = 0
         finally:
             os._exit(status)
     os.close(write_end)
     time.sleep(1.0)  # let the child's refresher reconnect its stream
-    plans.plan_complete(plan_key="chat", actor=person())
+    lifecycle.plan_complete(plan_key="chat", actor=person())
     os.write(go_write, b"x")
     answer = os.read(read_end, 2)
     os.waitpid(pid, 0)
@@ -118,7 +118,7 @@ def test_the_real_openfeature_ofrep_client_agrees_with_decide(
     from openfeature.contrib.provider.ofrep import OFREPProvider
     from openfeature.evaluation_context import EvaluationContext
 
-    plans.plan_advance(plan_key="chat", actor=person())  # A/B 10 %
+    lifecycle.plan_advance(plan_key="chat", actor=person())  # A/B 10 %
     api.set_provider(
         OFREPProvider(
             live_server_process, headers_factory=lambda: {"Authorization": f"Bearer {key}"}

@@ -67,8 +67,11 @@ def setup(
         control: dict[str, Any] | None = None,
         candidate: dict[str, Any] | None = None,
         fallback: bool | None = None,
+        answer_schema: dict[str, Any] | None = None,
     ) -> turnout.Client:
         entry = plan_entry(status=status, weight_bp=weight_bp, shadow_bp=shadow_bp)
+        if answer_schema is not None:
+            entry["answer_schema"] = answer_schema
         entry["control"] = control or sim_arm(sim, CONTROL)
         entry["candidate"] = candidate or sim_arm(sim, CANDIDATE)
         if fallback is not None:
@@ -462,3 +465,41 @@ def test_snapshot_fields_are_optional_and_checked() -> None:
         assert caught.value.details["field"] == "chat.candidate.context_window"
     with pytest.raises(SnapshotError):
         routing.parse_plan({**old, "fallback_to_control": "yes"})
+
+
+# --- the answer checks go with the outcome (issue 15) --------------------------------------
+
+
+def test_the_served_answer_s_checks_travel_as_the_outcome_s_metrics(
+    setup: Any, sim: Simulator, fake: FakeTurnout
+) -> None:
+    client = setup(weight_bp=0)
+    answer = client.complete("chat", "user-1", messages=HELLO)
+    (outcome,) = sent(client, fake)
+    assert outcome["metrics"] == {
+        "refusal": 0, "empty_answer": 0, "answer_chars": len(answer.text), "truncated": 0,
+    }  # fmt: skip
+
+
+def test_json_and_the_plan_s_schema_are_checked(
+    setup: Any, sim: Simulator, fake: FakeTurnout
+) -> None:
+    schema = {"type": "object", "required": ["answer"]}
+    client = setup(weight_bp=10_000, answer_schema=schema)
+    sim.set_profile(CANDIDATE, {"answer": "degraded"})
+    client.complete("chat", "user-6", messages=HELLO, json_schema={})
+    sim.set_profile(CANDIDATE, {"answer": "refusal"})
+    client.complete("chat", "user-7", messages=HELLO)
+    degraded, refused = sent(client, fake)
+    assert degraded["error"] == "invalid_output"
+    assert (degraded["metrics"]["json_valid"], degraded["metrics"]["schema_valid"]) == (0, 0)
+    assert refused["metrics"]["refusal"] == 1 and refused["metrics"]["schema_valid"] == 0
+    assert "json_valid" not in refused["metrics"]  # JSON was not asked for
+
+
+def test_a_call_with_no_answer_has_no_checks(setup: Any, sim: Simulator, fake: FakeTurnout) -> None:
+    client = setup(weight_bp=10_000, fallback=False)
+    sim.set_profile(CANDIDATE, {"errors": {"overloaded": 1.0}})
+    client.complete("chat", "user-8", messages=HELLO)
+    (outcome,) = sent(client, fake)
+    assert outcome["error"] == "overloaded" and "metrics" not in outcome

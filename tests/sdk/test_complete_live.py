@@ -11,8 +11,7 @@ import pytest
 import turnout
 from turnout.providers import RetryPolicy
 
-from migrations_app import aggregation, plans
-from migrations_app.apikeys import apikey_create
+from migrations_app.api.keys import apikey_create
 from migrations_app.models import (
     Feedback,
     ModelSpec,
@@ -22,6 +21,8 @@ from migrations_app.models import (
     ShadowSample,
     StageAggregate,
 )
+from migrations_app.outcomes import aggregation
+from migrations_app.plans import lifecycle
 from migrations_app.simulator import Simulator
 from tests.conftest import eventually
 from tests.factories import make_plan, person
@@ -60,7 +61,7 @@ def test_complete_end_to_end_shadow_fallback_and_context_window(
     ModelSpec.objects.filter(model_id=CANDIDATE).update(context_window=1000)
     plan = make_plan("chat")
     PlanPhase.objects.filter(plan=plan, kind="shadow").update(percent=100.0)
-    plans.plan_start(plan_key=plan.key, actor=person())
+    lifecycle.plan_start(plan_key=plan.key, actor=person())
     key = apikey_create(name="app", scopes=["decide", "report"])[1]
 
     with turnout.Client(
@@ -78,7 +79,7 @@ def test_complete_end_to_end_shadow_fallback_and_context_window(
         assert sample.request["messages"] == ASK
         assert sim.stats()["models"].get(CANDIDATE) is None  # no worker runs in this test
 
-        plans.plan_advance(plan_key="chat", actor=person())  # A/B split: 10 % candidate
+        lifecycle.plan_advance(plan_key="chat", actor=person())  # A/B split: 10 % candidate
         assert eventually(lambda: client.snapshot.plans["chat"].weight_bp == 1000)
         plan.refresh_from_db()
         stage = plan.current_stage

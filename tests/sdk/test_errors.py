@@ -19,6 +19,16 @@ from turnout import errors
         (409, "illegal_transition", turnout.IllegalTransition),
         (409, "version_conflict", turnout.IllegalTransition),
         (404, "not_found", turnout.NotFound),
+        # Codes without a class of their own land in their family.
+        (413, "payload_too_large", turnout.PayloadTooLarge),
+        (413, "batch_too_large", turnout.PayloadTooLarge),
+        (404, "unknown_action", turnout.NotFound),
+        (421, "stream_not_served_here", turnout.Misdirected),
+        (409, "routing_frozen", turnout.IllegalTransition),
+        (409, "plan_not_startable", turnout.IllegalTransition),
+        (409, "start_warnings", turnout.IllegalTransition),
+        (409, "person_required", turnout.Forbidden),
+        (405, "method_not_allowed", turnout.InvalidRequest),
     ],
 )
 def test_codes_map_to_classes(status: int, code: str, cls: type[turnout.TurnoutError]) -> None:

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 import turnout
 
-from migrations_app import plans
-from migrations_app.apikeys import apikey_create
+from migrations_app.api.keys import apikey_create
 from migrations_app.models import (
     MigrationPlan,
     PlanPhase,
@@ -22,9 +21,10 @@ from migrations_app.models import (
     ShadowStatus,
     StageAggregate,
 )
-from migrations_app.shadow import SCORE_KEYS
+from migrations_app.plans import lifecycle
+from migrations_app.shadow.pipeline import SCORE_KEYS
+from migrations_app.shadow.tasks import sweep_shadow
 from migrations_app.simulator import Simulator
-from migrations_app.tasks import sweep_shadow
 from tests.conftest import celery_process, eventually
 from tests.factories import make_plan, person
 
@@ -53,7 +53,7 @@ def test_500_samples_compared_once_each_through_a_worker_killed_mid_run(
     ProviderConnection.objects.filter(name="anthropic").update(base_url=sim.url)
     plan = make_plan("support-chat")
     PlanPhase.objects.filter(plan=plan, kind="shadow").update(percent=100.0)
-    plans.plan_start(plan_key=plan.key, actor=person())
+    lifecycle.plan_start(plan_key=plan.key, actor=person())
     plan.refresh_from_db()
     stage = plan.current_stage
     key = apikey_create(name="app", scopes=["decide", "report"])[1]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 from turnout.providers import Adapters
 
-from migrations_app import limits, shadow
 from migrations_app.models import (
     ModelSpec,
     ProviderConnection,
@@ -15,6 +14,8 @@ from migrations_app.models import (
     ShadowSample,
     ShadowStatus,
 )
+from migrations_app.shadow import calls, claims, pipeline, provider_limits
+from migrations_app.shadow.judge import compare_answers
 from migrations_app.simulator import Simulator
 from tests.shadow.test_shadow import ingest, same, sample, shadow_plan
 
@@ -27,7 +28,7 @@ CANDIDATE = "claude-sonnet-4-20250514"
 def candidate_at_simulator(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> Simulator:
     ProviderConnection.objects.filter(name="anthropic").update(base_url=sim.url)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
-    monkeypatch.setattr(shadow, "_adapters", Adapters())  # adapters for this simulator
+    monkeypatch.setattr(calls, "_adapters", Adapters())  # adapters for this simulator
     return sim
 
 
@@ -41,8 +42,10 @@ def test_the_candidate_is_called_through_its_adapter_with_the_arms_settings(
     )
     events = [sample(plan) for _ in range(12)]
     ingest(*events)
-    counts = shadow.shadow_run([e["id"] for e in events], call=shadow.provider_call, compare=same)
-    assert counts == {"claimed": 12, "done": 12, "lost": 0, "released": 0, "skipped": 0}
+    counts = pipeline.shadow_run([e["id"] for e in events], call=calls.provider_call, compare=same)
+    assert counts == {
+        "claimed": 12, "done": 12, "lost": 0, "released": 0, "skipped": 0, "failed": 0
+    }  # fmt: skip
     assert candidate_at_simulator.stats()["models"][CANDIDATE]["requests"] == 12
 
     wire = candidate_at_simulator.last_request(CANDIDATE)
@@ -67,7 +70,7 @@ def test_vendor_errors_are_candidate_failures(candidate_at_simulator: Simulator)
     plan = shadow_plan()
     event = sample(plan)
     ingest(event)
-    shadow.shadow_run([event["id"]], call=shadow.provider_call, compare=same)
+    pipeline.shadow_run([event["id"]], call=calls.provider_call, compare=same)
     stored = ShadowSample.objects.get(pk=event["id"])
     assert (stored.status, stored.candidate["error"]) == (ShadowStatus.DONE, "auth")
     assert ShadowAggregate.objects.get(stage=plan.current_stage).data["candidate_only"] == 1
@@ -79,8 +82,8 @@ def test_calls_stay_inside_the_providers_shared_limit(candidate_at_simulator: Si
     plan = shadow_plan()
     events = [sample(plan) for _ in range(24)]
     ingest(*events)
-    counts = shadow.shadow_run(
-        [e["id"] for e in events], call=shadow.provider_call, compare=same, concurrency=12
+    counts = pipeline.shadow_run(
+        [e["id"] for e in events], call=calls.provider_call, compare=same, concurrency=12
     )
     assert counts["done"] == 24
     assert 2 <= candidate_at_simulator.stats()["peak_in_flight"] <= 3
@@ -91,14 +94,14 @@ def test_no_free_slot_gives_the_sample_back_untouched(
 ) -> None:
     settings.TURNOUT_SHADOW_LEASE_SECONDS = 0.4  # the slot wait is a quarter of the lease
     ProviderConnection.objects.filter(name="anthropic").update(max_concurrent_calls=1)
-    limits._try_redis(limits.Limit("anthropic", 1), "another-worker", 30.0)
+    provider_limits._try_redis(provider_limits.Limit("anthropic", 1), "another-worker", 30.0)
     try:
         plan = shadow_plan()
         event = sample(plan)
         ingest(event)
-        counts = shadow.shadow_run([event["id"]], call=shadow.provider_call, compare=same)
+        counts = pipeline.shadow_run([event["id"]], call=calls.provider_call, compare=same)
     finally:
-        limits._release_redis(limits.Limit("anthropic", 1), "another-worker")
+        provider_limits._release_redis(provider_limits.Limit("anthropic", 1), "another-worker")
     assert counts["released"] == 1
     stored = ShadowSample.objects.get(pk=event["id"])
     assert (stored.status, stored.lease_until, stored.candidate_cost_usd) == (
@@ -108,7 +111,7 @@ def test_no_free_slot_gives_the_sample_back_untouched(
     )
     assert candidate_at_simulator.stats()["requests"] == 0
     # The next attempt, with the slot free, completes it.
-    again = shadow.shadow_run([event["id"]], call=shadow.provider_call, compare=same)
+    again = pipeline.shadow_run([event["id"]], call=calls.provider_call, compare=same)
     assert again["done"] == 1
 
 
@@ -119,7 +122,7 @@ def test_a_candidate_the_workers_cannot_call_is_skipped_with_the_reason(
     plan = shadow_plan()
     event = sample(plan)
     ingest(event)
-    counts = shadow.shadow_run([event["id"]], call=shadow.provider_call, compare=same)
+    counts = pipeline.shadow_run([event["id"]], call=calls.provider_call, compare=same)
     assert counts["skipped"] == 1
     stored = ShadowSample.objects.get(pk=event["id"])
     assert stored.status == ShadowStatus.SKIPPED
@@ -141,8 +144,8 @@ def test_the_plans_judge_says_which_answer_is_better_in_a_random_order(
     plan = shadow_plan(judge_model=judge)
     events = [sample(plan) for _ in range(40)]
     ingest(*events)
-    counts = shadow.shadow_run(
-        [e["id"] for e in events], call=shadow.provider_call, compare=shadow.compare_answers
+    counts = pipeline.shadow_run(
+        [e["id"] for e in events], call=calls.provider_call, compare=compare_answers
     )
     assert counts["done"] == 40
     assert candidate_at_simulator.stats()["models"][judge.model_id]["requests"] == 40
@@ -165,7 +168,7 @@ def test_a_judge_that_cannot_be_called_leaves_the_pair_counted(
     plan = shadow_plan(judge_model=judge)
     event = sample(plan)
     ingest(event)
-    shadow.shadow_run([event["id"]], call=shadow.provider_call, compare=shadow.compare_answers)
+    pipeline.shadow_run([event["id"]], call=calls.provider_call, compare=compare_answers)
     stored = ShadowSample.objects.get(pk=event["id"])
     assert stored.status == ShadowStatus.DONE
     assert stored.comparison["judge"]["error"] == "not_called"
@@ -173,3 +176,48 @@ def test_a_judge_that_cannot_be_called_leaves_the_pair_counted(
     data = ShadowAggregate.objects.get(stage=plan.current_stage).data
     assert data["n"] == 1 and "judge_score_n" not in data
     assert data["similarity_n"] == 1
+
+
+def stored_sample(plan, params: dict) -> str:
+    """A sample as a report key could store it before params were checked at ingest."""
+    event = sample(plan)
+    ingest(event)
+    ShadowSample.objects.filter(pk=event["id"]).update(
+        request={**event["request"], "params": params}
+    )
+    return str(event["id"])
+
+
+def test_a_sample_with_params_the_vendor_sdk_refuses_fails_alone_without_a_call(
+    candidate_at_simulator: Simulator,
+) -> None:
+    """``{"timeout": 1}`` went to the vendor SDK as a second ``timeout`` keyword: TypeError,
+    and the batch's other answers (called and paid for) were thrown away, again at each
+    sweep. The worker checks a stored sample's params too: the bad one fails, unsent."""
+    plan = shadow_plan()
+    bad = stored_sample(plan, {"timeout": 1, "temperature": 0.3})
+    good = [e["id"] for e in (sample(plan) for _ in range(5)) if ingest(e).stored]
+    counts = pipeline.shadow_run([bad, *good], call=calls.provider_call, compare=same)
+    assert counts["done"] == 5 and counts["failed"] == 1
+    assert candidate_at_simulator.stats()["models"][CANDIDATE]["requests"] == 5
+    failed = ShadowSample.objects.get(pk=bad)
+    assert failed.status == ShadowStatus.FAILED
+    assert "timeout" in failed.skip_reason and failed.candidate_cost_usd is None
+    assert ShadowAggregate.objects.get(stage=plan.current_stage).data["n"] == 5
+    assert claims.shadow_sweep() == []  # nothing left for the sweeper to repeat
+
+
+def test_the_applications_max_tokens_reaches_the_candidate_at_most_its_maximum_output(
+    candidate_at_simulator: Simulator,
+) -> None:
+    """A sample's max_tokens (the application's own setting for control) is replayed to a
+    candidate whose arm sets none, lowered to the candidate model's maximum output."""
+    plan = shadow_plan(candidate_params={"temperature": 0.7})
+    ceiling = plan.candidate_model.max_output_tokens
+    for sent, expected in ((77, 77), (ceiling + 1000, ceiling)):
+        event = sample(plan)
+        event["request"]["params"] = {"max_tokens": sent}
+        assert ingest(event).stored == 1
+        pipeline.shadow_run([event["id"]], call=calls.provider_call, compare=same)
+        wire = candidate_at_simulator.last_request(CANDIDATE)
+        assert wire is not None and wire.body["max_tokens"] == expected

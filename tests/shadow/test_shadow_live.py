@@ -7,17 +7,15 @@ from typing import Any
 import pytest
 import turnout
 
-from migrations_app import plans
-from migrations_app.apikeys import apikey_create
+from migrations_app.api.keys import apikey_create
 from migrations_app.models import MigrationPlan, ShadowSample
-from tests.factories import make_plan, person
+from tests.factories import started_plan
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 
 
 def test_the_sdk_sends_only_shadow_decisions_and_each_sample_once(live_server_process: str) -> None:
-    make_plan("chat")
-    plans.plan_start(plan_key="chat", actor=person())  # shadow 10 %
+    started_plan("chat")  # shadow 10 %
     key = apikey_create(name="app", scopes=["decide", "report"])[1]
     client = turnout.Client(live_server_process, key, flush_interval=0.1)
     shadowed: list[Any] = []

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from migrations_app.catalog import catalog_import_prices
+from migrations_app.plans.catalog import catalog_import_prices
 
 
 class Command(BaseCommand):

@@ -10,8 +10,10 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
-from migrations_app import plans
 from migrations_app.models import MigrationPlan
+from migrations_app.plans import edits, lifecycle
+from migrations_app.plans.phases import STANDARD_PLAYBOOK
+from migrations_app.plans.templates import playbook_text
 
 DEMO_PLAN = "support-chat"
 
@@ -34,10 +36,11 @@ class Command(BaseCommand):
                 f"{username} / (unchanged; set TURNOUT_ADMIN_PASSWORD and delete the user to reset)"
             )
         if not MigrationPlan.objects.filter(key=DEMO_PLAN).exists():
-            plans.plan_create(
+            edits.plan_create(
                 key=DEMO_PLAN,
                 name="Support chat: GPT-4o → Claude Sonnet 4",
-                description="Demo plan: the standard playbook (shadow 10 % → A/B 10 % → rollout 5/25/50/100).",
+                description="Demo plan: the standard playbook "
+                f"({playbook_text(STANDARD_PLAYBOOK, detail=False)}).",
                 control={
                     "model": "openai:gpt-4o-2024-08-06",
                     "params": {"temperature": 0.2, "max_tokens": 1024},
@@ -47,6 +50,6 @@ class Command(BaseCommand):
                     "params": {"temperature": 0.2, "max_tokens": 1024},
                 },
                 owner=user,
-                actor=plans.Actor.for_user(user),
+                actor=lifecycle.Actor.for_user(user),
             )
         self.stdout.write(self.style.SUCCESS(f"Admin login: {login}"))

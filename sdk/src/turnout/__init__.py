@@ -16,20 +16,20 @@ or let Turnout make the whole request (route, call, report, shadow, fall back):
     answer.text, answer.arm, answer.fell_back, answer.error
 """
 
-from turnout.client import (
+from turnout.client import Client, Completion, arm, estimate_tokens
+from turnout.contract import (
     ERROR_KINDS,
     FALLBACK_CANDIDATE_ERROR,
     FALLBACK_CONTEXT_WINDOW,
-    Client,
-    Completion,
-    arm,
-    estimate_tokens,
+    ErrorCode,
 )
 from turnout.errors import (
     Forbidden,
     IllegalTransition,
     InvalidRequest,
+    Misdirected,
     NotFound,
+    PayloadTooLarge,
     PlanNotFound,
     RateLimited,
     ServerError,
@@ -49,10 +49,13 @@ __all__ = [
     "Client",
     "Completion",
     "Decision",
+    "ErrorCode",
     "Forbidden",
     "IllegalTransition",
     "InvalidRequest",
+    "Misdirected",
     "NotFound",
+    "PayloadTooLarge",
     "PlanNotFound",
     "PlanSnapshot",
     "Prompt",

@@ -1,13 +1,27 @@
-"""On-call's command line: ``python -m turnout status|rollback|pause|resume|advance <plan>``.
+"""Turnout's command line, against the control plane's API (``/api/v1/plans/...``).
 
-Talks to the control plane's API (``/api/v1/plans/...``) with a key of the ``admin`` scope::
+On-call, with a key of the ``admin`` scope::
 
     export TURNOUT_URL=https://turnout.internal TURNOUT_API_KEY=tk_...
     python -m turnout status support-chat
     python -m turnout rollback support-chat --reason "p95 doubled after the deploy"
 
-Exit status: 0 done, 1 the server refused (its error code and message are printed),
-2 bad usage, 3 the server could not be reached.
+Plans as code (:mod:`turnout.plan_files`), with a key of the ``plans`` scope::
+
+    python -m turnout plan validate -f plans/*.yaml    # offline, against the JSON Schema
+    python -m turnout plan diff -f plans/support-chat.yaml
+    python -m turnout plan apply -f plans/support-chat.yaml
+    python -m turnout plan export support-chat > plans/support-chat.yaml
+    python -m turnout plan list
+
+A replay before any user sees the candidate (:mod:`turnout.replay_cli`), from CI::
+
+    python -m turnout replay support-chat --dataset support-tickets --wait
+
+Exit status: 0 done (``plan diff``: nothing would change), 1 the server refused or a file is
+not a valid plan (what is wrong is printed, by field path; ``replay --wait``: the replay did not
+pass), 2 bad usage (``plan diff``: some
+plan would change), 3 the server could not be reached.
 """
 
 from __future__ import annotations
@@ -20,6 +34,9 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 import httpx
+
+from turnout import plan_files, replay_cli
+from turnout.contract import PLANS_PATH
 
 ACTIONS = ("rollback", "pause", "resume", "advance")
 
@@ -47,6 +64,32 @@ def _parser() -> argparse.ArgumentParser:
             type=int,
             help="refuse if the plan changed since you looked at this version",
         )
+    plan = sub.add_parser("plan", help="plans as code: validate, diff, apply, export, list")
+    verbs = plan.add_subparsers(dest="verb", required=True)
+    for verb, what in (
+        ("validate", "check plan files against the schema, offline"),
+        ("diff", "what applying the files would change (exit 2 when something would)"),
+        ("apply", "make each plan what its file says (create or update; idempotent)"),
+    ):
+        v = verbs.add_parser(verb, help=what)
+        v.add_argument(
+            "-f", "--file", dest="files", nargs="+", required=True, metavar="FILE",
+            help="plan files, YAML (.yaml, .yml) or JSON",
+        )  # fmt: skip
+    export = verbs.add_parser("export", help="a plan as a file that applies back to it")
+    export.add_argument("plan")
+    export.add_argument("-o", "--output", help="write to this file (default: standard output)")
+    export.add_argument("--format", choices=("yaml", "json"), default=None)
+    verbs.add_parser("list", help="the plans this key sees, and where each is")
+    replay = sub.add_parser("replay", help="start a plan's replay; --wait: exit 0 on a pass")
+    replay.add_argument("plan")
+    replay.add_argument("--dataset", help="replay this dataset instead of the phase's")
+    replay.add_argument("--version", type=int, help="the dataset's version (default: latest)")
+    replay.add_argument("--wait", action="store_true", help="follow it to its verdict")
+    replay.add_argument("--poll", type=float, default=2.0, help="seconds between looks")
+    replay.add_argument(
+        "--max-wait", type=float, default=replay_cli.DEFAULT_MAX_WAIT, help="give up after (s)"
+    )
     return parser
 
 
@@ -73,14 +116,36 @@ def render_status(status: dict[str, Any]) -> str:
 
 
 def main(
-    argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+    argv: Sequence[str] | None = None,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+    transport: httpx.BaseTransport | None = None,
 ) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "plan" and args.verb == "validate":
+        return _validate(args.files, out, err)
     if not args.url or not args.api_key:
         print("error: set --url and --api-key (or TURNOUT_URL and TURNOUT_API_KEY)", file=err)
         return 2
-    base = args.url.rstrip("/") + f"/api/v1/plans/{args.plan}"
     headers = {"Authorization": f"Bearer {args.api_key}"}
+    if args.command == "replay":
+        client = httpx.Client(
+            base_url=args.url.rstrip("/"), headers=headers, timeout=args.timeout,
+            transport=transport,
+        )  # fmt: skip
+        with client:
+            return replay_cli.replay_command(
+                client, args.plan, dataset=args.dataset, version=args.version, wait=args.wait,
+                poll=args.poll, max_wait=args.max_wait, as_json=args.json, out=out, err=err,
+            )  # fmt: skip
+    if args.command == "plan":
+        http = httpx.Client(
+            base_url=args.url.rstrip("/"), headers=headers, timeout=args.timeout,
+            transport=transport,
+        )  # fmt: skip
+        with http:
+            return _plan_command(args, http, out, err)
+    base = args.url.rstrip("/") + f"{PLANS_PATH}/{args.plan}"
     try:
         if args.command == "status":
             response = httpx.get(base, headers=headers, timeout=args.timeout)
@@ -103,3 +168,134 @@ def main(
         return 1
     print(json.dumps(data, indent=2) if args.json else render_status(data), file=out)
     return 0
+
+
+# --- plans as code ----------------------------------------------------------------------------
+
+EXIT_CHANGES = 2
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, data: dict[str, Any]) -> None:
+        super().__init__(data.get("message"))
+        self.status = status
+        self.data = data
+
+
+def _call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    response = http.request(method, path, **kwargs)
+    try:
+        data = response.json()
+    except ValueError:
+        data = {"code": "bad_response", "message": response.text[:200]}
+    if response.status_code >= 400:
+        raise _Refused(response.status_code, data if isinstance(data, dict) else {})
+    return data if isinstance(data, dict) else {}
+
+
+def _refusal(name: str, exc: _Refused, err: TextIO) -> None:
+    print(f"{name}: error {exc.status} {exc.data.get('code')}: {exc.data.get('message')}", file=err)
+    fields = (exc.data.get("details") or {}).get("fields") or {}
+    for path, messages in fields.items():
+        for message in messages if isinstance(messages, list) else [messages]:
+            print(f"  {path}: {message}", file=err)
+
+
+def _read(name: str, err: TextIO) -> dict[str, Any] | None:
+    """A plan file's document, or None after printing why it is not a valid plan."""
+    try:
+        document = plan_files.load(name)
+    except plan_files.PlanFileError as exc:
+        print(f"error: {exc}", file=err)
+        return None
+    found = plan_files.problems(document)
+    if found:
+        print(f"{name}: not a valid plan file", file=err)
+        for problem in found:
+            print(f"  {problem}", file=err)
+        return None
+    return document
+
+
+def _validate(files: Sequence[str], out: TextIO, err: TextIO) -> int:
+    bad = [name for name in files if _read(name, err) is None]
+    for name in files:
+        if name not in bad:
+            print(f"{name}: valid", file=out)
+    return 1 if bad else 0
+
+
+def _value(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _print_changes(name: str, key: str, answer: dict[str, Any], out: TextIO) -> None:
+    changes = answer.get("changes") or []
+    if answer.get("created"):
+        verb = "would create" if answer.get("dry_run") else "created"
+        print(f"{name}: {verb} plan {key}", file=out)
+        return
+    if not changes:
+        print(f"{name}: plan {key} unchanged", file=out)
+        return
+    verb = "would change" if answer.get("dry_run") else "changed"
+    print(f"{name}: {verb} plan {key} ({len(changes)} fields)", file=out)
+    for change in changes:
+        print(f"  {change['path']}: {_value(change['from'])} -> {_value(change['to'])}", file=out)
+
+
+def _plan_command(args: argparse.Namespace, http: httpx.Client, out: TextIO, err: TextIO) -> int:
+    try:
+        if args.verb == "list":
+            answer = _call(http, "GET", PLANS_PATH)
+            for p in answer.get("plans", []):
+                where = f"{p['phase']} {p['weight_bp'] / 100:g} %" if p.get("phase") else "-"
+                print(f"{p['key']:<32} {p['status']:<12} v{p['version']:<5} {where}", file=out)
+            return 0
+        if args.verb == "export":
+            spec = _call(http, "GET", f"{PLANS_PATH}/{args.plan}")["spec"]
+            fmt = args.format or ("json" if (args.output or "").endswith(".json") else "yaml")
+            text = plan_files.dump(spec, fmt=fmt)
+            if args.output:
+                with open(args.output, "w", encoding="utf-8") as f:
+                    f.write(text)
+            else:
+                out.write(text)
+            return 0
+    except _Refused as exc:
+        _refusal(args.verb, exc, err)
+        return 1
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach {args.url}: {exc}", file=err)
+        return 3
+    return _apply_files(args, http, out, err)
+
+
+def _apply_files(args: argparse.Namespace, http: httpx.Client, out: TextIO, err: TextIO) -> int:
+    """``plan diff`` and ``plan apply``: each file PUT (``?dry_run=true`` for diff) in order;
+    every file is checked against the schema before any is sent."""
+    documents = [(name, _read(name, err)) for name in args.files]
+    if any(document is None for _, document in documents):
+        return 1
+    dry_run = args.verb == "diff"
+    changed = refused = False
+    for name, document in documents:
+        assert document is not None
+        key = str(document.get("key"))
+        try:
+            answer = _call(
+                http, "PUT", f"{PLANS_PATH}/{key}",
+                params={"dry_run": "true"} if dry_run else None, json=document,
+            )  # fmt: skip
+        except _Refused as exc:
+            _refusal(name, exc, err)
+            refused = True
+            continue
+        except httpx.HTTPError as exc:
+            print(f"error: cannot reach {args.url}: {exc}", file=err)
+            return 3
+        _print_changes(name, key, answer, out)
+        changed = changed or bool(answer.get("changed"))
+    if refused:
+        return 1
+    return EXIT_CHANGES if dry_run and changed else 0

@@ -13,9 +13,19 @@ from pathlib import Path
 from typing import Any
 
 VECTORS = Path(__file__).resolve().parents[2] / "conformance" / "routing-v1.json"
+#: Targeting (attributes, rules, cohorts, overrides): ``plans`` and ``vectors`` naming them by
+#: key, each with ``attributes`` and the ``now`` overrides expire against; see
+#: ``sdk/conformance/generate_targeting.py``.
+TARGETING_VECTORS = VECTORS.with_name("targeting-v1.json")
 
 
 def load_vectors() -> list[dict[str, Any]]:
     """Every vector of routing-v1.json, in file order."""
     vectors: list[dict[str, Any]] = json.loads(VECTORS.read_text(encoding="utf-8"))["vectors"]
     return vectors
+
+
+def load_targeting() -> dict[str, Any]:
+    """targeting-v1.json: ``now``, ``plans`` (snapshot entries) and ``vectors``."""
+    data: dict[str, Any] = json.loads(TARGETING_VECTORS.read_text(encoding="utf-8"))
+    return data

@@ -8,7 +8,10 @@ The server renders every error as ``{"code", "message", "details"}`` (docs/contr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from turnout.contract import ErrorCode
 
 
 class TurnoutError(Exception):
@@ -78,6 +81,20 @@ class IllegalTransition(TurnoutError):
     code = "illegal_transition"
 
 
+class PayloadTooLarge(TurnoutError):
+    """413: the body (``payload_too_large``) or the batch (``batch_too_large``, ``details``
+    has the ``max``) is over the server's limit; a smaller one may pass."""
+
+    code = "payload_too_large"
+
+
+class Misdirected(TurnoutError):
+    """421: this server does not serve the path (``stream_not_served_here``: the change
+    stream); ``details["stream_url"]`` names the server that does, or is ``None``."""
+
+    code = "stream_not_served_here"
+
+
 class RateLimited(TurnoutError):
     """429: too many requests; ``retry_after`` is the server's ``Retry-After`` in seconds."""
 
@@ -102,37 +119,50 @@ class ServerError(TurnoutError):
     code = "server_error"
 
 
-_BY_CODE: dict[str, type[TurnoutError]] = {
-    cls.code: cls
-    for cls in (
-        InvalidRequest,
-        Unauthorized,
-        Forbidden,
-        NotFound,
-        PlanNotFound,
-        IllegalTransition,
-        RateLimited,
-        ServerError,
-    )
+#: The class of every code the server answers (turnout.contract.ErrorCode); variants of a class
+#: share it, and a caller catches the class and reads ``.code``. ``error`` is the server's word
+#: for "no code of its own": the status decides (see :func:`from_response`).
+CLASS_BY_CODE: Mapping[ErrorCode, type[TurnoutError]] = {
+    ErrorCode.VALIDATION_FAILED: InvalidRequest,
+    ErrorCode.PARSE_ERROR: InvalidRequest,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: InvalidRequest,
+    ErrorCode.NOT_ACCEPTABLE: InvalidRequest,
+    ErrorCode.METHOD_NOT_ALLOWED: InvalidRequest,
+    ErrorCode.UNAUTHENTICATED: Unauthorized,
+    ErrorCode.FORBIDDEN: Forbidden,
+    # A 409 from the server, but what it says is who may act: a person, not a key.
+    ErrorCode.PERSON_REQUIRED: Forbidden,
+    ErrorCode.NOT_FOUND: NotFound,
+    ErrorCode.PLAN_NOT_FOUND: PlanNotFound,
+    ErrorCode.UNKNOWN_ACTION: NotFound,
+    ErrorCode.DATASET_NOT_FOUND: NotFound,
+    ErrorCode.REPLAY_NOT_FOUND: NotFound,
+    ErrorCode.ILLEGAL_TRANSITION: IllegalTransition,
+    ErrorCode.VERSION_CONFLICT: IllegalTransition,
+    ErrorCode.NO_NEXT_STEP: IllegalTransition,
+    ErrorCode.ROUTING_FROZEN: IllegalTransition,
+    ErrorCode.PLAN_NOT_STARTABLE: IllegalTransition,
+    ErrorCode.START_WARNINGS: IllegalTransition,
+    ErrorCode.DATASET_IN_USE: IllegalTransition,
+    ErrorCode.DATASET_NAME_TAKEN: IllegalTransition,
+    ErrorCode.NO_REPLAY_PHASE: IllegalTransition,
+    ErrorCode.PAYLOAD_TOO_LARGE: PayloadTooLarge,
+    ErrorCode.BATCH_TOO_LARGE: PayloadTooLarge,
+    ErrorCode.STREAM_NOT_SERVED_HERE: Misdirected,
+    ErrorCode.RATE_LIMITED: RateLimited,
+    ErrorCode.ERROR: TurnoutError,
 }
-# Codes that are variants of the classes above: a caller catches the class, reads the code.
-_BY_CODE.update(
-    {
-        "parse_error": InvalidRequest,
-        "unsupported_media_type": InvalidRequest,
-        "not_acceptable": InvalidRequest,
-        "method_not_allowed": InvalidRequest,
-        "person_required": Forbidden,
-        "version_conflict": IllegalTransition,
-        "no_next_step": IllegalTransition,
-    }
-)
+_BY_CODE: dict[str, type[TurnoutError]] = {str(code): cls for code, cls in CLASS_BY_CODE.items()}
+# The SDK's own code for a 5xx (the server answers none with a body of this shape).
+_BY_CODE[ServerError.code] = ServerError
 _BY_STATUS: dict[int, type[TurnoutError]] = {
     400: InvalidRequest,
     401: Unauthorized,
     403: Forbidden,
     404: NotFound,
     409: IllegalTransition,
+    413: PayloadTooLarge,
+    421: Misdirected,
     429: RateLimited,
 }
 
@@ -154,11 +184,9 @@ def from_response(status: int, body: Any, *, retry_after: float | None = None) -
         details = body.get("details") if isinstance(body.get("details"), dict) else {}
     else:
         code, message, details = "", f"HTTP {status}", {}
-    cls = (
-        _BY_CODE.get(code)
-        or _BY_STATUS.get(status)
-        or (ServerError if status >= 500 else TurnoutError)
-    )
+    cls = _BY_CODE.get(code, TurnoutError)
+    if cls is TurnoutError:  # an unknown code, or the generic "error": the status decides
+        cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else TurnoutError)
     if cls is RateLimited:
         return RateLimited(
             message, code=code or None, status=status, details=details, retry_after=retry_after

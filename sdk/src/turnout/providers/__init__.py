@@ -4,12 +4,11 @@ Build one from a plan's arm with :func:`provider_for`, then call :meth:`Provider
 The vendor modules are imported on first use (their SDKs are the ``providers`` extra).
 """
 
+from turnout.contract import ERROR_KINDS, TRANSIENT_KINDS
 from turnout.providers.base import (
     DEFAULT_RETRY,
-    ERROR_KINDS,
     NO_RETRY,
     REGISTRY,
-    TRANSIENT_KINDS,
     Adapters,
     Answer,
     Provider,

@@ -22,26 +22,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+from turnout.contract import ERROR_KINDS, TRANSIENT_KINDS
 from turnout.routing import NO_PROMPT, ArmSpec, Prompt, thaw
-
-#: The fixed list of error kinds (reference/providers.md). The statistics count every one of
-#: them as a failure the user saw; alerts name the kind so on-call can tell an outage
-#: (``overloaded``) from a worse model (``invalid_output``).
-ERROR_KINDS = (
-    "rate_limited",
-    "overloaded",
-    "server_error",
-    "timeout",
-    "connection",
-    "bad_request",
-    "auth",
-    "content_filter",
-    "invalid_output",
-    "empty_output",
-)
-#: Kinds that are worth another attempt. A kind's default; a given error may still say
-#: otherwise (a 429 for an exhausted quota is ``rate_limited`` but not transient).
-TRANSIENT_KINDS = frozenset({"rate_limited", "overloaded", "server_error", "timeout", "connection"})
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 log = logging.getLogger("turnout")

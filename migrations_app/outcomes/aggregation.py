@@ -1,0 +1,430 @@
+"""From raw outcomes and feedback to the sums the statistics read (pure: no ORM, no clock).
+
+Ingest turns a batch into *deltas*: per (stage, arm, window) an :class:`ArmAggregates`
+holding the batch's counts, bucket counts and sums, and per (stage, arm, unit) the change
+in that unit's running totals. A unit's change becomes a cluster-sum delta through
+:func:`cluster_delta` ((Y+y)**2 - Y**2 and so on), which is what keeps user-level
+variance additive across windows (``stats.ClusterSums``). The caller merges deltas into
+stored rows by addition, so batches may arrive in any order and the result is the same.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any, NamedTuple, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from migrations_app.guardrails.stats import (
+    CLUSTER_MOMENTS,
+    MAPPING,
+    ArmAggregates,
+    Buckets,
+    ClusterSums,
+    MetricSums,
+    bucket_keys,
+)
+
+WINDOW_SECONDS = 60
+
+K = TypeVar("K")
+
+
+class OutcomeFacts(NamedTuple):
+    """What one outcome contributes (already validated, cost already priced). A named tuple:
+    ingest makes one per event, and a tuple is the cheapest immutable record to make."""
+
+    arm: str
+    unit: str
+    window: datetime
+    latency_ms: float
+    ttft_ms: float | None
+    error: str
+    cost_usd: float | None
+    # The per-request metrics the outcome carried, checked: ((name, value), ...).
+    metrics: tuple[tuple[str, float], ...] = ()
+    # The unit's segment values, checked: ((dimension, value), ...) (segment_rollup.py).
+    segments: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UnitTotals:
+    """A unit's running totals in one stage and arm (mirrors the UnitTotals model, whose
+    columns have these names and :data:`UNIT_COLUMNS` types). ``latency_log1p`` and
+    ``ttft_log1p`` are sums of log(1 + ms) over ``latency_n`` and ``ttft_n`` requests: the
+    latency tests read how much a unit's latencies cluster from them
+    (``stats.design_effect``). They have their own counts, not ``requests``: a stage that
+    began before they were recorded has them for its later requests only, and its
+    clustering is then measured on those."""
+
+    requests: int = 0
+    errors: int = 0
+    cost_n: int = 0
+    cost_sum: float = 0.0
+    feedback_n: int = 0
+    feedback_sum: float = 0.0
+    latency_n: int = 0
+    latency_log1p: float = 0.0
+    ttft_n: int = 0
+    ttft_log1p: float = 0.0
+
+    def __add__(self, other: UnitTotals) -> UnitTotals:
+        sums: list[Any] = [a + b for a, b in zip(self.values(), other.values(), strict=True)]
+        return UnitTotals(*sums)
+
+    def values(self) -> tuple[float, ...]:
+        """The fields in order (``dataclasses.astuple`` deep-copies, and this is per unit)."""
+        return (
+            self.requests,
+            self.errors,
+            self.cost_n,
+            self.cost_sum,
+            self.feedback_n,
+            self.feedback_sum,
+            self.latency_n,
+            self.latency_log1p,
+            self.ttft_n,
+            self.ttft_log1p,
+        )
+
+
+#: (column, PostgreSQL type) of each UnitTotals field, in :meth:`UnitTotals.values` order.
+UNIT_COLUMNS = tuple(
+    (f.name, "integer" if f.type == "int" else "float8") for f in fields(UnitTotals)
+)
+
+
+def unit_totals(outcomes: Iterable[OutcomeFacts]) -> UnitTotals:
+    """What some outcomes of one unit add to its totals."""
+    rows = list(outcomes)
+    costs = [r.cost_usd for r in rows if r.cost_usd is not None]
+    ttfts = [r.ttft_ms for r in rows if r.ttft_ms is not None]
+    return UnitTotals(
+        requests=len(rows),
+        errors=sum(1 for r in rows if r.error),
+        cost_n=len(costs),
+        cost_sum=math.fsum(costs),
+        latency_n=len(rows),
+        latency_log1p=math.fsum(_log1p(r.latency_ms) for r in rows),
+        ttft_n=len(ttfts),
+        ttft_log1p=math.fsum(_log1p(v) for v in ttfts),
+    )
+
+
+def _log1p(ms: float) -> float:
+    return math.log1p(max(ms, 0.0))
+
+
+def window_start(ts: datetime) -> datetime:
+    """The window (minute) an event at ``ts`` falls in."""
+    return ts.replace(second=0, microsecond=0)
+
+
+def outcome_delta(facts: Iterable[OutcomeFacts]) -> ArmAggregates:
+    """Counts, buckets and sums of some outcomes of one arm and window (no cluster sums:
+    those come from :func:`cluster_delta`)."""
+    rows = list(facts)
+    return grouped_outcome_deltas(rows, {0: range(len(rows))})[0]
+
+
+def grouped_outcome_deltas(
+    facts: Sequence[OutcomeFacts], groups: Mapping[K, Sequence[int]]
+) -> dict[K, ArmAggregates]:
+    """:func:`outcome_delta` of each group of ``facts`` (``groups``: key -> indices), with
+    each outcome's logs, squares and sketch keys computed once for the batch rather than
+    once per group it is in (a batch's segments: each outcome is in one per dimension).
+    Every sum is exactly rounded (``math.fsum``), so a group's delta does not depend on
+    which other groups there are or on the order of its outcomes."""
+    latency = [r.latency_ms for r in facts]
+    log1p = [_log1p(v) for v in latency]
+    per: list[tuple[Any, ...]] = []  # (latency, log, log1p, log1p^2, bucket key | None)
+    keys = _sketch_keys(latency)
+    for v, lp, key in zip(latency, log1p, keys, strict=True):
+        per.append((v, math.log(v) if v > 0 else None, lp, lp * lp, key))
+    ttft_rows = [i for i, r in enumerate(facts) if r.ttft_ms is not None]
+    ttft: dict[int, tuple[Any, ...]] = {}
+    ttft_values = [float(facts[i].ttft_ms or 0.0) for i in ttft_rows]
+    for i, v, key in zip(ttft_rows, ttft_values, _sketch_keys(ttft_values), strict=True):
+        lp = _log1p(v)
+        ttft[i] = (v, math.log(v) if v > 0 else None, lp, lp * lp, key)
+    out: dict[K, ArmAggregates] = {}
+    for group, indices in groups.items():
+        rows = [per[i] for i in indices]
+        ttfts = [ttft[i] for i in indices if i in ttft]
+        costs = [c for i in indices if (c := facts[i].cost_usd) is not None]
+        kinds: dict[str, int] = {}
+        for i in indices:
+            error = facts[i].error
+            if error:
+                kinds[error] = kinds.get(error, 0) + 1
+        out[group] = ArmAggregates(
+            requests=len(rows),
+            errors=sum(kinds.values()),
+            errors_by_kind=kinds,
+            latency=_buckets(rows),
+            latency_sum=math.fsum(r[0] for r in rows),
+            latency_log_sum=math.fsum(r[1] for r in rows if r[1] is not None),
+            ttft=_buckets(ttfts),
+            ttft_sum=math.fsum(r[0] for r in ttfts),
+            ttft_log_sum=math.fsum(r[1] for r in ttfts if r[1] is not None),
+            latency_log1p_n=len(rows),
+            latency_log1p_sum=math.fsum(r[2] for r in rows),
+            latency_log1p_sum_sq=math.fsum(r[3] for r in rows),
+            ttft_log1p_n=len(ttfts),
+            ttft_log1p_sum=math.fsum(r[2] for r in ttfts),
+            ttft_log1p_sum_sq=math.fsum(r[3] for r in ttfts),
+            cost_n=len(costs),
+            cost_sum=math.fsum(costs),
+            cost_sum_sq=math.fsum(c * c for c in costs),
+        )
+    return out
+
+
+def _sketch_keys(values: Sequence[float]) -> list[int | None]:
+    """Each value's sketch bucket key (None: the zero bucket), as ``Buckets.from_values``
+    places it."""
+    if not values:
+        return []
+    arr = np.asarray(values, dtype=np.float64)
+    positive = arr > MAPPING.min_possible
+    keys = np.zeros(len(values), dtype=np.int64)
+    keys[positive] = bucket_keys(arr[positive])
+    key_list: list[int] = keys.tolist()
+    kept: list[bool] = positive.tolist()
+    return [k if p else None for k, p in zip(key_list, kept, strict=True)]
+
+
+def _buckets(rows: Sequence[tuple[Any, ...]]) -> Buckets:
+    counts: dict[int, int] = {}
+    zero = 0
+    for row in rows:
+        key = row[4]
+        if key is None:
+            zero += 1
+        else:
+            counts[key] = counts.get(key, 0) + 1
+    return Buckets(counts=dict(sorted(counts.items())), zero_count=zero) if rows else Buckets()
+
+
+def feedback_delta(scores: Iterable[float]) -> ArmAggregates:
+    """Feedback counts and sums (scores already normalised to [0, 1])."""
+    values = list(scores)
+    return ArmAggregates(
+        feedback_n=len(values),
+        feedback_sum=math.fsum(values),
+        feedback_sum_sq=math.fsum(v * v for v in values),
+    )
+
+
+# The (Y, N) columns of each cluster sum among a unit's totals.
+_CLUSTER_FIELDS = {
+    "error_clusters": ("errors", "requests"),
+    "cost_clusters": ("cost_sum", "cost_n"),  # cost per costed request
+    "feedback_clusters": ("feedback_sum", "feedback_n"),  # score per feedback
+    "feedback_rate_clusters": ("feedback_n", "requests"),  # feedbacks per request
+    "latency_clusters": ("latency_log1p", "latency_n"),  # log(1 + ms) per request
+    "ttft_clusters": ("ttft_log1p", "ttft_n"),
+}
+_COLUMN = {name: i for i, (name, _) in enumerate(UNIT_COLUMNS)}
+_CLUSTER_COLUMNS = {name: (_COLUMN[y], _COLUMN[n]) for name, (y, n) in _CLUSTER_FIELDS.items()}
+
+
+def cluster_deltas(old: npt.ArrayLike, new: npt.ArrayLike) -> ArmAggregates:
+    """The cluster-sum change when units' totals move from ``old`` to ``new`` (one row per
+    unit, columns as :meth:`UnitTotals.values`): per cluster sum, (Y+y)**2 - Y**2 and so on
+    for every moment of ``stats.CLUSTER_MOMENTS``, summed over the units exactly rounded,
+    and the units seen for the first time."""
+    units = np.asarray(old, dtype=np.float64).reshape(-1, len(UNIT_COLUMNS)).shape[0]
+    return grouped_cluster_deltas(old, new, {0: range(units)})[0]
+
+
+def grouped_cluster_deltas(
+    old: npt.ArrayLike, new: npt.ArrayLike, groups: Mapping[K, Sequence[int]]
+) -> dict[K, ArmAggregates]:
+    """:func:`cluster_deltas` of each group of rows (``groups``: key -> row indices), the
+    same sums, with each unit's moments computed once for the batch rather than per group
+    (a batch's segments or windows are many small groups of its units)."""
+    before = np.asarray(old, dtype=np.float64).reshape(-1, len(UNIT_COLUMNS))
+    after = np.asarray(new, dtype=np.float64).reshape(-1, len(UNIT_COLUMNS))
+    per_sum = []
+    for name, (y, n) in _CLUSTER_COLUMNS.items():
+        y0, n0, y1, n1 = before[:, y], before[:, n], after[:, y], after[:, n]
+        per_sum.append((name, (n0 == 0) & (n1 != 0), _moment_changes(y0, n0, y1, n1)))
+    # Every group's rows side by side: each column is gathered into a list once, and a group
+    # sums its slice of it (exactly rounded, so the same sums as gathering per group).
+    keys = list(groups)
+    sizes = [len(groups[key]) for key in keys]
+    ends = np.cumsum(sizes).tolist()
+    order = np.asarray([i for key in keys for i in groups[key]], dtype=np.intp)
+    spans = list(zip([0, *ends[:-1]], ends, strict=True))
+    columns = [
+        (name, first[order].tolist(), [change[order].tolist() for change in changes])
+        for name, first, changes in per_sum
+    ]
+    out: dict[K, ArmAggregates] = {}
+    for key, (a, b) in zip(keys, spans, strict=True):
+        sums: dict[str, Any] = {
+            name: ClusterSums(sum(first[a:b]), *(math.fsum(c[a:b]) for c in changes))
+            for name, first, changes in columns
+        }
+        out[key] = ArmAggregates(**sums)
+    return out
+
+
+def cluster_change(
+    y0: npt.NDArray[np.float64],
+    n0: npt.NDArray[np.float64],
+    y1: npt.NDArray[np.float64],
+    n1: npt.NDArray[np.float64],
+) -> ClusterSums:
+    """The cluster sums' change when units move from (y0, n0) to (y1, n1), exactly rounded
+    (one (Y, N) pair per unit: a per-request metric's, a paired difference's)."""
+    return ClusterSums(
+        int(np.count_nonzero((n0 == 0) & (n1 != 0))),
+        *(math.fsum(change.tolist()) for change in _moment_changes(y0, n0, y1, n1)),
+    )
+
+
+def _moment_changes(
+    y0: npt.NDArray[np.float64],
+    n0: npt.NDArray[np.float64],
+    y1: npt.NDArray[np.float64],
+    n1: npt.NDArray[np.float64],
+) -> list[npt.NDArray[np.float64]]:
+    """Per unit, how each term of ``stats.CLUSTER_MOMENTS`` moves from (y0, n0) to (y1, n1)."""
+    return [m1 - m0 for m1, m0 in zip(_moments(y1, n1), _moments(y0, n0), strict=True)]
+
+
+def _moments(y: npt.NDArray[np.float64], n: npt.NDArray[np.float64]) -> tuple[Any, ...]:
+    """Per unit, the terms of ``stats.CLUSTER_MOMENTS`` (same order)."""
+    yy, yn, nn = y * y, y * n, n * n
+    return yy, yn, nn, yy * n, yn * n, nn * n
+
+
+def cluster_delta(old: UnitTotals, new: UnitTotals) -> ArmAggregates:
+    """The cluster-sum change when one unit's totals move from ``old`` to ``new``."""
+    return cluster_deltas([old.values()], [new.values()])
+
+
+# --- storage form ------------------------------------------------------------------------
+
+
+def _clusters_json(c: ClusterSums) -> list[float]:
+    return [c.units, *(getattr(c, name) for name in CLUSTER_MOMENTS)]
+
+
+def _clusters_list(value: Sequence[Any] | None) -> list[float]:
+    """A stored cluster list at full length: rows written before the third-order moments
+    existed hold four values, and read as zero for the rest."""
+    stored = list(value or ())
+    return stored + [0.0] * (1 + len(CLUSTER_MOMENTS) - len(stored))
+
+
+def _buckets_json(b: Buckets) -> dict[str, Any]:
+    return {"zero": b.zero_count, "counts": {str(k): v for k, v in b.counts.items()}}
+
+
+def to_json(agg: ArmAggregates) -> dict[str, Any]:
+    """JSON-safe form of an :class:`ArmAggregates` (stored in WindowAggregate.data)."""
+    out: dict[str, Any] = {}
+    for f in fields(ArmAggregates):
+        value = getattr(agg, f.name)
+        if isinstance(value, ClusterSums):
+            out[f.name] = _clusters_json(value)
+        elif isinstance(value, Buckets):
+            out[f.name] = _buckets_json(value)
+        elif f.name == "metrics":
+            out[f.name] = {name: sums.to_list() for name, sums in value.items()}
+        elif isinstance(value, Mapping):
+            out[f.name] = dict(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def from_json(data: Mapping[str, Any]) -> ArmAggregates:
+    """Inverse of :func:`to_json`; missing fields are zero."""
+    values: dict[str, Any] = {}
+    for f in fields(ArmAggregates):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if f.name.endswith("_clusters"):
+            units, *moments = _clusters_list(value)
+            values[f.name] = ClusterSums(int(units), *(float(m) for m in moments))
+        elif f.name in ("latency", "ttft"):
+            counts = {int(k): int(v) for k, v in value["counts"].items()}
+            values[f.name] = Buckets(counts=counts, zero_count=int(value["zero"]))
+        elif f.name == "errors_by_kind":
+            values[f.name] = {str(k): int(v) for k, v in value.items()}
+        elif f.name == "metrics":
+            values[f.name] = {str(k): MetricSums.from_list(v) for k, v in value.items()}
+        else:
+            values[f.name] = value
+    return ArmAggregates(**values)
+
+
+_FIELD_KINDS = tuple(
+    (
+        f.name,
+        "clusters"
+        if f.name.endswith("_clusters")
+        else "buckets"
+        if f.name in ("latency", "ttft")
+        else "kinds"
+        if f.name == "errors_by_kind"
+        else "metrics"
+        if f.name == "metrics"
+        else "int"
+        if f.type == "int"
+        else "float",
+    )
+    for f in fields(ArmAggregates)
+)
+
+
+def merge_json(stored: Mapping[str, Any] | None, delta: ArmAggregates) -> dict[str, Any]:
+    """A stored row's data plus a delta, in storage form.
+
+    The same as ``to_json(from_json(stored) + delta)`` (the sum of two floats is already
+    exactly rounded, as ``ArmAggregates.merge`` would make it), but it touches only the
+    delta's buckets, not every stored one: ingest merges into each window and stage row on
+    every batch, and a stage's buckets only grow."""
+    out = dict(stored or {})
+    for name, kind in _FIELD_KINDS:
+        value = getattr(delta, name)
+        current = out.get(name)
+        if kind == "clusters":
+            units, *moments = _clusters_list(current)
+            out[name] = [
+                int(units) + value.units,
+                *(
+                    float(m) + getattr(value, moment)
+                    for m, moment in zip(moments, CLUSTER_MOMENTS, strict=True)
+                ),
+            ]
+        elif kind == "buckets":
+            zero, counts = (int(current["zero"]), dict(current["counts"])) if current else (0, {})
+            for key, count in value.counts.items():
+                text = str(key)
+                counts[text] = int(counts.get(text, 0)) + count
+            out[name] = {"zero": zero + value.zero_count, "counts": counts}
+        elif kind == "metrics":
+            named = dict(current or {})
+            for metric, sums in value.items():
+                named[metric] = (MetricSums.from_list(named.get(metric)) + sums).to_list()
+            out[name] = named
+        elif kind == "kinds":
+            kinds = {str(k): int(v) for k, v in (current or {}).items()}
+            for k, v in value.items():
+                kinds[k] = kinds.get(k, 0) + v
+            out[name] = kinds
+        elif kind == "int":
+            out[name] = int(current or 0) + value
+        else:
+            out[name] = float(current or 0.0) + value
+    return out

@@ -1,0 +1,239 @@
+"""Roll new outcomes and feedback up into the aggregates the statistics read: each unit's running
+totals, the minute windows and the stages' running totals, in the caller's transaction.
+
+The deltas come from ``aggregation`` (pure); the rows are upserted and merged by addition, so
+batches may arrive in any order. Shadow results come in here too, as the candidate's outcomes
+in a shadow stage.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from django.db import connection
+from django.utils import timezone
+
+from migrations_app.guardrails.stats import ArmAggregates
+from migrations_app.models import (
+    StageAggregate,
+    WindowAggregate,
+)
+from migrations_app.models import UnitTotals as UnitTotalsRow
+from migrations_app.outcomes import aggregation, metric_rollup, segment_rollup
+from migrations_app.outcomes.aggregation import OutcomeFacts, UnitTotals
+from migrations_app.outcomes.store import (
+    fast_path,
+    json_param,
+    json_rows,
+    lock_or_create,
+    pg_cursor,
+    update_rows,
+)
+
+
+def aggregate(
+    outcomes: Sequence[tuple[int, OutcomeFacts]],
+    feedback: Sequence[tuple[int, OutcomeFacts, float]],
+    metric_values: Sequence[tuple[int, OutcomeFacts, str, float]] = (),
+) -> None:
+    """Fold new outcomes (with the metrics they carry), newly applied feedback and newly
+    applied late metric values into unit totals, windows and stage totals. Inside the
+    caller's transaction. Shadow results come in here too, as the candidate's outcomes in a
+    shadow stage."""
+    if not outcomes and not feedback and not metric_values:
+        return
+    by_window: dict[tuple[int, datetime, str], list[OutcomeFacts]] = defaultdict(list)
+    # Per unit, in one pass (hundreds of units per batch): its outcomes, and the window of its
+    # first event in the batch. The unit's cluster-sum change is booked in that window: only
+    # the stage's sum of windows is ever tested, so any of them will do.
+    units: dict[tuple[int, str, str], tuple[list[OutcomeFacts], tuple[int, datetime, str]]]
+    units = {}
+    for stage_id, facts in outcomes:
+        wkey = (stage_id, facts.window, facts.arm)
+        by_window[wkey].append(facts)
+        ukey = (stage_id, facts.arm, facts.unit)
+        unit = units.get(ukey)
+        if unit is None:
+            unit = units[ukey] = ([], wkey)
+        unit[0].append(facts)
+    deltas: dict[tuple[int, datetime, str], list[ArmAggregates]] = defaultdict(list)
+    for key, rows in by_window.items():
+        deltas[key].append(aggregation.outcome_delta(rows))
+    changes: dict[tuple[int, str, str], UnitTotals] = {
+        key: aggregation.unit_totals(rows) for key, (rows, _) in units.items()
+    }
+    unit_window = {key: window for key, (_, window) in units.items()}
+    scores: dict[tuple[int, datetime, str], list[float]] = defaultdict(list)
+    feedback_units: dict[tuple[int, str, str], list[float]] = defaultdict(list)
+    for stage_id, facts, score in feedback:
+        wkey = (stage_id, facts.window, facts.arm)
+        ukey = (stage_id, facts.arm, facts.unit)
+        scores[wkey].append(score)
+        feedback_units[ukey].append(score)
+        unit_window.setdefault(ukey, wkey)
+    for wkey, values in scores.items():
+        deltas[wkey].append(aggregation.feedback_delta(values))
+    for ukey, values in feedback_units.items():
+        changes[ukey] = changes.get(ukey, UnitTotals()) + UnitTotals(
+            feedback_n=len(values), feedback_sum=math.fsum(values)
+        )
+    segments: dict[Any, ArmAggregates] = {}
+    if changes:  # late metric values alone change no unit totals
+        keys, old, new = _upsert_unit_totals(changes)
+        moves: dict[tuple[int, datetime, str], list[int]] = defaultdict(list)
+        for i, ukey in enumerate(keys):
+            moves[unit_window[ukey]].append(i)
+        for wkey, moved in aggregation.grouped_cluster_deltas(old, new, moves).items():
+            deltas[wkey].append(moved)
+        segments = segment_rollup.segment_deltas(outcomes, keys, old, new)
+    # Metric sums per unit after the unit totals: one lock order in every transaction.
+    values = [
+        ((stage_id, facts.window, facts.arm), facts.unit, name, value)
+        for stage_id, facts in outcomes
+        for name, value in facts.metrics
+    ]
+    values += [
+        ((stage_id, facts.window, facts.arm), facts.unit, name, value)
+        for stage_id, facts, name, value in metric_values
+    ]
+    for wkey, items in metric_rollup.arm_deltas(values).items():
+        deltas[wkey].extend(items)
+    window_deltas = {key: ArmAggregates.merge(items) for key, items in deltas.items()}
+    _merge_windows(window_deltas)
+    stage_deltas: dict[tuple[int, str], list[ArmAggregates]] = defaultdict(list)
+    for (stage_id, _, arm), delta in window_deltas.items():
+        stage_deltas[(stage_id, arm)].append(delta)
+    _merge_stages({key: ArmAggregates.merge(items) for key, items in stage_deltas.items()})
+    # After the stage rows: one lock order (unit totals, windows, stages, segments).
+    segment_rollup.merge_segments(segments)
+
+
+_UNIT_FIELDS = tuple(name for name, _ in aggregation.UNIT_COLUMNS)
+
+
+_UNIT_TYPES = ("bigint", "text", "text", *(kind for _, kind in aggregation.UNIT_COLUMNS))
+
+
+def _upsert_unit_totals(
+    changes: Mapping[tuple[int, str, str], UnitTotals],
+) -> tuple[list[tuple[int, str, str]], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Add each change to its unit's totals in one statement per chunk. Returns the units and
+    their totals before and after (one row each, columns as ``UnitTotals.values()``). Rows
+    are written in key order, so concurrent batches lock in the same order."""
+    qn = connection.ops.quote_name
+    table = qn(UnitTotalsRow._meta.db_table)
+    columns = ["stage_id", "arm", "unit", *_UNIT_FIELDS]
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    updates = ", ".join(f"{qn(f)} = {table}.{qn(f)} + EXCLUDED.{qn(f)}" for f in _UNIT_FIELDS)
+    keys = sorted(changes)
+    found: list[tuple[int, str, str]] = []
+    totals: list[Sequence[float]] = []
+    chunk = len(keys) if fast_path() else 2000
+    upsert = (
+        f"INSERT INTO {table} ({', '.join(qn(c) for c in columns)}) "
+        f"{{source}} "
+        f"ON CONFLICT ({qn('stage_id')}, {qn('arm')}, {qn('unit')}) DO UPDATE SET {updates} "
+        f"RETURNING {', '.join(qn(c) for c in columns)}"
+    )
+    with pg_cursor() if fast_path() else connection.cursor() as cursor:
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            rows = [(*key, *changes[key].values()) for key in part]
+            if fast_path():
+                source = json_rows(_UNIT_TYPES)
+                params: list[Any] = [json_param(rows)]
+            else:
+                source = f"VALUES {', '.join([one] * len(part))}"
+                params = [value for row in rows for value in row]
+            cursor.execute(upsert.format(source=source), params)
+            for row in cursor.fetchall():
+                found.append(row[:3])
+                totals.append(row[3:])
+    new = np.array(totals, dtype=np.float64).reshape(-1, len(_UNIT_FIELDS))
+    added = np.array([changes[key].values() for key in found], dtype=np.float64)
+    return found, new - added.reshape(new.shape), new
+
+
+def _merge_windows(deltas: Mapping[tuple[int, datetime, str], ArmAggregates]) -> None:
+    keys = sorted(deltas)
+    if fast_path():
+        rows = lock_or_create(
+            WindowAggregate, ("stage_id", "window", "arm"), ("bigint", "timestamptz", "text"),
+            keys, _WINDOW_BLANK,
+        )  # fmt: skip
+    else:
+        WindowAggregate.objects.bulk_create(
+            [WindowAggregate(stage_id=s, window=w, arm=a) for s, w, a in keys],
+            ignore_conflicts=True,
+        )
+        rows = {
+            (row.stage_id, row.window, row.arm): row
+            for row in WindowAggregate.objects.select_for_update()
+            .filter(stage_id__in={k[0] for k in keys}, window__in={k[1] for k in keys})
+            .order_by("stage_id", "window", "arm")
+        }
+    changed = []
+    for key in keys:
+        row = rows[key]
+        row.data = data = aggregation.merge_json(row.data, deltas[key])
+        for column in _WINDOW_COLUMNS:  # the columns charts group by copy the data
+            setattr(row, column, data[column])
+        changed.append(row)
+    update_rows(WindowAggregate, changed, [*_WINDOW_COLUMNS, "data"], _WINDOW_TYPES)
+
+
+_WINDOW_COLUMNS = (
+    "requests",
+    "errors",
+    "latency_sum",
+    "cost_n",
+    "cost_sum",
+    "feedback_n",
+    "feedback_sum",
+)
+
+
+_WINDOW_TYPES = ("integer", "integer", "float8", "integer", "float8", "integer", "float8", "jsonb")
+
+
+# A new row's columns, as SQL (the models' defaults live in Python, not in the database).
+_WINDOW_BLANK = {**{c: "0" for c in _WINDOW_COLUMNS}, "data": "'{}'::jsonb"}
+
+
+_STAGE_BLANK = {"requests": "0", "data": "'{}'::jsonb", "updated_at": "now()"}
+
+
+def _merge_stages(deltas: Mapping[tuple[int, str], ArmAggregates]) -> None:
+    keys = sorted(deltas)
+    if fast_path():
+        rows = lock_or_create(
+            StageAggregate, ("stage_id", "arm"), ("bigint", "text"), keys, _STAGE_BLANK
+        )
+    else:
+        StageAggregate.objects.bulk_create(
+            [StageAggregate(stage_id=s, arm=a) for s, a in keys], ignore_conflicts=True
+        )
+        rows = {
+            (row.stage_id, row.arm): row
+            for row in StageAggregate.objects.select_for_update()
+            .filter(stage_id__in={k[0] for k in keys})
+            .order_by("stage_id", "arm")
+        }
+    now = timezone.now()
+    for key in keys:
+        row = rows[key]
+        row.data = aggregation.merge_json(row.data, deltas[key])
+        row.requests = row.data["requests"]
+        row.updated_at = now  # neither path's write applies auto_now
+    update_rows(
+        StageAggregate,
+        [rows[key] for key in keys],
+        ["data", "requests", "updated_at"],
+        ("jsonb", "integer", "timestamptz"),
+    )

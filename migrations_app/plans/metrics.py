@@ -1,0 +1,98 @@
+"""A plan's per-request metrics: the answer checks, the catalog's declarations and its own (a
+plan's own declaration of a name wins), read for ingest, the engine and the forms; and the
+checks a declaration passes before it is saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db.models import Q
+
+from migrations_app.models import MetricDefinition
+from migrations_app.plans.metric_specs import CHECK_SPECS, MetricSpec
+
+
+def spec_of(definition: MetricDefinition) -> MetricSpec:
+    """A declaration as the statistics and the checks read it."""
+    mean = definition.kind == "mean"
+    return MetricSpec(
+        name=definition.name,
+        kind=definition.kind,
+        direction=definition.direction,
+        lower=float(definition.lower_bound) if mean and definition.lower_bound is not None else 0.0,
+        upper=float(definition.upper_bound) if mean and definition.upper_bound is not None else 1.0,
+        label=definition.name.replace("_", " "),
+        description=definition.description,
+        source="catalog" if definition.plan_id is None else "plan",
+    )
+
+
+def specs_from(definitions: Iterable[MetricDefinition]) -> dict[str, MetricSpec]:
+    """The answer checks, then the catalog's declarations, then the plan's own (which win)."""
+    found = dict(CHECK_SPECS)
+    ordered = sorted(definitions, key=lambda d: d.plan_id is not None)
+    for definition in ordered:
+        found[definition.name] = spec_of(definition)
+    return found
+
+
+def plan_metric_specs(plan_id: int | None) -> dict[str, MetricSpec]:
+    """Every per-request metric plan ``plan_id`` may use (None: the checks and the catalog)."""
+    scope = Q(plan__isnull=True) if plan_id is None else Q(plan__isnull=True) | Q(plan_id=plan_id)
+    return specs_from(MetricDefinition.objects.filter(scope))
+
+
+def specs_declaring(declarations: Iterable[MetricDefinition]) -> dict[str, MetricSpec]:
+    """The metrics a plan may use if its own declarations were ``declarations`` (a plan
+    document's, unsaved, which replace the saved ones): the checks, the catalog's, then
+    these."""
+    found = specs_from(MetricDefinition.objects.filter(plan__isnull=True))
+    for definition in declarations:
+        found[definition.name] = replace(spec_of(definition), source="plan")
+    return found
+
+
+def specs_by_plan(plan_ids: Iterable[int]) -> dict[int, dict[str, MetricSpec]]:
+    """:func:`plan_metric_specs` for several plans in one query (ingest reads a batch's)."""
+    ids = set(plan_ids)
+    rows = list(MetricDefinition.objects.filter(Q(plan__isnull=True) | Q(plan_id__in=ids)))
+    catalog = [d for d in rows if d.plan_id is None]
+    return {pid: specs_from([*catalog, *(d for d in rows if d.plan_id == pid)]) for pid in ids}
+
+
+def declarations_problems(
+    declarations: Sequence[Mapping[str, Any]],
+) -> tuple[dict[str, list[str]], list[MetricDefinition]]:
+    """Check metric declarations given as dicts (the API, plan files): errors keyed
+    ``metrics[i].field``, and the unsaved definitions when there are none."""
+    errors: dict[str, list[str]] = {}
+    made: list[MetricDefinition] = []
+    seen: set[str] = set()
+    for i, item in enumerate(declarations):
+        if not isinstance(item, Mapping):
+            errors.setdefault(f"metrics[{i}]", []).append("An object with name, kind, ...")
+            continue
+        definition = MetricDefinition(
+            name=item.get("name", ""),
+            kind=item.get("kind", "rate"),
+            direction=item.get("direction", "higher_is_better"),
+            lower_bound=item.get("lower_bound"),
+            upper_bound=item.get("upper_bound"),
+            description=item.get("description", ""),
+        )
+        try:
+            definition.full_clean(exclude=["plan"], validate_unique=False,
+                                  validate_constraints=False)  # fmt: skip
+        except ValidationError as exc:
+            for field, messages in exc.message_dict.items():
+                errors.setdefault(f"metrics[{i}].{field}", []).extend(messages)
+            continue
+        if definition.name in seen:
+            errors.setdefault(f"metrics[{i}].name", []).append("Declared twice.")
+        seen.add(definition.name)
+        made.append(definition)
+    return errors, made

@@ -1,0 +1,198 @@
+"""Claims and leases: a worker claims a sample by moving it from pending to running with a lease
+(compare-and-set), and ends its claim by moving it on from running only while that claim is
+still the current one. A worker killed mid-call leaves a running sample whose lease expires;
+the sweeper hands it to another worker, and the dead worker's result matches no row. A sample
+whose attempts go wrong too often is marked failed instead of being retried and paid forever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from migrations_app.models import (
+    JudgeSample,
+    MigrationPlan,
+    ShadowSample,
+    ShadowStatus,
+)
+from migrations_app.shadow.budget import estimate_cost, note_budget_reached, spent_today
+from migrations_app.shadow.judge_budget import JudgeAllowance, day_of, estimate_judge_cost
+
+#: Attempts of one sample that may go wrong (its call raised, its answer could not be stored,
+#: its worker died mid-call) before it is marked failed: a sample that breaks its worker must
+#: not be retried, and its batch's calls paid for, at every sweep.
+MAX_FAILURES = 3
+
+
+def claimable_at(now: datetime) -> Q:
+    """A sample a worker may claim at ``now``: pending, or running with its lease expired.
+    (Shadow samples and the pointwise judge's alike.)"""
+    return Q(status=ShadowStatus.PENDING) | Q(status=ShadowStatus.RUNNING, lease_until__lt=now)
+
+
+def lost(model: type[ShadowSample] | type[JudgeSample], *, now: datetime, limit: int) -> list[str]:
+    """Samples of ``model`` whose task was lost (pending for longer than a lease: a worker
+    killed with tasks it had fetched but not started) or whose worker died mid-call (lease
+    expired): their ids, oldest first, to process again. Enqueuing a sample twice is harmless
+    (claims decide)."""
+    lease = timedelta(seconds=settings.TURNOUT_SHADOW_LEASE_SECONDS)
+    return list(
+        model.objects.filter(
+            Q(status=ShadowStatus.PENDING, created_at__lt=now - lease)
+            | Q(status=ShadowStatus.RUNNING, lease_until__lt=now)
+        )
+        .order_by("created_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+
+
+def shadow_claim(sample_ids: Sequence[str], *, now: datetime | None = None) -> list[ShadowSample]:
+    """Claim what can be processed now: pending samples, and running ones whose lease has
+    expired. Within a plan's daily budget; samples beyond it are skipped and the plan's
+    audit trail says so (once a day)."""
+    now = now or timezone.now()
+    claimable = claimable_at(now)
+    claimed: list[ShadowSample] = []
+    by_plan: dict[int, list[str]] = {}
+    for pk, plan_id in ShadowSample.objects.filter(claimable, pk__in=sample_ids).values_list(
+        "pk", "plan_id"
+    ):
+        by_plan.setdefault(plan_id, []).append(pk)
+    for plan_id, ids in sorted(by_plan.items()):
+        with transaction.atomic():
+            # Serialises claims of one plan: the budget check and reservation below see
+            # every other worker's reservations.
+            plan = (
+                MigrationPlan.objects.select_for_update(of=("self",))
+                .select_related("candidate_model__provider", "judge_model__provider")
+                .filter(pk=plan_id)
+                .first()
+            )
+            if plan is None:  # deleted since the samples were listed (they went with it)
+                continue
+            spent = spent_today(plan, now)
+            budget = plan.shadow_budget_usd_per_day
+            judge = JudgeAllowance(plan, now) if plan.judge_model is not None else None
+            for sample in ShadowSample.objects.filter(claimable, pk__in=ids).order_by("pk"):
+                # Running and claimable: its lease expired, its worker died mid-call.
+                failures = sample.failures + (sample.status == ShadowStatus.RUNNING)
+                if failures >= MAX_FAILURES:
+                    ShadowSample.objects.filter(
+                        claimable, pk=sample.pk, attempts=sample.attempts
+                    ).update(
+                        status=ShadowStatus.FAILED,
+                        failures=failures,
+                        skip_reason=f"{failures} attempts went wrong; the last one's worker "
+                        "stopped mid-call",
+                        lease_until=None,
+                        candidate_cost_usd=None,
+                    )
+                    continue
+                estimate = estimate_cost(plan.candidate_model, sample)
+                if budget is not None and spent + (estimate or 0.0) > float(budget):
+                    ShadowSample.objects.filter(pk=sample.pk).update(
+                        status=ShadowStatus.SKIPPED,
+                        skip_reason=f"daily shadow budget of ${budget} reached",
+                        lease_until=None,
+                    )
+                    note_budget_reached(plan, float(budget), spent, now)
+                    continue
+                spent += estimate or 0.0
+                attempts = sample.attempts + 1
+                lease = now + timedelta(seconds=settings.TURNOUT_SHADOW_LEASE_SECONDS)
+                won = ShadowSample.objects.filter(
+                    claimable, pk=sample.pk, attempts=sample.attempts
+                ).update(
+                    status=ShadowStatus.RUNNING,
+                    attempts=attempts,
+                    failures=failures,
+                    lease_until=lease,
+                    candidate_cost_usd=estimate,  # the reservation, until the real cost
+                )
+                if won:
+                    sample.status, sample.attempts, sample.failures, sample.lease_until = (
+                        ShadowStatus.RUNNING,
+                        attempts,
+                        failures,
+                        lease,
+                    )
+                    sample.plan = plan
+                    if judge is not None:
+                        _reserve_judge(sample, judge, now)
+                    claimed.append(sample)
+            if judge is not None:
+                judge.save()
+    return claimed
+
+
+def _reserve_judge(sample: ShadowSample, judge: JudgeAllowance, now: datetime) -> None:
+    """Book the judge's call for a claimed pair within the judge's own daily budget. The
+    sample carries the outcome to the pipeline (no database there): ``judge_reserved`` the
+    reservation (settled at completion), None when the budget had no room (the pair then
+    gets no verdict, counted in neither direction). A pair whose control failed is never
+    judged, so it reserves nothing."""
+    sample.judge_day = day_of(now)  # type: ignore[attr-defined]
+    if sample.control.get("error"):
+        sample.judge_reserved = 0.0  # type: ignore[attr-defined]
+        return
+    text = sample.control.get("text", "")
+    # The candidate's answer is not known yet: control's stands in for its length.
+    estimate = estimate_judge_cost(
+        sample.plan.judge_model, sample.request.get("messages", []), [text, text]
+    )
+    sample.judge_reserved = estimate if judge.reserve(estimate) else None  # type: ignore[attr-defined]
+
+
+def _end_claim(sample: ShadowSample, **fields: Any) -> bool:
+    """Move a claimed sample on from running, its reservation dropped, if this claim is still
+    the current one (compare-and-set on the attempt)."""
+    return bool(
+        ShadowSample.objects.filter(
+            pk=sample.pk, status=ShadowStatus.RUNNING, attempts=sample.attempts
+        ).update(lease_until=None, candidate_cost_usd=None, **fields)
+    )
+
+
+def shadow_release(sample: ShadowSample) -> bool:
+    """Give a claimed sample back (pending) when its call was never made: it is processed
+    again later, by this worker or another."""
+    return _end_claim(sample, status=ShadowStatus.PENDING)
+
+
+def shadow_skip(sample: ShadowSample, reason: str) -> bool:
+    """A claimed sample that cannot be shadowed at all (the workers cannot call the
+    candidate): stored as skipped with the reason, counted nowhere."""
+    return _end_claim(sample, status=ShadowStatus.SKIPPED, skip_reason=reason[:200])
+
+
+def shadow_fail(sample: ShadowSample, reason: str) -> bool:
+    """A claimed sample that will never be processed (its own request is at fault): stored
+    as failed with the reason, counted nowhere, never retried."""
+    return _end_claim(sample, status=ShadowStatus.FAILED, skip_reason=reason[:200])
+
+
+def shadow_retry_later(sample: ShadowSample, reason: str) -> str:
+    """A claimed sample whose attempt went wrong: given back for a later attempt, or failed
+    with the reason once :data:`MAX_FAILURES` attempts have. Returns ``"released"``,
+    ``"failed"`` or ``""`` (the claim was no longer current)."""
+    failures = sample.failures + 1
+    if failures >= MAX_FAILURES:
+        reason = f"{failures} attempts went wrong; the last: {reason}"
+        ended = _end_claim(
+            sample, status=ShadowStatus.FAILED, failures=failures, skip_reason=reason[:200]
+        )
+        return "failed" if ended else ""
+    ended = _end_claim(sample, status=ShadowStatus.PENDING, failures=failures)
+    return "released" if ended else ""
+
+
+def shadow_sweep(*, now: datetime | None = None, limit: int = 1000) -> list[str]:
+    """The shadow samples to process again (:func:`lost`)."""
+    return lost(ShadowSample, now=now or timezone.now(), limit=limit)

@@ -1,0 +1,166 @@
+"""The engine with segments (issue 16, item 6): a plan with segment dimensions tests every
+guardrail per segment; a regressed segment rolls the plan back, or (segment_on_regression =
+exclude) is excluded by a targeting rule the engine adds (audited, the SDKs' snapshot has it:
+its units get control), the alert names it and the run continues; the excluded segment is not
+tested again; the busiest top_k values are tested, the rest as 'other'."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+from turnout import routing
+
+from migrations_app.guardrails import engine, segment_engine
+from migrations_app.guardrails.stats import ArmAggregates
+from migrations_app.models import (
+    AlertChannel,
+    AlertDelivery,
+    AuditEvent,
+    Evaluation,
+    MigrationPlan,
+    SegmentAggregate,
+)
+from migrations_app.outcomes import aggregation
+from migrations_app.routing.snapshots import plan_entry
+from tests.factories import make_user
+from tests.guardrails.conftest import put_totals, running_plan, synthetic_arm
+
+pytestmark = pytest.mark.django_db
+
+
+def put_segments(
+    plan: MigrationPlan, dimension: str, parts: dict[str, tuple[ArmAggregates, ArmAggregates]]
+) -> None:
+    """The stage's segment rows for ``dimension`` and the population as their sum."""
+    stage = MigrationPlan.objects.get(pk=plan.pk).current_stage
+    SegmentAggregate.objects.filter(stage=stage, dimension=dimension).delete()
+    for value, (control, candidate) in parts.items():
+        for arm, agg in (("control", control), ("candidate", candidate)):
+            SegmentAggregate.objects.create(
+                stage=stage, arm=arm, dimension=dimension, value=value,
+                requests=agg.requests, data=aggregation.to_json(agg),
+            )  # fmt: skip
+    put_totals(
+        plan,
+        control=ArmAggregates.merge(c for c, _ in parts.values()),
+        candidate=ArmAggregates.merge(t for _, t in parts.values()),
+    )
+
+
+def segmented_plan(**fields: Any) -> MigrationPlan:
+    plan = running_plan()
+    plan.alert_channels.add(AlertChannel.objects.create(name="pd", kind="pagerduty"))
+    MigrationPlan.objects.filter(pk=plan.pk).update(segment_dimensions=["lang"], **fields)
+    return MigrationPlan.objects.get(pk=plan.pk)
+
+
+def staff_client() -> Client:
+    client = Client()
+    client.force_login(make_user("admin"))
+    return client
+
+
+def langs(ja_error_rate: float) -> dict[str, tuple[ArmAggregates, ArmAggregates]]:
+    return {
+        "en": (synthetic_arm(1, 30_000, error_rate=0.02), synthetic_arm(2, 30_000, error_rate=0.02)),
+        "de": (synthetic_arm(3, 10_000, error_rate=0.02), synthetic_arm(4, 10_000, error_rate=0.02)),
+        "ja": (synthetic_arm(5, 6_000, error_rate=0.02), synthetic_arm(6, 6_000, error_rate=ja_error_rate)),
+    }  # fmt: skip
+
+
+def test_a_regressed_segment_rolls_back_by_default_naming_it() -> None:
+    plan = segmented_plan()
+    put_segments(plan, "lang", langs(0.06))
+    result = engine.plan_evaluate(plan_id=plan.pk)
+    assert (result.action, result.acted) == ("rollback", True)
+    event = AuditEvent.objects.get(plan=plan, action="rollback")
+    assert "segment lang=ja regressed" in event.reason
+    ja = next(s for s in event.evidence["segments"] if s["value"] == "ja")
+    assert ja["tested"] and ja["wants"] == "rollback"
+    page = AlertDelivery.objects.get(plan=plan)
+    assert "lang=ja" in str(page.message)
+
+
+def test_a_regressed_segment_is_excluded_and_the_run_continues() -> None:
+    plan = segmented_plan(segment_on_regression="exclude")
+    version = plan.version
+    put_segments(plan, "lang", langs(0.06))
+    result = engine.plan_evaluate(plan_id=plan.pk)
+    assert result.action == "hold" and not result.acted
+    plan.refresh_from_db()
+    assert plan.status == "running" and plan.version == version + 1
+    # The SDKs' snapshot excludes the segment: a Japanese user gets control, EXCLUDED.
+    snapshot = routing.parse_plan(plan_entry(plan))
+    d = routing.decide(snapshot, "u1", decision_id="d", attributes={"lang": "ja"})
+    assert (d.arm, d.reason) == ("control", "EXCLUDED")
+    assert (
+        routing.decide(snapshot, "u1", decision_id="d", attributes={"lang": "en"}).reason == "SPLIT"
+    )
+    audit = AuditEvent.objects.get(plan=plan, action="targeting")
+    assert audit.actor_kind == "engine" and "Segment lang=ja regressed" in audit.reason
+    evaluation = Evaluation.objects.get(pk=result.evaluation_id)
+    assert any("excluded" in r for r in evaluation.decision["reasons"])
+    page = AlertDelivery.objects.get(plan=plan)
+    assert "lang=ja" in str(page.message)
+    assert segment_engine.excluded_segments(plan) == {("lang", "ja")}
+    # The dashboard's per-segment table: each segment's estimate, bounds and verdict.
+    page = staff_client().get(f"/plans/{plan.key}/live").content.decode()
+    assert 'data-segment="lang=ja" data-metric="error_rate"' in page
+    assert "Excluded by this evaluation: <strong>lang=ja</strong>" in page
+    assert "regressed" in page
+    # The next evaluation does not test the excluded segment again, and goes on (the stage's
+    # population still holds ja's earlier requests: inconclusive here, no rollback).
+    again = engine.plan_evaluate(plan_id=plan.pk)
+    evaluation = Evaluation.objects.get(pk=again.evaluation_id)
+    assert {s["value"] for s in evaluation.decision["segments"]} == {"en", "de"}
+    assert again.action in ("hold", "advance"), evaluation.decision["reasons"]
+    assert AuditEvent.objects.filter(plan=plan, action="targeting").count() == 1
+
+
+def test_healthy_segments_advance() -> None:
+    plan = segmented_plan()
+    put_segments(plan, "lang", langs(0.02))
+    result = engine.plan_evaluate(plan_id=plan.pk)
+    assert (result.action, result.acted) == ("advance", True)
+    evaluation = Evaluation.objects.get(pk=result.evaluation_id)
+    assert len(evaluation.decision["segments"]) == 3
+    assert evaluation.decision["segment_alphas"]["error_rate"] == pytest.approx(
+        0.05 / 2 / 3 * 0.5 / 21
+    )
+
+
+def test_other_regressed_rolls_back_even_when_excluding() -> None:
+    plan = segmented_plan(segment_on_regression="exclude", segment_top_k=2)
+    put_segments(plan, "lang", langs(0.06))  # ja is the least busy: it is 'other'
+    result = engine.plan_evaluate(plan_id=plan.pk)
+    assert (result.action, result.acted) == ("rollback", True)
+    event = AuditEvent.objects.get(plan=plan, action="rollback")
+    assert "segment lang=other regressed" in event.reason
+
+
+def test_a_segment_with_no_room_for_its_exclusion_rolls_back() -> None:
+    """With the plan's rule list at the cap (50), the engine's exclusion rule was refused by
+    the rule validation: every evaluation raised and the regressed segment was never acted on.
+    Where its rules do not fit, the segment rolls the plan back instead."""
+    from turnout.contract import MAX_RULES
+
+    from migrations_app.models import TargetingRule
+
+    plan = segmented_plan(segment_on_regression="exclude")
+    TargetingRule.objects.bulk_create(
+        TargetingRule(
+            plan=plan, order=i, name=f"beta {i}", result="include",
+            conditions=[{"attribute": "tenant", "op": "equals", "value": f"t{i}"}],
+        )
+        for i in range(MAX_RULES)
+    )  # fmt: skip
+    put_segments(plan, "lang", langs(0.06))
+    result = engine.plan_evaluate(plan_id=plan.pk)
+    assert (result.action, result.acted) == ("rollback", True)
+    assert (
+        "segment lang=ja regressed" in AuditEvent.objects.get(plan=plan, action="rollback").reason
+    )
+    assert TargetingRule.objects.filter(plan=plan).count() == MAX_RULES
+    assert not AuditEvent.objects.filter(plan=plan, action="targeting").exists()

@@ -1,0 +1,3 @@
+"""The provider simulator for the shadow tests (the providers' fixtures, shared)."""
+
+from tests.providers.conftest import sim, simulator  # noqa: F401

@@ -1,0 +1,107 @@
+"""The pure aggregation helpers: the fast forms equal their reference definitions exactly."""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import UTC, datetime
+
+from migrations_app.guardrails.stats import CLUSTER_MOMENTS, ArmAggregates, ClusterSums
+from migrations_app.outcomes import aggregation
+from migrations_app.outcomes.aggregation import OutcomeFacts, UnitTotals
+
+
+def _random_delta(rng: random.Random) -> ArmAggregates:
+    window = datetime(2026, 1, 1, tzinfo=UTC)
+    facts = [
+        OutcomeFacts(
+            "control",
+            "u",
+            window,
+            rng.lognormvariate(6, 1) if rng.random() < 0.9 else 0.0,
+            rng.choice([None, rng.random() * 100]),
+            rng.choice(["", "timeout", "server_error"]),
+            rng.choice([None, rng.random()]),
+        )  # fmt: skip
+        for _ in range(rng.randrange(1, 30))
+    ]
+    # Columns as UnitTotals.values(): requests, errors, cost_n, cost_sum, feedback_n,
+    # feedback_sum, latency_n, latency_log1p, ttft_n, ttft_log1p.
+    old = [[rng.randrange(3), 0, 1, rng.random(), 0, 0.0, 1, 6.0, 0, 0.0] for _ in range(3)]
+    new = [[o[0] + 2, 1, 2, o[3] + rng.random(), 1, 0.5, 3, 19.0, 1, 4.5] for o in old]
+    return (
+        aggregation.outcome_delta(facts)
+        + aggregation.feedback_delta([rng.random() for _ in range(rng.randrange(4))])
+        + aggregation.cluster_deltas(old, new)
+    )
+
+
+def test_merge_json_equals_the_round_trip_through_arm_aggregates() -> None:
+    rng = random.Random(5)
+    stored: dict = {}
+    reference = ArmAggregates()
+    for _ in range(60):
+        delta = _random_delta(rng)
+        stored = aggregation.merge_json(stored, delta)
+        reference = reference + delta
+        assert stored == aggregation.to_json(reference)
+        assert aggregation.from_json(stored) == reference
+
+
+def test_cluster_deltas_of_many_units_equal_the_sum_of_each_units_change() -> None:
+    rng = random.Random(6)
+    moves = []
+    for _ in range(200):
+        old = UnitTotals(rng.randrange(5), rng.randrange(3), rng.randrange(3), rng.random(),
+                         rng.randrange(3), rng.random())  # fmt: skip
+        change = UnitTotals(rng.randrange(3), rng.randrange(2), 1, rng.random(),
+                            rng.randrange(2), rng.random())  # fmt: skip
+        moves.append((old, old + change))
+    together = aggregation.cluster_deltas(
+        [o.values() for o, _ in moves], [n.values() for _, n in moves]
+    )
+    one_by_one = ArmAggregates.merge(aggregation.cluster_delta(o, n) for o, n in moves)
+    assert together == one_by_one
+    # (Y, N) = (errors, requests) for one unit going from (0, 0) to (1, 2): a new unit
+    first = aggregation.cluster_delta(UnitTotals(), UnitTotals(requests=2, errors=1))
+    assert first.error_clusters == ClusterSums(1, 1.0, 2.0, 4.0, 2.0, 4.0, 8.0)  # ... Y N^2, N^3
+
+
+def test_unit_totals_of_a_units_outcomes() -> None:
+    window = datetime(2026, 1, 1, tzinfo=UTC)
+    facts = [
+        OutcomeFacts("control", "u", window, 99.0, 9.0, "", 0.25),
+        OutcomeFacts("control", "u", window, 999.0, None, "timeout", None),
+        OutcomeFacts("control", "u", window, 0.0, 0.0, "", 0.5),
+    ]
+    totals = aggregation.unit_totals(facts)
+    assert totals == UnitTotals(
+        requests=3, errors=1, cost_n=2, cost_sum=0.75, latency_n=3,
+        latency_log1p=math.log(100) + math.log(1000), ttft_n=2, ttft_log1p=math.log(10),
+    )  # fmt: skip
+    # (Y, N) = (sum of log(1 + ms), latencies) for the latency clusters of a new unit
+    delta = aggregation.cluster_delta(UnitTotals(), totals)
+    y = totals.latency_log1p
+    expected = ClusterSums(1, y * y, 3 * y, 9.0, y * y * 3, y * 9, 27.0)
+    assert delta.latency_clusters.units == 1
+    for name in CLUSTER_MOMENTS:
+        assert math.isclose(getattr(delta.latency_clusters, name), getattr(expected, name))
+    assert delta.ttft_clusters.sum_nn == 4.0
+
+
+def test_grouped_cluster_deltas_are_each_group_s_own():
+    """Segments and windows take their units' cluster changes from one pass over the batch:
+    each group's sums are those of its rows alone, exactly (units in several groups too)."""
+    rng = random.Random(5)
+    columns = len(aggregation.UNIT_COLUMNS)
+    new = [[rng.random() * rng.randrange(1, 40) for _ in range(columns)] for _ in range(60)]
+    old = [
+        [v * rng.random() for v in row] if rng.random() < 0.5 else [0.0] * columns for row in new
+    ]
+    groups = {g: sorted(rng.sample(range(60), rng.randrange(1, 20))) for g in range(9)}
+    got = aggregation.grouped_cluster_deltas(old, new, groups)
+    requests = [name for name, _ in aggregation.UNIT_COLUMNS].index("requests")
+    for g, rows in groups.items():
+        alone = aggregation.cluster_deltas([old[i] for i in rows], [new[i] for i in rows])
+        firsts = sum(1 for i in rows if old[i][requests] == 0)  # units seen for the first time
+        assert got[g] == alone and got[g].error_clusters.units == firsts
