@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 from controlplane.demo import say
@@ -33,15 +34,26 @@ class Story(abc.ABC):
     ``event_after``: seconds into the stage where the story's event happens)."""
 
     plan: str  # the plan's key
-    rate: float  # requests a second the application sends
-    evaluation_interval: float  # seconds between the engine's evaluations
     done_line: str  # said when a --fast run has seen the story's end
+    # The story's timings, a frozen dataclass with at least ``rate`` (requests a second the
+    # application sends) and ``evaluation_interval`` (seconds between the engine's
+    # evaluations): the demo's, and the test's short ones (``--fast``).
+    default_timings: Any
+    fast_timings: Any
+    event_field: str  # the timings' field ``event_after`` sets
 
-    @abc.abstractmethod
     def __init__(
         self, *, fast: bool, rate: float | None = None, event_after: float | None = None
     ) -> None:
         """Choose the timings (``fast`` or not), then apply the options given."""
+        timings = self.fast_timings if fast else self.default_timings
+        if rate:
+            timings = replace(timings, rate=rate)
+        if event_after is not None:
+            timings = replace(timings, **{self.event_field: event_after})
+        self.timings = timings
+        self.rate: float = timings.rate
+        self.evaluation_interval: float = timings.evaluation_interval
 
     @abc.abstractmethod
     def profiles(self) -> dict[str, dict[str, Any]]:

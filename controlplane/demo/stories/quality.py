@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from controlplane.demo import say
@@ -148,18 +148,15 @@ class Quality(Story):
     done_line = "the engine stopped the candidate on quality and the page arrived"
     shadow = True  # a shadow phase with the judge first; without: the split, no judge
 
+    default_timings = DEFAULT_TIMINGS
+    fast_timings = FAST_TIMINGS
+    event_field = "label_after"
+
     def __init__(
         self, *, fast: bool, rate: float | None = None, event_after: float | None = None
     ) -> None:
-        timings = FAST_TIMINGS if fast else DEFAULT_TIMINGS
         rate = rate or (None if self.shadow else SPLIT_RATE)
-        if rate:
-            timings = replace(timings, rate=rate)
-        if event_after is not None:
-            timings = replace(timings, label_after=event_after)
-        self.timings = timings
-        self.rate = timings.rate
-        self.evaluation_interval = timings.evaluation_interval
+        super().__init__(fast=fast, rate=rate, event_after=event_after)
         self.admin_key = ""
         self.labelled = 0
         self.trusted = False

@@ -34,7 +34,7 @@ every 2 s, and is done once the rollback's page has arrived.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from controlplane.demo import say
@@ -140,17 +140,14 @@ class Regression(Story):
     plan = PLAN
     done_line = "the engine rolled the plan back and the page arrived"
 
+    default_timings = DEFAULT_TIMINGS
+    fast_timings = FAST_TIMINGS
+    event_field = "regress_after"
+
     def __init__(
         self, *, fast: bool, rate: float | None = None, event_after: float | None = None
     ) -> None:
-        timings = FAST_TIMINGS if fast else DEFAULT_TIMINGS
-        if rate:
-            timings = replace(timings, rate=rate)
-        if event_after is not None:
-            timings = replace(timings, regress_after=event_after)
-        self.timings = timings
-        self.rate = timings.rate
-        self.evaluation_interval = timings.evaluation_interval
+        super().__init__(fast=fast, rate=rate, event_after=event_after)
         self.sim_url = ""
         self.regressed_at: float | None = None
         self.told_rollback = False
