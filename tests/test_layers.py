@@ -23,6 +23,7 @@ PURE = (
     "migrations_app.guardrails.stats",
     "migrations_app.guardrails.rules",
     "migrations_app.guardrails.change_rules",
+    "migrations_app.guardrails.confirmatory_look",
     "migrations_app.guardrails.recovery",
     "migrations_app.guardrails.segments",
     "migrations_app.plans.phases",

@@ -11,7 +11,8 @@ the :class:`PlanDecision`: roll back, pause, alert, advance, or hold. The statis
   different weights confounds the arms with time whenever the metric drifts;
 - when a step has a minimum sample, a rate-type guardrail (the error rate, a declared rate
   metric) spends most of its alpha on one confirmatory fixed-sample test when both arms
-  reach it and the rest on the sequence (Haybittle-Peto; stats.CONFIRMATORY_SHARE says why);
+  reach it and the rest on the sequence (Haybittle-Peto; stats.CONFIRMATORY_SHARE says why;
+  the look itself is :mod:`confirmatory_look`);
 - bounds only tighten: the running intersection of the confidence sequences is kept;
 - a circuit breaker rolls back at once on a catastrophic candidate error rate;
 - a sample-ratio mismatch holds and alerts, and never rolls back by itself.
@@ -20,12 +21,13 @@ the :class:`PlanDecision`: roll back, pause, alert, advance, or hold. The statis
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from migrations_app.guardrails import stats
 from migrations_app.guardrails.change_rules import with_change
+from migrations_app.guardrails.confirmatory_look import rate_look
 from migrations_app.guardrails.stats import (
     ArmAggregates,
     MetricSums,
@@ -300,41 +302,6 @@ def _measure_test(
     return verdict, a.n, b.n
 
 
-def _rate_look(
-    spec: GuardrailSpec,
-    control: ArmAggregates,
-    candidate: ArmAggregates,
-    paired_errors: PairedErrors | None,
-    paired_metrics: Mapping[str, PairedSums] | None,
-) -> tuple[stats.RatioArm, stats.RatioArm, Callable[[float], tuple[float, float]]] | None:
-    """A rate-type guardrail's confirmatory look, per arm (None in shadow and for means,
-    quantiles, cost): the two arms' events over samples (the error rate's errors over
-    requests, a rate metric's 1s over its values) and the look's fixed-sample bounds at a
-    given alpha. One look for every rate: the same due rule, share and bookkeeping."""
-    if paired_errors is not None or paired_metrics is not None:
-        return None
-    tol, kind = spec.tolerance, spec.tolerance_kind
-    if spec.measure is None and spec.metric == "error_rate":
-        return stats.error_arm(control), stats.error_arm(candidate), lambda alpha: (
-            stats.error_rate_confirmatory(
-                control, candidate, tolerance=tol, tolerance_kind=kind, alpha=alpha
-            )
-        )  # fmt: skip
-    if spec.measure is None or spec.measure.kind != "rate":
-        return None
-    harm = spec.measure.harm
-    a = control.metrics.get(spec.metric, MetricSums()).ratio_arm()
-    b = candidate.metrics.get(spec.metric, MetricSums()).ratio_arm()
-
-    def bounds(alpha: float) -> tuple[float, float]:
-        lo, hi = stats.metric_confirmatory(
-            a, b, tolerance=tol, tolerance_kind=kind, harm=harm, alpha=alpha
-        )
-        return float(lo), float(hi)
-
-    return a, b, bounds
-
-
 def _with_bounds(verdict: Verdict, bounds: Bounds, notes: tuple[str, ...]) -> Verdict:
     limit = stats.threshold(verdict.tolerance, verdict.tolerance_kind, verdict.harm)
     status = stats.classify(verdict.estimate, bounds.lower, bounds.upper, limit, verdict.harm)
@@ -404,16 +371,25 @@ def _test_guardrail(
     everything after the test is the same.
 
     ``design_samples`` is the step's minimum sample per arm in a split stage (0: none). A
-    rate-type guardrail (:func:`_rate_look`) then spends ``stats.CONFIRMATORY_SHARE`` of its
-    alpha on one fixed-sample test when both arms first reach it, and the rest on the confidence
-    sequence at every look (Haybittle-Peto with an anytime-valid interim test; the union
-    bound keeps the pair at alpha). A step that must reach that sample before it may
-    advance gets, at that moment, the power of a classical fixed-horizon test: 0.91 for 2x
-    errors at a 2 % base by 12k per arm at 0.0125, where no test valid at every look
-    without a horizon reaches 0.9 (stats.CONFIRMATORY_SHARE); a rate metric 80 % -> 72 %
-    against 3 points by 3,000 per arm 0.91 (0.78 without; tests/guardrails/stats/test_metric_sim).
+    rate-type guardrail (:func:`confirmatory_look.rate_look`) then spends
+    ``stats.CONFIRMATORY_SHARE`` of its alpha on one fixed-sample test when both arms first
+    reach it, and the rest on the confidence sequence at every look (Haybittle-Peto with an
+    anytime-valid interim test; the union bound keeps the pair at alpha). A step that must reach
+    that sample before it may advance gets, at that moment, the power of a classical
+    fixed-horizon test: 0.91 for 2x errors at a 2 % base by 12k per arm at 0.0125, where no test
+    valid at every look without a horizon reaches 0.9 (stats.CONFIRMATORY_SHARE); a rate metric
+    80 % -> 72 % against 3 points by 3,000 per arm 0.91 (0.78 without;
+    tests/guardrails/stats/test_metric_sim).
     """
-    look = _rate_look(spec, control, candidate, paired_errors, paired_metrics)
+    look = rate_look(
+        spec.metric,
+        control,
+        candidate,
+        tolerance=spec.tolerance,
+        tolerance_kind=spec.tolerance_kind,
+        measure=(spec.measure.kind, spec.measure.harm) if spec.measure is not None else None,
+        paired=paired_errors is not None or paired_metrics is not None,
+    )
     look_share = stats.confirmatory_share(design_samples) if look else 0.0
     sequence_alpha = alpha * (1.0 - look_share)
     n_a = n_b = -1
@@ -465,16 +441,11 @@ def _test_guardrail(
     notes: tuple[str, ...] = ()
     looked_before = previous is not None and previous.looked
     if look is not None and look_share and not looked_before:
-        a, b, look_bounds = look
-        if bool(stats.confirmatory_look_due(a.n, b.n, a.y, b.y, design_samples)):
-            look_alpha = alpha * look_share
-            lo, hi = look_bounds(look_alpha)
+        taken = look.take(alpha * look_share, design_samples)
+        if taken is not None:
+            lo, hi, note = taken
             new = new.intersect(Bounds(lo, hi, looked=True))
-            notes += (
-                f"confirmatory look at {int(a.n)} control and {int(b.n)} "
-                f"candidate requests (the step's minimum is {design_samples} per arm): "
-                f"{stats.summarise_bounds(lo, hi, spec.tolerance_kind, look_alpha)}",
-            )
+            notes += (note,)
     bounds = new if previous is None else previous.intersect(new)
     if bounds.lower > bounds.upper:
         # Two confidence sequences that no longer overlap: either the effect moved during
