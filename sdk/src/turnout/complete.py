@@ -21,8 +21,8 @@ from turnout.contract import (
     MAX_CONTENT_CHARS,
     ROLES,
 )
+from turnout.events import finite_number
 from turnout.providers.base import Adapters, Provider, ProviderError, Request, Result, with_prompt
-from turnout.reporter import finite_number
 from turnout.routing import ArmSpec, Decision, PlanSnapshot
 
 #: The estimate of prompt tokens is characters / 4 (OpenAI's rule of thumb for English text):

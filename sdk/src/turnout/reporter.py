@@ -12,8 +12,8 @@ samples and the pointwise judge's samples of a split's answers.
   which is dropped, counted and logged. One such event must not stop all reporting.
 - If a buffer is full the oldest events are dropped and counted, and the count goes to the
   server in the next batch of outcomes (:attr:`Reporter.dropped`).
-- Values are checked here, in the sender's thread: a bad one is dropped, counted and logged
-  once, never raised into the host.
+- Values are checked in the sender's thread (:mod:`turnout.events` checks and shapes each
+  kind): a bad one is dropped, counted and logged once, never raised into the host.
 - Every event gets its id before the first attempt, so a retried batch is never counted twice
   by the server.
 """
@@ -23,9 +23,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import os
 import random
-import re
 import threading
 import time
 from collections import deque
@@ -35,23 +33,23 @@ from typing import Any
 
 import httpx
 
-from turnout import routing
 from turnout._log import LogOnce, log
 from turnout.contract import (
-    ERROR_KINDS,
     FEEDBACK_PATH,
-    FEEDBACK_SCALES,
     JUDGE_SAMPLES_PATH,
-    MAX_CONTENT_CHARS,
-    MAX_METRICS_PER_EVENT,
-    METRIC_NAME_PATTERN,
     METRICS_PATH,
     OUTCOMES_PATH,
     SHADOW_BATCH,
     SHADOW_PATH,
-    UNCOUNTED_REASONS,
 )
-from turnout.providers.params import sample_params
+from turnout.events import (
+    Event,
+    feedback_event,
+    judge_event,
+    metric_event,
+    outcome_event,
+    shadow_event,
+)
 from turnout.routing import Decision
 
 SDK_NAME = "turnout-python/0.1.0"
@@ -64,7 +62,6 @@ UNAVAILABLE = frozenset({429, 502, 503, 504})
 SERVER_ERROR_ATTEMPTS = 3
 
 _time = time.time
-_Event = tuple[Any, ...]
 
 
 class Reporter:
@@ -87,12 +84,12 @@ class Reporter:
         self._max_backoff = max_backoff
         self._timeout = timeout
         self._log = log_once
-        self.outcomes: deque[_Event] = deque(maxlen=buffer_size)
-        self._feedback: deque[_Event] = deque(maxlen=buffer_size)
-        self._shadow: deque[_Event] = deque(maxlen=buffer_size)
-        self._judge: deque[_Event] = deque(maxlen=buffer_size)
+        self.outcomes: deque[Event] = deque(maxlen=buffer_size)
+        self._feedback: deque[Event] = deque(maxlen=buffer_size)
+        self._shadow: deque[Event] = deque(maxlen=buffer_size)
+        self._judge: deque[Event] = deque(maxlen=buffer_size)
         # (ts, decision or decision id, name, value): Client.metric appends here itself.
-        self.metrics: deque[_Event] = deque(maxlen=buffer_size)
+        self.metrics: deque[Event] = deque(maxlen=buffer_size)
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -148,7 +145,7 @@ class Reporter:
         """Queue one answer ``arm`` served under ``decision`` for the pointwise judge."""
         self._add(self._judge, (_time(), decision, arm, messages, answer), SHADOW_BATCH)
 
-    def _add(self, buffer: deque[_Event], item: _Event, wake_at: int) -> None:
+    def _add(self, buffer: deque[Event], item: Event, wake_at: int) -> None:
         if len(buffer) >= self.buffer_size:
             self.count_dropped(1)  # deque(maxlen) is about to push out the oldest
         buffer.append(item)
@@ -219,28 +216,28 @@ class Reporter:
     def _send_pending(self) -> None:
         while not self._stop.is_set() and self._pending():
             self._sending = True
-            outcomes = self._drain(self.outcomes, self._outcome_event)
+            outcomes = self._drain(self.outcomes, outcome_event)
             if outcomes:
                 self._send_batch(OUTCOMES_PATH, outcomes)
             # After the outcomes they are about, so that most are counted at once, not held.
-            values = self._drain(self.metrics, self._metric_event)
+            values = self._drain(self.metrics, metric_event)
             if values:
                 self._send_batch(METRICS_PATH, values)
-            feedback = self._drain(self._feedback, self._feedback_event)
+            feedback = self._drain(self._feedback, feedback_event)
             if feedback:
                 self._send_batch(FEEDBACK_PATH, feedback)
-            samples = self._drain(self._shadow, self._shadow_event, SHADOW_BATCH)
+            samples = self._drain(self._shadow, shadow_event, SHADOW_BATCH)
             if samples:
                 self._send_batch(SHADOW_PATH, samples)
-            judged = self._drain(self._judge, self._judge_event, SHADOW_BATCH)
+            judged = self._drain(self._judge, judge_event, SHADOW_BATCH)
             if judged:
                 self._send_batch(JUDGE_SAMPLES_PATH, judged)
             self._sending = False
 
     def _drain(
         self,
-        buffer: deque[_Event],
-        make: Callable[[_Event], dict[str, Any] | None],
+        buffer: deque[Event],
+        make: Callable[[Event, LogOnce], dict[str, Any] | None],
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
@@ -251,7 +248,7 @@ class Reporter:
             except IndexError:
                 break
             try:
-                event = make(item)
+                event = make(item, self._log)
             except Exception as exc:
                 self._log.warning("bad-event", "turnout: dropping an unusable event: %r", exc)
                 event = None
@@ -375,235 +372,6 @@ class Reporter:
                 len(rejected),
                 rejected[0],
             )
-
-    # --- events as the contract has them (docs/contracts.md) ---------------------------
-
-    def _outcome_event(self, item: _Event) -> dict[str, Any] | None:
-        ts, decision, latency_ms, ttft_ms, error, input_tokens, output_tokens, fallback, metrics = (
-            item
-        )
-        problem = _call_problem(latency_ms, ttft_ms, error, input_tokens, output_tokens)
-        if not isinstance(decision, Decision):
-            problem = f"report() needs the Decision from decide(), got {type(decision).__name__}"
-        if problem:
-            self._log.warning(
-                f"outcome:{problem.split()[0]}", "turnout: dropping an outcome: %s", problem
-            )
-            return None
-        event = {
-            "id": _event_id(),
-            "decision_id": decision.decision_id,
-            "plan": decision.plan,
-            "run": decision.run,
-            "plan_version": decision.plan_version,
-            "arm": routing.CONTROL if fallback else decision.arm,
-            "unit": decision.unit,
-            "ts": ts,
-            "latency_ms": float(latency_ms),
-            "ttft_ms": None if ttft_ms is None else float(ttft_ms),
-            "error": error,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-        }
-        if fallback:
-            event["fallback"] = fallback
-        if metrics:
-            checked = self._checked_metrics(metrics)
-            if checked:
-                event["metrics"] = checked
-        # Served, counted in neither arm: the server needs to know which these are.
-        if decision.reason in UNCOUNTED_REASONS:
-            event["reason"] = decision.reason
-        if decision.cohort:
-            event["cohort"] = decision.cohort
-        if decision.segments:
-            event["segments"] = dict(decision.segments)
-        return event
-
-    def _checked_metrics(self, metrics: Any) -> dict[str, int | float]:
-        """An outcome's metrics as they travel: the well-formed ones (a bad one is left out
-        and logged once, the outcome still goes)."""
-        if not isinstance(metrics, Mapping):
-            self._log.warning("metrics-type", "turnout: report(metrics=...) needs a mapping")
-            return {}
-        out: dict[str, int | float] = {}
-        for name, value in list(metrics.items())[:MAX_METRICS_PER_EVENT]:
-            problem = _metric_problem(name, value)
-            if problem:
-                self._log.warning(f"metric:{problem.split()[0]}", "turnout: %s", problem)
-                continue
-            out[name] = int(value) if isinstance(value, bool) else value
-        return out
-
-    def _metric_event(self, item: _Event) -> dict[str, Any] | None:
-        ts, decision, name, value = item
-        plan: str | None = None
-        if isinstance(decision, Decision):
-            decision_id, plan = decision.decision_id, decision.plan or None
-        else:
-            decision_id = decision
-        problem = _metric_problem(name, value)
-        if not isinstance(decision_id, str) or not decision_id:
-            problem = "metric() needs a Decision or a decision id"
-        if problem:
-            self._log.warning(f"metric:{problem.split()[0]}", "turnout: dropping a metric: %s",
-                              problem)  # fmt: skip
-            return None
-        event = {
-            "id": _event_id(),
-            "decision_id": decision_id,
-            "name": name,
-            "value": int(value) if isinstance(value, bool) else value,
-            "ts": ts,
-        }
-        if plan:
-            event["plan"] = plan
-        return event
-
-    def _feedback_event(self, item: _Event) -> dict[str, Any] | None:
-        ts, decision_id, score, scale = item
-        if isinstance(decision_id, Decision):
-            decision_id = decision_id.decision_id
-        problem = None
-        if not isinstance(decision_id, str) or not decision_id:
-            problem = "decision_id must be a non-empty string"
-        elif scale not in FEEDBACK_SCALES:
-            problem = f"scale {scale!r} is not one of {sorted(FEEDBACK_SCALES)}"
-        elif not finite_number(score) or (
-            score not in (-1, 1) if scale == "thumbs" else not 1 <= score <= 5
-        ):
-            problem = f"score {score!r} is out of range for scale {scale!r}"
-        if problem:
-            self._log.warning(
-                f"feedback:{problem.split()[0]}", "turnout: dropping feedback: %s", problem
-            )
-            return None
-        return {
-            "id": _event_id(),
-            "decision_id": decision_id,
-            "score": score,
-            "scale": scale,
-            "ts": ts,
-        }
-
-    def _shadow_event(self, item: _Event) -> dict[str, Any] | None:
-        (ts, decision, messages, params, schema, text, latency_ms, ttft_ms, error,
-         input_tokens, output_tokens) = item  # fmt: skip
-        problem = _call_problem(latency_ms, ttft_ms, error, input_tokens, output_tokens)
-        if not isinstance(messages, list) or not isinstance(text, str):
-            problem = "messages must be a list and control_text a string"
-        elif params is not None and not isinstance(params, Mapping):
-            problem = f"params must be a mapping or None, got {type(params).__name__}"
-        if problem:
-            self._log.warning(
-                f"shadow:{problem.split()[0]}", "turnout: dropping a shadow sample: %s", problem
-            )
-            return None
-        candidate = decision.shadow_spec
-        # Only what the candidate may be called with travels (the server refuses a sample
-        # with anything else): control's own max_tokens or timeout are not the sample's.
-        params, left_out = sample_params(
-            candidate.kind if candidate else "", candidate.params if candidate else {}, params or {}
-        )
-        if left_out:
-            self._log.warning(
-                f"shadow-params:{','.join(left_out)}",
-                "turnout: shadow samples leave out params %s (not allowed for the candidate)",
-                left_out,
-            )
-        return {
-            **_sample_header(decision, ts),
-            "request": {"messages": messages, "params": params, "json_schema": schema},
-            "control": {
-                "text": text,
-                "latency_ms": float(latency_ms),
-                "ttft_ms": None if ttft_ms is None else float(ttft_ms),
-                "error": error,
-                "input_tokens": input_tokens,
-                "output_tokens": output_tokens,
-            },
-        }
-
-    def _judge_event(self, item: _Event) -> dict[str, Any] | None:
-        ts, decision, arm, messages, answer = item
-        if not (isinstance(answer, str) and 0 < len(answer) <= MAX_CONTENT_CHARS):
-            # complete() never queues one: the server would refuse it.
-            self._log.warning("judge-answer", "turnout: dropping a judge sample: bad answer")
-            return None
-        return {
-            **_sample_header(decision, ts),
-            "arm": arm,
-            "request": {"messages": messages},
-            "answer": answer,
-        }
-
-
-def _sample_header(decision: Decision, ts: float) -> dict[str, Any]:
-    """The fields a shadow or judge sample opens with (the server checks them in this order:
-    ``outcomes.event_checks.sample_header``)."""
-    return {
-        "id": _event_id(),
-        "decision_id": decision.decision_id,
-        "plan": decision.plan,
-        "run": decision.run,
-        "plan_version": decision.plan_version,
-        "unit": decision.unit,
-        "ts": ts,
-    }
-
-
-def _event_id() -> str:
-    """128 random bits as 32 hex digits, like ``uuid4().hex`` at a quarter of the cost: the
-    server is idempotent on it, so it only has to be unique."""
-    return os.urandom(16).hex()
-
-
-def finite_number(value: Any) -> bool:
-    """An int or float, not a bool, not NaN or infinite."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-_METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
-
-
-def _metric_problem(name: Any, value: Any) -> str | None:
-    """What is wrong with a metric's name or value, in words (a bool counts as 0 or 1)."""
-    if not isinstance(name, str) or not _METRIC_NAME.match(name):
-        return f"metric name {name!r} is not lowercase letters, digits and underscores"
-    if not (isinstance(value, bool) or finite_number(value)):
-        return f"metric {name} value {value!r} is not a finite number"
-    return None
-
-
-def _call_problem(
-    latency_ms: Any, ttft_ms: Any, error: Any, input_tokens: Any, output_tokens: Any
-) -> str | None:
-    """What is wrong with a model call's measurements (an outcome's, a shadow sample's
-    control's), in words; ``None`` if nothing. A bad error kind is named before the rest."""
-    if error is not None and error not in ERROR_KINDS:
-        return f"error {error!r} is not one of {sorted(ERROR_KINDS)}"
-    return (
-        _check_ms("latency_ms", latency_ms, required=True)
-        or _check_ms("ttft_ms", ttft_ms)
-        or _check_tokens("input_tokens", input_tokens)
-        or _check_tokens("output_tokens", output_tokens)
-    )
-
-
-def _check_ms(name: str, value: Any, *, required: bool = False) -> str | None:
-    if value is None and not required:
-        return None
-    if not finite_number(value) or value < 0:
-        return f"{name} must be a finite number >= 0, got {value!r}"
-    return None
-
-
-def _check_tokens(name: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        return f"{name} must be an integer >= 0 or None, got {value!r}"
-    return None
 
 
 def retry_after(value: str | None) -> float | None:
