@@ -27,7 +27,7 @@ from migrations_app.models import (
     WindowAggregate,
 )
 from migrations_app.outcomes import aggregation
-from tests.guardrails.test_engine_live import (
+from tests.guardrails.live_traffic import (
     ERROR_RATE_ROLLBACK,
     PATIENCE_SECONDS,
     held_ab_split,

@@ -8,9 +8,8 @@ counted in neither arm."""
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +18,6 @@ import pytest
 import turnout
 from django.utils import timezone
 
-from migrations_app.api.keys import apikey_create
 from migrations_app.guardrails import engine
 from migrations_app.models import (
     AlertChannel,
@@ -35,65 +33,9 @@ from migrations_app.outcomes import aggregation
 from migrations_app.plans import targeting as plan_targeting
 from tests.alerts.conftest import Receiver
 from tests.factories import person, started_plan
+from tests.guardrails.live_traffic import app_key, drive, status_of, wait_until
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
-
-# Waiting for a process to do something is not a speed assertion: this bounds how long a
-# broken build hangs before failing, far above what a healthy run needs.
-PATIENCE_SECONDS = 240.0
-
-Attributes = Callable[[int], dict[str, Any]]
-
-
-def drive(
-    client: turnout.Client,
-    plan_key: str,
-    *,
-    attributes: Attributes,
-    error_rate: Callable[[turnout.Decision, Mapping[str, Any]], float],
-    until: Callable[[], bool],
-    seed: int,
-    units: int = 3_000,
-) -> int:
-    """Rounds of 500 requests from ``units`` sticky users (each with its ``attributes``),
-    decided and reported by the SDK, until ``until()``; returns the requests sent."""
-    rng = np.random.default_rng(seed)
-    sent = 0
-    wait_until(lambda: plan_key in client.snapshot.plans)
-    deadline = time.monotonic() + PATIENCE_SECONDS
-    while not until():
-        assert time.monotonic() < deadline, f"gave up after {sent} requests"
-        for i in rng.integers(0, units, 500).tolist():
-            attrs = attributes(i)
-            d = client.decide(plan_key, unit=f"user-{i}", attributes=attrs)
-            failed = rng.random() < error_rate(d, attrs)
-            client.report(
-                d,
-                latency_ms=float(800 * np.exp(rng.normal(0, 0.4))),
-                error="server_error" if failed else None,
-                input_tokens=1200,
-                output_tokens=300,
-            )
-            sent += 1
-        client.flush()
-        time.sleep(0.05)
-    return sent
-
-
-def status_of(key: str) -> str:
-    return MigrationPlan.objects.get(key=key).status
-
-
-def app_key() -> str:
-    return apikey_create(name="app", scopes=["decide", "report"])[1]
-
-
-def wait_until(check: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + PATIENCE_SECONDS
-    while not check():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-
 
 # --- (a) cohort first ----------------------------------------------------------------------
 
@@ -143,8 +85,9 @@ def test_a_cohort_first_plan_walks_internal_beta_everyone_with_sdk_traffic(
         drive(
             client,
             "live-cohorts",
+            users=3_000,
             attributes=cohort_attributes,
-            error_rate=lambda d, attrs: 0.02,
+            error_rate=lambda d, attrs, sent: 0.02,
             until=lambda: status_of("live-cohorts") == PlanStatus.COMPLETED,
             seed=3,
         )
@@ -238,7 +181,7 @@ def test_a_regressed_tenant_is_excluded_and_the_rest_of_the_split_goes_on(
         alert_channels=[channel],
     )  # fmt: skip
 
-    def error_rate(d: turnout.Decision, attrs: Mapping[str, Any]) -> float:
+    def error_rate(d: turnout.Decision, attrs: Mapping[str, Any], sent: int) -> float:
         # Tenant t3's candidate errors are tripled; everything else fails 5 % of the time.
         return 0.15 if d.arm == "candidate" and attrs["tenant"] == "t3" else 0.05
 
@@ -252,6 +195,7 @@ def test_a_regressed_tenant_is_excluded_and_the_rest_of_the_split_goes_on(
         drive(
             client,
             "live-segments",
+            users=3_000,
             attributes=tenant_of,
             error_rate=error_rate,
             until=lambda: excluded() or status_of("live-segments") != PlanStatus.RUNNING,
@@ -285,6 +229,7 @@ def test_a_regressed_tenant_is_excluded_and_the_rest_of_the_split_goes_on(
         drive(
             client,
             "live-segments",
+            users=3_000,
             attributes=tenant_of,
             error_rate=error_rate,
             until=lambda: Evaluation.objects.filter(plan__key="live-segments").count() >= looked + 3,
