@@ -100,6 +100,24 @@ def _corrected(y: FloatArray, n: FloatArray) -> FloatArray:
     return (y + 0.5) / (n + 0.5)
 
 
+ArmRate = tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]
+
+
+def _arms(
+    a: RatioArm, b: RatioArm, iid_a: npt.ArrayLike, iid_b: npt.ArrayLike
+) -> tuple[ArmRate, ArmRate]:
+    """Each arm's (count, requests, rate, cluster-robust variance of the rate, its degrees of
+    freedom): what both rate bounds start from."""
+
+    def arm(x: RatioArm, iid: npt.ArrayLike) -> ArmRate:
+        y, n = np.asarray(x.y, dtype=np.float64), np.asarray(x.n, dtype=np.float64)
+        rate = np.where(n > 0, y / np.maximum(n, 1.0), 0.0)
+        var, df = ratio_cluster_variance(x, iid)
+        return y, n, rate, var, df
+
+    return arm(a, iid_a), arm(b, iid_b)
+
+
 def rate_ratio_bounds(
     a: RatioArm,
     b: RatioArm,
@@ -136,13 +154,9 @@ def rate_ratio_bounds(
     arm (a 5 % first step) is not affected (its variance grows with its own rate), and
     the floor costs little power at balanced splits (test_unequal_arms.py).
     """
-    ea, na, eb, nb = (np.asarray(v, dtype=np.float64) for v in (a.y, a.n, b.y, b.n))
     with np.errstate(invalid="ignore", divide="ignore"):
-        pa = np.where(na > 0, ea / np.maximum(na, 1.0), 0.0)
-        pb = np.where(nb > 0, eb / np.maximum(nb, 1.0), 0.0)
+        (ea, na, pa, var_a, df_a), (eb, nb, pb, var_b, df_b) = _arms(a, b, iid_a, iid_b)
         pa_c, pb_c = _corrected(ea, na), _corrected(eb, nb)
-        var_a, df_a = ratio_cluster_variance(a, iid_a)
-        var_b, df_b = ratio_cluster_variance(b, iid_b)
         df = welch_df(var_a / (pa_c * pa_c), df_a, var_b / (pb_c * pb_c), df_b)
         if null_ratio is not None:
             var_a, var_b = _null_floor(a, b, var_a, var_b, float(null_ratio))
@@ -207,12 +221,8 @@ def rate_difference_bounds(
     A/A runs at alpha 0.0125 and 59 % at the tolerance at 0.05
     (tests/guardrails/stats/test_unequal_arms.py; with the floor under alpha).
     """
-    ea, na, eb, nb = (np.asarray(v, dtype=np.float64) for v in (a.y, a.n, b.y, b.n))
     with np.errstate(invalid="ignore", divide="ignore"):
-        pa = np.where(na > 0, ea / np.maximum(na, 1.0), 0.0)
-        pb = np.where(nb > 0, eb / np.maximum(nb, 1.0), 0.0)
-        var_a, df_a = ratio_cluster_variance(a, iid_a)
-        var_b, df_b = ratio_cluster_variance(b, iid_b)
+        (ea, na, pa, var_a, df_a), (eb, nb, pb, var_b, df_b) = _arms(a, b, iid_a, iid_b)
         df = welch_df(var_a, df_a, var_b, df_b)
         total = var_a + var_b
         if null_difference is not None:
