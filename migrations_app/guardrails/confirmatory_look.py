@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from migrations_app.guardrails import stats
 from migrations_app.guardrails.stats import ArmAggregates, MetricSums
 
@@ -37,7 +39,7 @@ class ConfirmatoryLook:
             return None
         lo, hi = self.bounds(alpha)
         note = (
-            f"confirmatory look at {int(a.n)} control and {int(b.n)} "
+            f"confirmatory look at {int(np.asarray(a.n))} control and {int(np.asarray(b.n))} "
             f"candidate requests (the step's minimum is {design_samples} per arm): "
             f"{stats.summarise_bounds(lo, hi, self.tolerance_kind, alpha)}"
         )

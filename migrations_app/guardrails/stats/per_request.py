@@ -163,7 +163,7 @@ def metric_confirmatory(
     variance and score-type floor at the threshold) with Student's t quantile in place of
     the sequence's width, as :func:`error_rate_confirmatory` for the error rate. Valid once
     per stage, when both arms first reach the step's minimum sample
-    (:func:`confirmatory_look_due`); the engine (guardrails.rules) and the simulations
+    (:func:`confirmatory_look_due`); the engine (guardrails.confirmatory_look) and the simulations
     (tests/guardrails/stats/test_metric_sim.py) both call this."""
     null = threshold(tolerance, tolerance_kind, harm)
     if tolerance_kind == "relative":
@@ -262,10 +262,10 @@ def paired_kernel(
     d = pairs.difference
     n = d.n
     if tolerance_kind == "absolute":
-        est, lo, hi = paired_difference_kernel(
+        difference = paired_difference_kernel(
             d.ratio_arm(), alpha=alpha, value_range=value_range, n_star=n_star
         )
-        return float(est), float(lo), float(hi)
+        return float(difference[0]), float(difference[1]), float(difference[2])
     # A difference of two values lies in twice their range (paired_difference_kernel).
     var_d, df = _mean_variance(d, "mean", 2.0 * value_range)
     c = float(critical_value(2 * n, alpha, df, n_star=n_star))
@@ -275,12 +275,12 @@ def paired_kernel(
     ma, mb = pairs.control.mean, pairs.candidate.mean
     lo, hi = paired_fieller_bounds(ma, mb, va, vb, cov, c)
     if kind == "rate":
-        est = ((pairs.candidate.total + 0.5) / (n + 0.5)) / (
+        ratio = ((pairs.candidate.total + 0.5) / (n + 0.5)) / (
             (pairs.control.total + 0.5) / (n + 0.5)
         )
     else:
-        est = mb / ma if ma > 0 else math.inf
-    return est, lo, hi
+        ratio = mb / ma if ma > 0 else math.inf
+    return ratio, float(lo), float(hi)
 
 
 def metric_test(
