@@ -1,6 +1,7 @@
 """The replay phase, live: a real Celery worker calls control and the candidate through the real
 vendor SDKs against the provider simulator; the gates decide and the plan advances to shadow or
-stops; a replay is cancelled; a worker is killed mid-replay; an outage reads as an outage."""
+stops; a set drawn from the SDK's shadow samples gates the plan's next run; a replay is
+cancelled; a worker is killed mid-replay; an outage reads as an outage."""
 
 from __future__ import annotations
 
@@ -8,18 +9,25 @@ import os
 import signal
 from typing import Any
 
+import httpx
 import pytest
+import turnout
 
+from migrations_app.api.keys import apikey_create
 from migrations_app.datasets import services as dataset_services
+from migrations_app.errors import DomainError
 from migrations_app.models import (
     AuditEvent,
+    DatasetItem,
     MigrationPlan,
+    PlanPhase,
     PlanStatus,
     ProviderConnection,
     ReplayCall,
     ReplayItem,
     ReplayRun,
     ReplayStatus,
+    ShadowSample,
 )
 from migrations_app.plans import lifecycle
 from migrations_app.replay import decide, services
@@ -42,6 +50,8 @@ GATES = [
     {"metric": "exact_match", "threshold": 0.8},
     {"metric": "normalized_match", "threshold": -0.15, "versus_control": True},
 ]
+#: A set drawn from shadow samples has no reference answers: its gates compare with control's.
+SHADOW_GATES = [{"metric": "agreement", "threshold": 0.8}]
 
 
 def worker(name: str) -> Any:
@@ -134,6 +144,117 @@ def test_low_quality_candidate_fails_and_the_plan_stops_with_a_page(sim: Simulat
     assert gate["outcome"] == "fail" and gate["interval"]["upper"] < 0.8
     stability = run.summary["stability"]["exact_match"]
     assert stability["flipped"] > 0  # a 30 % candidate disagrees with itself across repeats
+
+
+def test_a_set_drawn_from_shadow_samples_gates_the_plans_next_run(
+    live_server_process: str, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shadow traffic becomes the replay of the plan's next run: the SDK's requests (redacted,
+    tagged by segment) with control's recorded answers, drawn through the datasets API. A good
+    candidate passes and shadow starts again; one whose quality is low stops the plan. A set
+    of one plan's samples replays only in that plan (it holds its prompts)."""
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY"):  # the SDK calls the arms too
+        monkeypatch.setenv(name, WORKER_ENV[name])
+    ProviderConnection.objects.filter(name="anthropic").update(base_url=sim.url)
+    ProviderConnection.objects.filter(name="openai").update(base_url=f"{sim.url}/v1")
+    plan = make_plan("support-chat")
+    MigrationPlan.objects.filter(pk=plan.pk).update(segment_dimensions=["tier"])
+    PlanPhase.objects.filter(plan=plan, kind="shadow").update(percent=100.0)
+    lifecycle.plan_start(plan_key=plan.key, actor=person())
+    app = apikey_create(name="app", scopes=["decide", "report"])[1]
+    with turnout.Client(live_server_process, app, flush_interval=0.05) as client:
+        served = [
+            client.complete(
+                plan.key,
+                f"user-{i}",
+                messages=[
+                    {"role": "system", "content": "You are a support agent."},
+                    {"role": "user", "content": f"Where is order {i}? Mail me: u{i}@x.io"},
+                ],
+                attributes={"tier": "gold" if i % 3 == 0 else "free"},
+            )
+            for i in range(30)
+        ]
+        assert client.flush(10)
+    assert all(c.ok and c.decision.shadow for c in served)
+    assert ShadowSample.objects.filter(plan=plan).count() == 30
+
+    ci = {"Authorization": f"Bearer {apikey_create(name='ci', scopes=['plans'])[1]}"}
+    api = httpx.Client(base_url=f"{live_server_process}/api/v1", headers=ci, timeout=30.0)
+    with api:
+        made = api.post(
+            "/datasets",
+            json={"name": "support-week", "plan": plan.key, "shadow": {"size": 24, "seed": 3}},
+        )
+        assert made.status_code == 201, made.text
+        dataset = made.json()
+        assert (dataset["source"], dataset["plan"], dataset["item_count"]) == (
+            "shadow", plan.key, 24,
+        )  # fmt: skip
+        assert dataset["filter"]["matched"] == 30 and dataset["filter"]["skipped"] == 0
+        assert set(dataset["tag_counts"]) == {"tier=gold", "tier=free"}
+        # Redacted as stored; control's answer (to the redacted question) recorded with it.
+        for item in DatasetItem.objects.filter(dataset__name="support-week"):
+            question = item.request["messages"][-1]["content"]
+            assert "@" not in question and item.control_answer == f"You said: {question}"
+            assert item.sample_id and len(item.tags) == 1
+
+        # Another plan cannot replay it (the rule: a set made for its plan or for none).
+        next_plan = {"dataset": "support-week", "gates": SHADOW_GATES}
+        other = make_plan(
+            phases=[{"kind": "replay", "replay": next_plan}, {"kind": "shadow", "percent": 10.0}]
+        )
+        with pytest.raises(DomainError) as refused:
+            lifecycle.plan_start(plan_key=other.key, actor=person())
+        assert refused.value.code == "plan_not_startable"
+        assert "no dataset 'support-week' for this plan" in refused.value.message
+
+        # The plan's next run opens with the replay of its own traffic: rolled back, edited
+        # through the plans API (routing fields change only then), restarted by a person.
+        lifecycle.plan_rollback(plan_key=plan.key, actor=person(), reason="a new prompt")
+        phases = api.get(f"/plans/{plan.key}").json()["spec"]["phases"]
+        replay = {"dataset": "support-week", "repeats": 2, "gates": SHADOW_GATES}
+        patched = api.patch(
+            f"/plans/{plan.key}", json={"phases": [{"kind": "replay", "replay": replay}, *phases]}
+        )
+        assert patched.status_code == 200, patched.text
+    lifecycle.plan_start(plan_key=plan.key, actor=person(), reason="replay first")
+
+    def next_run(previous: int) -> ReplayRun:
+        assert eventually(lambda: decided(plan), 120, every=0.5)
+        run = ReplayRun.objects.filter(plan=plan).latest("pk")
+        assert run.pk > previous
+        return run
+
+    with worker("replay-from-shadow.log"):
+        passed = next_run(0)
+        assert passed.status == ReplayStatus.PASSED and passed.decision == "advanced"
+        plan.refresh_from_db()
+        assert (plan.status, plan.phase_index, plan.current_stage.kind) == (
+            PlanStatus.RUNNING, 1, "shadow",
+        )  # fmt: skip
+        sim.set_profile(CANDIDATE, {"quality": 0.3})
+        lifecycle.plan_rollback(plan_key=plan.key, actor=person(), reason="a cheaper prompt")
+        lifecycle.plan_start(plan_key=plan.key, actor=person(), reason="replay first")
+        failed = next_run(passed.pk)
+    assert passed.dataset.name == "support-week" and passed.items == 24
+    calls = ReplayCall.objects.filter(replay=passed)
+    assert calls.count() == 48 and set(calls.values_list("status", flat=True)) == {"done"}
+    # Control's recorded answers were used: it answered the SDK's 30 requests and no more.
+    assert not any("control" in c.answer for c in calls)
+    assert sim.stats()["models"][CONTROL]["requests"] == 30
+    gate = passed.summary["gates"][0]
+    assert (gate["metric"], gate["outcome"]) == ("agreement", "pass")
+    assert (gate["interval"]["items"], gate["interval"]["values"]) == (24, 48)
+    assert set(passed.summary["by_tag"]) == {"tier=gold", "tier=free"}
+
+    assert failed.status == ReplayStatus.FAILED and failed.decision == "stopped"
+    assert failed.dataset_id == passed.dataset_id
+    plan.refresh_from_db()
+    assert plan.status == PlanStatus.ROLLED_BACK
+    rollback = AuditEvent.objects.filter(plan=plan, action="rollback").latest("pk")
+    assert rollback.actor_kind == "engine" and "agreement" in rollback.reason
+    assert failed.summary["gates"][0]["interval"]["upper"] < 0.8
 
 
 def test_cancel_drops_the_calls_not_made_and_pauses_the_plan(sim: Simulator) -> None:
