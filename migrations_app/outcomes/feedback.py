@@ -196,6 +196,7 @@ def held_outcomes(decision_ids: set[str]) -> dict[str, list[Outcome]]:
             "window",
             "fallback",
             "uncounted",
+            "segments",
         )
     ):
         outcomes[outcome.decision_id].append(outcome)
@@ -204,12 +205,17 @@ def held_outcomes(decision_ids: set[str]) -> dict[str, list[Outcome]]:
 
 def counted_in(outcome: Outcome) -> tuple[int, OutcomeFacts] | None:
     """Where late feedback or a late metric value of ``outcome`` adds: its stage, and its arm,
-    unit and window; None when the outcome is not counted (out of a stage, a fallback,
-    excluded, overridden, ...), nor then is what comes late."""
+    unit, window and segment values; None when the outcome is not counted (out of a stage, a
+    fallback, excluded, overridden, ...), nor then is what comes late.
+
+    The segment values are the outcome's, as ingest checked and stored them: what comes late
+    is joined to its outcome here, so it needs none of its own (one source of truth, and a
+    rating sent by another service counts in the segment of the answer it rates)."""
     if outcome.stage_id is None or outcome.fallback or outcome.uncounted:
         return None
+    segments = tuple(outcome.segments.items()) if outcome.segments else ()
     return outcome.stage_id, OutcomeFacts(
-        outcome.arm, outcome.unit, outcome.window, 0.0, None, "", None
+        outcome.arm, outcome.unit, outcome.window, 0.0, None, "", None, segments=segments
     )
 
 

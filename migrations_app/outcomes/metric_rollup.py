@@ -27,6 +27,9 @@ WindowKey = tuple[int, datetime, str]  # stage, window, arm
 UnitKey = tuple[int, str, str, str]  # stage, arm, unit, metric
 # A unit's change in one metric: values, their sum, (paired only) control's sum.
 Change = tuple[int, float, float]
+# The units' sums a batch moved: their keys, and each one's (n, total, control_total) before
+# and after (:func:`upsert_units`).
+Moves = tuple[list[UnitKey], np.ndarray, np.ndarray]
 
 _COLUMNS = ("stage_id", "arm", "unit", "metric", "n", "total", "control_total")
 _TYPES = ("bigint", "text", "text", "text", "integer", "float8", "float8")
@@ -37,9 +40,7 @@ def value_sums(values: Sequence[float]) -> MetricSums:
     return MetricSums(len(values), math.fsum(values), math.fsum(v * v for v in values))
 
 
-def upsert_units(
-    changes: Mapping[UnitKey, Change],
-) -> tuple[list[UnitKey], np.ndarray, np.ndarray]:
+def upsert_units(changes: Mapping[UnitKey, Change]) -> Moves:
     """Add each change to its unit's sums, one statement per chunk, rows in key order (the
     lock order every transaction uses). Returns the keys and each one's (n, total,
     control_total) before and after."""
@@ -80,13 +81,14 @@ def upsert_units(
 
 def arm_deltas(
     values: Sequence[tuple[WindowKey, str, str, float]],
-) -> dict[WindowKey, list[ArmAggregates]]:
+) -> tuple[dict[WindowKey, list[ArmAggregates]], Moves]:
     """The window deltas of some metric values ``(window key, unit, metric, value)``: the
     values' sums per window and metric, and each unit's cluster-sum change, booked in the
-    window of its first value here (only a stage's sum of windows is ever tested)."""
+    window of its first value here (only a stage's sum of windows is ever tested). Also the
+    units' moves, which the segments' cluster sums are made of (segment_rollup.py)."""
     out: dict[WindowKey, list[ArmAggregates]] = defaultdict(list)
     if not values:
-        return out
+        return out, upsert_units({})
     per_window: dict[WindowKey, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     changes: dict[UnitKey, list[float]] = defaultdict(list)
     first: dict[UnitKey, WindowKey] = {}
@@ -105,7 +107,7 @@ def arm_deltas(
         o, n = old[rows], new[rows]
         clusters = cluster_change(o[:, 1], o[:, 0], n[:, 1], n[:, 0])
         out[wkey].append(ArmAggregates(metrics={metric: MetricSums(clusters=clusters)}))
-    return out
+    return out, (keys, old, new)
 
 
 def paired_deltas(

@@ -43,7 +43,8 @@ def aggregate(
     metric_values: Sequence[tuple[int, OutcomeFacts, str, float]] = (),
 ) -> None:
     """Fold new outcomes (with the metrics they carry), newly applied feedback and newly
-    applied late metric values into unit totals, windows and stage totals. Inside the
+    applied late metric values into unit totals, windows and stage totals, and each into the
+    segments its facts name (feedback and late values: their outcome's). Inside the
     caller's transaction. Shadow results come in here too, as the candidate's outcomes in a
     shadow stage."""
     if not outcomes and not feedback and not metric_values:
@@ -83,15 +84,14 @@ def aggregate(
         changes[ukey] = changes.get(ukey, UnitTotals()) + UnitTotals(
             feedback_n=len(values), feedback_sum=math.fsum(values)
         )
-    segments: dict[Any, ArmAggregates] = {}
+    unit_moves: segment_rollup.UnitMoves = ([], _NO_TOTALS, _NO_TOTALS)
     if changes:  # late metric values alone change no unit totals
-        keys, old, new = _upsert_unit_totals(changes)
+        unit_moves = keys, old, new = _upsert_unit_totals(changes)
         moves: dict[tuple[int, datetime, str], list[int]] = defaultdict(list)
         for i, ukey in enumerate(keys):
             moves[unit_window[ukey]].append(i)
         for wkey, moved in aggregation.grouped_cluster_deltas(old, new, moves).items():
             deltas[wkey].append(moved)
-        segments = segment_rollup.segment_deltas(outcomes, keys, old, new)
     # Metric sums per unit after the unit totals: one lock order in every transaction.
     values = [
         ((stage_id, facts.window, facts.arm), facts.unit, name, value)
@@ -102,8 +102,12 @@ def aggregate(
         ((stage_id, facts.window, facts.arm), facts.unit, name, value)
         for stage_id, facts, name, value in metric_values
     ]
-    for wkey, items in metric_rollup.arm_deltas(values).items():
+    metric_windows, metric_units = metric_rollup.arm_deltas(values)
+    for wkey, items in metric_windows.items():
         deltas[wkey].extend(items)
+    segments = segment_rollup.segment_deltas(
+        outcomes, feedback, metric_values, units=unit_moves, metric_units=metric_units
+    )
     window_deltas = {key: ArmAggregates.merge(items) for key, items in deltas.items()}
     _merge_windows(window_deltas)
     stage_deltas: dict[tuple[int, str], list[ArmAggregates]] = defaultdict(list)
@@ -115,6 +119,7 @@ def aggregate(
 
 
 _UNIT_FIELDS = tuple(name for name, _ in aggregation.UNIT_COLUMNS)
+_NO_TOTALS = np.zeros((0, len(_UNIT_FIELDS)))
 
 
 _UNIT_TYPES = ("bigint", "text", "text", *(kind for _, kind in aggregation.UNIT_COLUMNS))

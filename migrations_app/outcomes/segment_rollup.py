@@ -1,18 +1,21 @@
 """Segments in the rollup (issue 16, item 6): a stage's running sums per arm and segment
 (``SegmentAggregate``), in the ingest's transaction, after the unit totals.
 
-Each outcome carrying segment values ({dimension: value}) adds its counts, buckets and sums to
-its segment's row per dimension, and its unit's cluster-sum change to the segment its unit is
-in (a unit's segment is the one its first outcome in the batch names: units do not move
-between tenants or languages, and if one does, its variance is booked where it started).
+Each outcome carrying segment values ({dimension: value}) adds its counts, buckets, sums and
+per-request metrics to its segment's row per dimension, and its unit's cluster-sum change to
+the segment its unit is in (a unit's segment is the one its first event in the batch names:
+units do not move between tenants or languages, and if one does, its variance is booked where
+it started). Feedback and metric values sent on their own carry no segment values: they are
+joined to their outcome by decision id (feedback.counted_in) and add to the segments the
+outcome carried, so the satisfaction guardrail and a metric's are tested per segment too; what
+is not counted in the population (an excluded or overridden unit's) is in no segment either.
 
 Bounded whatever the cardinality: per (stage, arm, dimension) at most :data:`CAPACITY` values
 get rows of their own; a value arriving once they are taken adds to the ``other`` row. The
 evaluation keeps the busiest ``top_k`` of the stored values and folds the rest into ``other``
 (guardrails/segments.py), so a plan sees at most ``top_k + 1`` segments per dimension and the
-table holds at most ``CAPACITY + 1`` rows per stage, arm and dimension. Feedback and
-per-request metrics are not kept per segment (satisfaction and a metric's guardrails are
-tested on the population only).
+table holds at most ``CAPACITY + 1`` rows per stage, arm and dimension. Late feedback and
+values are placed as their outcome's value was: its own row when it has one, else ``other``.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ import numpy as np
 import numpy.typing as npt
 
 from migrations_app.guardrails.segments import MAX_TOP_K, OTHER
-from migrations_app.guardrails.stats import ArmAggregates
+from migrations_app.guardrails.stats import ArmAggregates, ClusterSums, MetricSums
 from migrations_app.models import SegmentAggregate
-from migrations_app.outcomes import aggregation
+from migrations_app.outcomes import aggregation, metric_rollup
 from migrations_app.outcomes.aggregation import OutcomeFacts
 from migrations_app.outcomes.event_checks import Invalid, unstorable_char
 from migrations_app.outcomes.store import fast_path, lock_or_create, update_rows
@@ -42,52 +45,111 @@ Key = tuple[int, str, str, str]  # stage, arm, dimension, value
 
 def segment_deltas(
     outcomes: Sequence[tuple[int, OutcomeFacts]],
-    unit_keys: Sequence[tuple[int, str, str]],
-    old: npt.NDArray[np.float64],
-    new: npt.NDArray[np.float64],
+    feedback: Sequence[tuple[int, OutcomeFacts, float]] = (),
+    metric_values: Sequence[tuple[int, OutcomeFacts, str, float]] = (),
+    *,
+    units: UnitMoves,
+    metric_units: metric_rollup.Moves | None = None,
 ) -> dict[Key, ArmAggregates]:
-    """Per stored segment, what the batch adds: its outcomes' sums, and its units'
-    cluster-sum changes (``unit_keys`` and ``old`` / ``new`` as the unit totals' upsert
-    returned them). Values are placed first (their own row, or ``other`` once
-    :data:`CAPACITY` are taken), so the work is per stored row, not per distinct value."""
+    """Per stored segment, what the batch adds: its outcomes' sums, its feedback's and
+    metric values' sums (the segments of the outcome each was joined to, or came with), and
+    its units' cluster-sum changes: ``units`` as the unit totals' upsert returned them,
+    ``metric_units`` as the metric sums' (``metric_rollup.arm_deltas``). Values are placed
+    first (their own row, or ``other`` once :data:`CAPACITY` are taken), so the work is per
+    stored row, not per distinct value."""
+    events = [*outcomes, *((s, f) for s, f, _ in feedback), *((s, f) for s, f, *_ in metric_values)]
     raw = {
         (stage_id, facts.arm, dimension, value)
-        for stage_id, facts in outcomes
+        for stage_id, facts in events
         for dimension, value in facts.segments
     }
     if not raw:
         return {}
     place = _placement(raw)
-    rows: dict[Key, list[int]] = defaultdict(list)
     unit_segments: dict[tuple[int, str, str], list[Key]] = {}
-    for i, (stage_id, facts) in enumerate(outcomes):
-        if not facts.segments:
-            continue
+
+    def placed(stage_id: int, facts: OutcomeFacts) -> list[Key]:
         keys = [place[(stage_id, facts.arm, d, v)] for d, v in facts.segments]
-        for key in keys:
-            rows[key].append(i)
         unit_segments.setdefault((stage_id, facts.arm, facts.unit), keys)
+        return keys
+
+    rows: dict[Key, list[int]] = defaultdict(list)
+    values: dict[Key, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for i, (stage_id, facts) in enumerate(outcomes):
+        if facts.segments:
+            for key in placed(stage_id, facts):
+                rows[key].append(i)
+                for name, value in facts.metrics:
+                    values[key][name].append(value)
+    scores: dict[Key, list[float]] = defaultdict(list)
+    for stage_id, facts, score in feedback:
+        if facts.segments:
+            for key in placed(stage_id, facts):
+                scores[key].append(score)
+    for stage_id, facts, name, value in metric_values:
+        if facts.segments:
+            for key in placed(stage_id, facts):
+                values[key][name].append(value)
+    keys, old, new = units
     moves: dict[Key, list[int]] = defaultdict(list)
-    for i, ukey in enumerate(unit_keys):
+    for i, ukey in enumerate(keys):
         for key in unit_segments.get(ukey, ()):
             moves[key].append(i)
-    clusters = aggregation.grouped_cluster_deltas(old, new, moves)
+    clusters = aggregation.grouped_cluster_deltas(old, new, moves) if moves else {}
     # Each outcome is in one row per dimension: its logs and sketch keys are taken once.
     outcome_deltas = aggregation.grouped_outcome_deltas([f for _, f in outcomes], rows)
-    # Each unit's segments are among its outcomes' (``rows``), and the two parts are
-    # disjoint (an outcome delta has no cluster sums, a cluster delta nothing else): the
-    # cluster sums are set into the outcome delta, not summed field by field with it.
+    metric_clusters = _metric_clusters(metric_units, unit_segments)
+    # The parts are disjoint (an outcome delta has no cluster sums, feedback or metrics; a
+    # unit's move has cluster sums only; feedback and metric values their own fields): each
+    # is set into the segment's delta, not summed field by field with the others.
     deltas: dict[Key, ArmAggregates] = {}
-    for key, delta in outcome_deltas.items():
+    for key in {*outcome_deltas, *clusters, *scores, *values, *metric_clusters}:
+        delta = outcome_deltas[key] if key in outcome_deltas else ArmAggregates()
         moved = clusters.get(key)
         if moved is not None:
             delta = replace(delta, **{name: getattr(moved, name) for name in _CLUSTERS})
+        if key in scores:
+            rated = aggregation.feedback_delta(scores[key])
+            delta = replace(delta, **{name: getattr(rated, name) for name in _FEEDBACK})
+        named = {
+            name: metric_rollup.value_sums(found) for name, found in values.get(key, {}).items()
+        }
+        for name, cluster in metric_clusters.get(key, {}).items():
+            named[name] = replace(named.get(name, MetricSums()), clusters=cluster)
+        if named:
+            delta = replace(delta, metrics=named)
         deltas[key] = delta
     return deltas
 
 
+# The units' totals a batch moved: their keys (stage, arm, unit), and the totals before and
+# after (one row each, columns as ``aggregation.UnitTotals.values()``).
+UnitMoves = tuple[Sequence[tuple[int, str, str]], npt.NDArray[np.float64], npt.NDArray[np.float64]]
+
+
+def _metric_clusters(
+    moves: metric_rollup.Moves | None, unit_segments: Mapping[tuple[int, str, str], list[Key]]
+) -> dict[Key, dict[str, ClusterSums]]:
+    """Per segment and metric, the cluster-sum change of its units' metric sums (a unit is
+    in the segments of its first event in the batch, as for the built-in sums)."""
+    if moves is None:
+        return {}
+    keys, old, new = moves
+    groups: dict[tuple[Key, str], list[int]] = defaultdict(list)
+    for i, (stage_id, arm, unit, metric) in enumerate(keys):
+        for key in unit_segments.get((stage_id, arm, unit), ()):
+            groups[(key, metric)].append(i)
+    out: dict[Key, dict[str, ClusterSums]] = defaultdict(dict)
+    for (key, metric), found in groups.items():
+        o, n = old[found], new[found]
+        out[key][metric] = aggregation.cluster_change(o[:, 1], o[:, 0], n[:, 1], n[:, 0])
+    return out
+
+
 # The cluster sums a unit's move adds (aggregation.cluster_deltas sets these and no other).
 _CLUSTERS = tuple(f.name for f in fields(ArmAggregates) if f.name.endswith("_clusters"))
+# What feedback adds besides its units' cluster sums (aggregation.feedback_delta).
+_FEEDBACK = ("feedback_n", "feedback_sum", "feedback_sum_sq")
 
 
 def _placement(keys: set[Key]) -> dict[Key, Key]:

@@ -2,10 +2,14 @@
 rolled up per stage, arm and segment (SegmentAggregate) beside the population, with the
 units' cluster sums; dimensions the plan does not declare are left out; bad values are
 rejected by field; 10^5 distinct tenants keep the rows bounded (CAPACITY + 1 per stage, arm
-and dimension), and the stored segments add up to the population."""
+and dimension), and the stored segments add up to the population. Feedback and per-request
+metric values count in their outcome's segments (joined by decision id, before or after the
+outcome), in none for an excluded or overridden unit, and in ``other`` beyond the capacity."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,8 +17,16 @@ import pytest
 
 from migrations_app.guardrails.segments import OTHER
 from migrations_app.guardrails.stats import ArmAggregates
-from migrations_app.models import MigrationPlan, Outcome, SegmentAggregate, StageAggregate
-from migrations_app.outcomes import aggregation, ingest, store
+from migrations_app.models import (
+    Feedback,
+    MetricDefinition,
+    MetricValue,
+    MigrationPlan,
+    Outcome,
+    SegmentAggregate,
+    StageAggregate,
+)
+from migrations_app.outcomes import aggregation, feedback, ingest, metric_values, store
 from migrations_app.outcomes.segment_rollup import CAPACITY, stage_segments
 from tests.outcomes.conftest import Everyone, outcome, split_plan
 
@@ -110,3 +122,149 @@ def test_many_distinct_tenants_stay_bounded(tenants: int) -> None:
     summed = ArmAggregates.merge(aggregation.from_json(r.data) for r in rows)
     assert summed.requests == population.requests == tenants
     assert summed.error_clusters.units == tenants
+
+
+# --- feedback and metric values count in their outcome's segments --------------------------
+
+
+def rating(outcome_event: dict[str, Any], score: int) -> dict[str, Any]:
+    return {"id": uuid.uuid4().hex, "decision_id": outcome_event["decision_id"], "score": score,
+            "scale": "thumbs", "ts": time.time() - 1}  # fmt: skip
+
+
+def metric_value(outcome_event: dict[str, Any], value: float) -> dict[str, Any]:
+    return {"id": uuid.uuid4().hex, "decision_id": outcome_event["decision_id"],
+            "name": "task_completed", "value": value, "ts": time.time() - 1}  # fmt: skip
+
+
+def send_feedback(*events: dict[str, Any]) -> Any:
+    return feedback.feedback_ingest(identity=Everyone(), payload={"events": list(events)})
+
+
+def send_values(*events: dict[str, Any]) -> Any:
+    return metric_values.metrics_ingest(identity=Everyone(), payload={"events": list(events)})
+
+
+def population(plan: MigrationPlan, arm: str) -> ArmAggregates:
+    return aggregation.from_json(
+        StageAggregate.objects.get(stage_id=plan.current_stage_id, arm=arm).data
+    )
+
+
+def test_feedback_counts_in_its_outcome_s_segments(path: None) -> None:
+    """Feedback is joined to its outcome by decision id: it adds to the segments the outcome
+    carried (sums and the unit's cluster sums), whether it came after its outcome or before
+    it (held, then counted when the outcome arrives)."""
+    plan = segmented_plan()
+    first = outcome(plan, unit="u1", segments={"tenant": "acme", "lang": "ja"})
+    second = outcome(plan, unit="u1", segments={"tenant": "acme", "lang": "ja"})
+    shop = outcome(plan, unit="u2", segments={"tenant": "shop", "lang": "en"})
+    theirs = outcome(plan, unit="u3", arm="candidate", segments={"tenant": "acme"})
+    plain = outcome(plan, unit="u4")
+    assert send_feedback(rating(second, -1)).stored == 1  # held: its outcome is not stored
+    ingest_events(first, shop, theirs, plain)
+    send_feedback(rating(first, 1), rating(shop, 1), rating(theirs, -1), rating(plain, 1))
+    ingest_events(second)  # the held feedback counts now
+    segments = stage_segments(plan.current_stage_id)
+    acme = segments[("tenant", "acme")]["control"]
+    assert (acme.requests, acme.feedback_n, acme.feedback_sum) == (2, 2, 1.0)
+    # u1 rated twice (1 and 0 on the [0, 1] scale) in two requests: one unit, Y 1 N 2 for
+    # the score, Y 2 N 2 for the rate; its moves were all booked in acme.
+    clusters = acme.feedback_clusters
+    assert (clusters.units, clusters.sum_yy, clusters.sum_yn, clusters.sum_nn) == (1, 1.0, 2.0, 4.0)
+    rate = acme.feedback_rate_clusters
+    assert (rate.units, rate.sum_yy, rate.sum_yn, rate.sum_nn) == (1, 4.0, 4.0, 4.0)
+    assert segments[("lang", "ja")]["control"].feedback_n == 2
+    assert (segments[("lang", "en")]["control"].feedback_sum) == 1.0
+    assert (segments[("tenant", "acme")]["candidate"].feedback_n) == 1
+    assert segments[("tenant", "acme")]["candidate"].feedback_sum == 0.0
+    # Per dimension the segments add up to the population but for u4 (no segment values).
+    control = population(plan, "control")
+    assert control.feedback_n == 4
+    tenants = ArmAggregates.merge(
+        arms["control"] for (d, _), arms in segments.items() if d == "tenant"
+    )
+    assert (tenants.feedback_n, tenants.feedback_sum) == (3, 2.0)
+    assert tenants.feedback_clusters.units == control.feedback_clusters.units - 1
+
+
+def test_metric_values_count_in_their_outcome_s_segments(path: None) -> None:
+    """A per-request metric counts in its outcome's segments, carried by the outcome or sent
+    on its own (``client.metric()``) after the outcome or before it."""
+    plan = segmented_plan()
+    MetricDefinition.objects.create(plan=plan, name="task_completed")
+    first = outcome(plan, unit="u1", segments={"tenant": "acme", "lang": "ja"},
+                    metrics={"task_completed": 1})  # fmt: skip
+    second = outcome(plan, unit="u1", segments={"tenant": "acme", "lang": "ja"})
+    shop = outcome(plan, unit="u2", segments={"tenant": "shop", "lang": "en"})
+    plain = outcome(plan, unit="u4")
+    assert send_values(metric_value(second, 0)).stored == 1  # held
+    ingest_events(first, shop, plain)
+    send_values(metric_value(shop, 1), metric_value(plain, 1))
+    ingest_events(second)
+    segments = stage_segments(plan.current_stage_id)
+    acme = segments[("tenant", "acme")]["control"].metrics["task_completed"]
+    assert (acme.n, acme.total) == (2, 1.0)
+    assert (acme.clusters.units, acme.clusters.sum_yy, acme.clusters.sum_nn) == (1, 1.0, 4.0)
+    assert segments[("lang", "ja")]["control"].metrics["task_completed"].n == 2
+    en = segments[("lang", "en")]["control"].metrics["task_completed"]
+    assert (en.n, en.total, en.clusters.units) == (1, 1.0, 1)
+    whole = population(plan, "control").metrics["task_completed"]
+    assert (whole.n, whole.total, whole.clusters.units) == (4, 3.0, 3)
+    langs = ArmAggregates.merge(
+        arms["control"] for (d, _), arms in segments.items() if d == "lang"
+    ).metrics["task_completed"]
+    assert (langs.n, langs.total, langs.clusters.units) == (3, 2.0, 2)
+
+
+def test_feedback_and_metrics_of_uncounted_units_count_in_no_segment(path: None) -> None:
+    """Excluded and overridden units are counted in neither arm: nor are their feedback and
+    metric values, in the population or in any segment (sent before or after the outcome)."""
+    plan = segmented_plan()
+    MetricDefinition.objects.create(plan=plan, name="task_completed")
+    acme = {"tenant": "acme"}
+    excluded = outcome(plan, reason="EXCLUDED", segments=acme, metrics={"task_completed": 0})
+    overridden = outcome(plan, arm="candidate", reason="OVERRIDE", segments=acme)
+    early = outcome(plan, arm="candidate", reason="OVERRIDE", segments=acme)
+    counted = outcome(plan, segments=acme)
+    send_feedback(rating(early, -1))
+    send_values(metric_value(early, 0))
+    ingest_events(excluded, overridden, early, counted)
+    send_feedback(rating(excluded, -1), rating(overridden, -1), rating(counted, 1))
+    send_values(metric_value(excluded, 0), metric_value(overridden, 0), metric_value(counted, 1))
+    assert not Feedback.objects.filter(outcome__isnull=True).exists()  # all linked
+    assert not MetricValue.objects.filter(outcome__isnull=True).exists()
+    arms = stage_segments(plan.current_stage_id)[("tenant", "acme")]
+    assert set(arms) == {"control"}  # no candidate row: nothing of the candidate counted
+    control = arms["control"]
+    assert (control.requests, control.feedback_n, control.feedback_sum) == (1, 1, 1.0)
+    values = control.metrics["task_completed"]
+    assert (values.n, values.total) == (1, 1.0)
+    whole = population(plan, "control")
+    assert (whole.feedback_n, whole.metrics["task_completed"].n) == (1, 1)
+    assert not StageAggregate.objects.filter(stage_id=plan.current_stage_id, arm="candidate")
+
+
+def test_feedback_and_metrics_beyond_the_capacity_go_to_other(path: None) -> None:
+    """Bounded whatever the cardinality: feedback and metric values add to the row their
+    outcome's value has, so a value that found no room adds to ``other``, as its outcome did."""
+    plan = segmented_plan()
+    MetricDefinition.objects.create(plan=plan, name="task_completed")
+    events = [
+        outcome(plan, unit=f"u{i}", segments={"tenant": f"t{i:03d}"}) for i in range(CAPACITY + 50)
+    ]
+    assert ingest_events(*events).stored == CAPACITY + 50
+    assert send_feedback(*(rating(e, 1) for e in events)).stored == CAPACITY + 50
+    assert send_values(*(metric_value(e, 1) for e in events)).stored == CAPACITY + 50
+    rows = SegmentAggregate.objects.filter(stage=plan.current_stage, dimension="tenant")
+    assert rows.count() == CAPACITY + 1
+    other = aggregation.from_json(rows.get(value=OTHER).data)
+    assert other.requests == other.feedback_n == other.metrics["task_completed"].n == 50
+    assert other.feedback_clusters.units == other.metrics["task_completed"].clusters.units == 50
+    own = [aggregation.from_json(r.data) for r in rows.exclude(value=OTHER)]
+    assert {(a.feedback_n, a.metrics["task_completed"].n) for a in own} == {(1, 1)}
+    summed = ArmAggregates.merge([other, *own])
+    whole = population(plan, "control")
+    assert summed.feedback_n == whole.feedback_n == CAPACITY + 50
+    assert summed.feedback_clusters == whole.feedback_clusters
+    assert summed.metrics["task_completed"] == whole.metrics["task_completed"]
