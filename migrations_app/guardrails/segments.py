@@ -98,13 +98,6 @@ def segment_alpha(guardrail_alpha: float, slots: int) -> float:
     return guardrail_alpha * (1.0 - POPULATION_SHARE) / slots if slots else 0.0
 
 
-def per_segment(spec: GuardrailSpec) -> bool:
-    """Whether a guardrail is tested per segment: those on the outcomes' own sums (errors,
-    latency, time to first token, cost). Satisfaction and per-request metrics arrive after
-    the outcome (feedback, late metric values) and are not kept per segment."""
-    return spec.measure is None and spec.metric != "satisfaction"
-
-
 def segment_key(metric: str, dimension: str, value: str) -> str:
     """Where a segment's running bounds are stored beside the population's (by metric)."""
     return f"{metric}@{dimension}={value}"
@@ -118,6 +111,20 @@ class Segment:
     value: str
     control: ArmAggregates
     candidate: ArmAggregates
+
+
+def kept_in(spec: GuardrailSpec, segment: Segment) -> bool:
+    """Whether the segment holds the guardrail's values, and so tests it: always the built-in
+    six (satisfaction too: feedback counts in its outcome's segments, joined at ingest), a
+    per-request metric once either arm has values of it in the segment (carried by their
+    outcome or joined to it). A judge's scores come from judge samples, which carry no
+    segment values: its guardrail stays the population's instead of reading "not enough
+    data" in every segment."""
+    return (
+        spec.measure is None
+        or spec.metric in segment.control.metrics
+        or spec.metric in segment.candidate.metrics
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +207,8 @@ def evaluate_segment(
         )
     results = []
     for spec in guardrails:
+        if not kept_in(spec, segment):
+            continue
         key = segment_key(spec.metric, segment.dimension, segment.value)
         result = evaluate_guardrail(
             spec, c, t, alpha=alphas[spec.metric], previous=previous.get(key),
@@ -296,14 +305,12 @@ def evaluate_with_segments(
         **population_kwargs,
     )
     specs = tested_in(stage.mode, guardrails)
-    # The alpha is split over every guardrail the stage tests (as the population's), but
-    # segments keep the outcomes' own sums only: feedback and per-request metrics are tested
-    # on the population alone (PER_SEGMENT).
+    # The alpha is split over every guardrail the stage tests (as the population's); one a
+    # segment does not hold (kept_in) leaves its share there unspent.
     alphas = {
         metric: segment_alpha(a * stage.alpha_share, slots)
         for metric, a in split_alpha(settings.alpha, specs).items()
     }
-    specs = [g for g in specs if per_segment(g)]
     skip = set(excluded)
     results: list[SegmentResult] = []
     if stage.both_arms and slots:

@@ -2,12 +2,17 @@
 guardrail per segment; a regressed segment rolls the plan back, or (segment_on_regression =
 exclude) is excluded by a targeting rule the engine adds (audited, the SDKs' snapshot has it:
 its units get control), the alert names it and the run continues; the excluded segment is not
-tested again; the busiest top_k values are tested, the rest as 'other'."""
+tested again; the busiest top_k values are tested, the rest as 'other'. Satisfaction and a
+declared metric are tested per segment too: feedback and metric values count in their
+outcome's segment (from real ingest here)."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
+import numpy as np
 import pytest
 from django.test import Client
 from turnout import routing
@@ -19,13 +24,16 @@ from migrations_app.models import (
     AlertDelivery,
     AuditEvent,
     Evaluation,
+    Guardrail,
+    MetricDefinition,
     MigrationPlan,
     SegmentAggregate,
 )
-from migrations_app.outcomes import aggregation
+from migrations_app.outcomes import aggregation, feedback, ingest, metric_values
 from migrations_app.routing.snapshots import plan_entry
 from tests.factories import make_user
 from tests.guardrails.conftest import put_totals, running_plan, synthetic_arm
+from tests.outcomes.conftest import Everyone, outcome
 
 pytestmark = pytest.mark.django_db
 
@@ -164,3 +172,105 @@ def test_a_segment_with_no_room_for_its_exclusion_rolls_back() -> None:
     )
     assert TargetingRule.objects.filter(plan=plan).count() == MAX_RULES
     assert not AuditEvent.objects.filter(plan=plan, action="targeting").exists()
+
+
+# --- satisfaction and declared metrics per segment, from real ingest ------------------------
+
+
+def send_traffic(
+    plan: MigrationPlan, later: str, rates: dict[str, dict[str, tuple[int, float]]]
+) -> None:
+    """Outcomes with their unit's language (two requests per unit) through ingest, then for
+    each one ``later``: a thumbs rating (``feedback``) or a ``task_completed`` value sent on
+    its own (``metric``), good with the given probability. ``rates``: lang -> arm ->
+    (requests, probability)."""
+    rng = np.random.default_rng(7)
+    outcomes, extra = [], []
+    for lang, arms in rates.items():
+        for arm, (n, good) in arms.items():
+            for i in range(n):
+                event = outcome(
+                    plan, arm=arm, unit=f"{lang}-{arm}-{i // 2}", segments={"lang": lang}
+                )
+                outcomes.append(event)
+                hit = bool(rng.random() < good)
+                base = {
+                    "id": uuid.uuid4().hex,
+                    "decision_id": event["decision_id"],
+                    "ts": time.time() - 1,
+                }
+                if later == "feedback":
+                    extra.append({**base, "score": 1 if hit else -1, "scale": "thumbs"})
+                else:
+                    extra.append({**base, "name": "task_completed", "value": int(hit)})
+    send = feedback.feedback_ingest if later == "feedback" else metric_values.metrics_ingest
+    for start in range(0, len(outcomes), 1000):
+        batch = {"events": outcomes[start : start + 1000]}
+        assert ingest.outcomes_ingest(identity=Everyone(), payload=batch).stored == len(
+            batch["events"]
+        )
+    for start in range(0, len(extra), 1000):
+        batch = {"events": extra[start : start + 1000]}
+        assert send(identity=Everyone(), payload=batch).stored == len(batch["events"])
+
+
+# The population drops by 0.14 (inside the tolerance of 0.2); Japanese users by 0.5.
+JA_REGRESSES = {
+    "en": {"control": (2500, 0.8), "candidate": (2500, 0.8)},
+    "ja": {"control": (1000, 0.8), "candidate": (1000, 0.3)},
+}
+
+
+def population_verdict(evidence: dict[str, Any], metric: str) -> dict[str, Any]:
+    return next(g["verdict"] for g in evidence["guardrails"] if g["metric"] == metric)
+
+
+def test_a_segment_whose_satisfaction_regresses_rolls_back_while_the_population_is_fine() -> None:
+    """Feedback counts in its outcome's segment (joined by decision id at ingest), and the
+    satisfaction guardrail is tested per segment: a language whose users rate the candidate
+    far worse rolls the plan back, named, though the population's drop is inside the
+    tolerance."""
+    plan = segmented_plan()
+    ingest._plan_cache.clear()
+    Guardrail.objects.create(
+        plan=plan, metric="satisfaction", tolerance_kind="absolute", tolerance=0.2
+    )
+    send_traffic(plan, "feedback", JA_REGRESSES)
+    result = engine.plan_evaluate(plan_id=plan.pk)
+    assert (result.action, result.acted) == ("rollback", True)
+    event = AuditEvent.objects.get(plan=plan, action="rollback")
+    assert "segment lang=ja regressed: satisfaction" in event.reason
+    assert population_verdict(event.evidence, "satisfaction")["status"] != "regressed"
+    ja = next(s for s in event.evidence["segments"] if s["value"] == "ja")
+    verdict = next(g["verdict"] for g in ja["guardrails"] if g["metric"] == "satisfaction")
+    assert verdict["status"] == "regressed" and verdict["upper"] < -0.2
+    en = next(s for s in event.evidence["segments"] if s["value"] == "en")
+    assert (
+        next(g for g in en["guardrails"] if g["metric"] == "satisfaction")["verdict"]["status"]
+        != "regressed"
+    )
+    assert "lang=ja" in str(AlertDelivery.objects.get(plan=plan).message)
+
+
+def test_a_segment_whose_declared_rate_metric_regresses_is_excluded() -> None:
+    """A declared rate metric sent on its own (``client.metric()``) counts in its outcome's
+    segment: its guardrail is tested per segment, and with ``exclude`` the regressed
+    language is excluded while the population (inside its tolerance) goes on."""
+    plan = segmented_plan(segment_on_regression="exclude")
+    ingest._plan_cache.clear()
+    MetricDefinition.objects.create(plan=plan, name="task_completed")
+    Guardrail.objects.create(
+        plan=plan, metric="task_completed", tolerance_kind="absolute", tolerance=0.2
+    )
+    send_traffic(plan, "metric", JA_REGRESSES)
+    result = engine.plan_evaluate(plan_id=plan.pk)
+    assert result.action == "hold" and not result.acted
+    evaluation = Evaluation.objects.get(pk=result.evaluation_id)
+    assert population_verdict(evaluation.decision, "task_completed")["status"] != "regressed"
+    assert any(
+        "segment lang=ja regressed, excluded" in r and "task_completed" in r
+        for r in evaluation.decision["reasons"]
+    ), evaluation.decision["reasons"]
+    assert segment_engine.excluded_segments(plan) == {("lang", "ja")}
+    plan.refresh_from_db()
+    assert plan.status == "running"

@@ -5,7 +5,10 @@ numbers to 1e-12 relative (the last bit of numpy's exp and log depends on the CP
 instructions: a machine with AVX-512 and one without differ there, 9e-16 at most here).
 
 ``data/segment_decisions.json`` was written by :func:`fingerprints` with the code before the
-batching (commit 428d98f); each scenario mixes segments too small to test, segments with no
+batching (commit 428d98f), and rewritten when satisfaction joined the guardrails tested per
+segment (feedback counts in its outcome's segments), after checking that the code with the
+segments' old guardrails still reproduced it exactly and that with satisfaction every other
+result, action and exclusion was unchanged (135 satisfaction results added); each scenario mixes segments too small to test, segments with no
 errors or no cost, a regressed error rate, latency or cost in one segment, relative and
 absolute tolerances, both regression settings, and a second look that intersects with the
 first look's bounds and skips the segments it excluded. Regenerate it only for a change that

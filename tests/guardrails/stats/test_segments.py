@@ -3,15 +3,21 @@ segments whatever the cardinality, the alpha split (population + the plan's slot
 regressed segment rolled back or excluded, OTHER never excluded, small segments untested;
 the simulation: 20 segments A/A keep the family-wise false rollback at or below the
 guardrail's alpha, and a 3x error regression in one segment of 10 % of the traffic is caught
-with power >= 0.9 by 4,000 of its requests per arm while the others stay quiet."""
+with power >= 0.9 by 4,000 of its requests per arm while the others stay quiet. Satisfaction
+and declared metrics are tested per segment too (a judge's score is not: its samples carry no
+segment values), and over 20 segments, A/A and at the tolerance, keep the family-wise false
+rollback at or below their alpha."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from turnout import routing, targeting
 
 from migrations_app.guardrails import rules, segments, stats
+from migrations_app.judge.measures import SCORE_MEASURE
 from tests.guardrails.stats import sim
 
 STANDARD = (
@@ -91,11 +97,13 @@ def arms(rng: np.random.Generator, n: int, error_rate: float = 0.02):
     return sim.random_arm(rng, n), sim.random_arm(rng, n, error_rate=error_rate)
 
 
-def decide(parts, on_regression="rollback", **kwargs) -> segments.SegmentedDecision:
+def decide(
+    parts, on_regression="rollback", guardrails=STANDARD, **kwargs
+) -> segments.SegmentedDecision:
     control = stats.ArmAggregates.merge(c for _, c, _ in parts)
     candidate = stats.ArmAggregates.merge(t for _, _, t in parts)
     return segments.evaluate_with_segments(
-        guardrails=STANDARD,
+        guardrails=guardrails,
         settings=SETTINGS,
         stage=kwargs.pop("stage", STAGE),
         control=control,
@@ -127,9 +135,9 @@ def test_healthy_segments_advance(healthy) -> None:
         r.verdict.alpha == pytest.approx(0.0125 * 0.5 / 21) for s in d.segments for r in s.results
     )
     assert d.population.alphas["error_rate"] == pytest.approx(0.0125 * 0.5)
-    # Satisfaction arrives after the outcome (feedback): the population's alone.
+    # Satisfaction too: feedback counts in its outcome's segments (joined at ingest).
     tested = {r.spec.metric for s in d.segments for r in s.results}
-    assert tested == {"error_rate", "latency_p95", "cost_per_request"}
+    assert tested == {"error_rate", "latency_p95", "satisfaction", "cost_per_request"}
     assert not d.exclude and not d.alert
 
 
@@ -141,6 +149,55 @@ def test_a_regressed_segment_rolls_back_by_default(healthy, bad_ja) -> None:
     ja = next(s for s in d.segments if s.value == "ja")
     assert [r.spec.metric for r in ja.regressed()] == ["error_rate"]
     assert "error_rate@lang=ja" in d.bounds
+
+
+def test_a_segment_whose_satisfaction_regresses_is_caught_alone(healthy) -> None:
+    """Japanese users rate the candidate 0.3 against 0.7: the population's drop (0.05) is
+    inside the tolerance (0.1), the segment's is not."""
+    rng = np.random.default_rng(14)
+    ja = ("ja", sim.random_arm(rng, 5_000), sim.random_arm(rng, 5_000, satisfaction=0.3))
+    d = decide([*healthy, ja])
+    assert d.action == "rollback", d.reasons
+    population = next(r for r in d.population.results if r.spec.metric == "satisfaction")
+    assert population.verdict.status != "regressed"
+    regressed = {s.value: [r.spec.metric for r in s.regressed()] for s in d.segments}
+    assert regressed == {"en": [], "de": [], "ja": ["satisfaction"]}
+    assert "satisfaction@lang=ja" in d.bounds
+
+
+def with_rate(arm: stats.ArmAggregates, rng: np.random.Generator, rate: float):
+    """``arm`` with a 0/1 ``task_completed`` per request, 1 at ``rate`` (five per unit)."""
+    n = arm.requests
+    units = [str(u) for u in rng.integers(0, max(1, n // 5), n)]
+    values = (rng.random(n) < rate).astype(float).tolist()
+    sums = stats.MetricSums.from_values(units, values)
+    return replace(arm, metrics={"task_completed": sums})
+
+
+def test_declared_metrics_are_tested_per_segment_a_judge_s_score_is_not() -> None:
+    """A per-request metric counts in its outcome's segments (carried by it or joined to it
+    at ingest): its guardrail is tested per segment. A pointwise judge's scores carry no
+    segment values: its guardrail stays the population's."""
+    task = rules.GuardrailSpec(
+        "task_completed", 0.05, "absolute",
+        measure=rules.Measure(kind="rate", harm="decrease", label="task completed"),
+    )  # fmt: skip
+    judge = rules.GuardrailSpec("judge_score", 0.3, "absolute", measure=SCORE_MEASURE)
+    rng = np.random.default_rng(15)
+    parts = []
+    for value, n, rate in (("en", 30_000, 0.8), ("de", 8_000, 0.8), ("ja", 5_000, 0.5)):
+        control, candidate = arms(rng, n)
+        parts.append((value, with_rate(control, rng, 0.8), with_rate(candidate, rng, rate)))
+    d = decide(parts, guardrails=(*STANDARD, task, judge))
+    assert d.action == "rollback", d.reasons
+    population = next(r for r in d.population.results if r.spec.metric == "task_completed")
+    assert population.verdict.status != "regressed"
+    ja = next(s for s in d.segments if s.value == "ja")
+    assert [r.spec.metric for r in ja.regressed()] == ["task_completed"]
+    tested = {r.spec.metric for s in d.segments for r in s.results}
+    assert "task_completed" in tested and "judge_score" not in tested
+    # Six guardrails share the alpha, the judge's included (its segment share unused).
+    assert d.segment_alphas["task_completed"] == pytest.approx(0.05 / 6 * 0.5 / SLOTS)
 
 
 def test_a_regressed_segment_is_excluded_when_the_plan_says_so(healthy, bad_ja) -> None:
@@ -284,3 +341,56 @@ def test_a_3x_regression_in_a_tenth_of_traffic_is_caught_and_only_there() -> Non
     for d in decisions[1:]:
         elsewhere |= d.any(axis=1)
     assert sim.rate_ok(int(elsewhere.sum()), R, ALPHA), elsewhere.mean()
+
+
+def mean_paths(rng, p_control: float, p_candidate: float, per_look: int):
+    """Per look, both arms' cumulative n, sum and sum of squares of 0/1 values (one per
+    unit: a thumbs rating, a task completed)."""
+    return sim.binary_draws(rng, R, per_look, p_control), sim.binary_draws(
+        rng, R, per_look, p_candidate
+    )
+
+
+def satisfaction_rollbacks(a, b, alpha):
+    return sim.mean_rollbacks(
+        *a, *b, alpha=alpha, log_ratio=False, limit=-0.1, harm="decrease",
+        min_n=stats.MIN_FEEDBACK_PER_ARM,
+    )  # fmt: skip
+
+
+def rate_rollbacks(a, b, alpha, tolerance=0.03):
+    _, _, hi = stats.difference_kernel(
+        sim.independent_means(*a), sim.independent_means(*b), kind="rate", alpha=alpha,
+        null=-tolerance,
+    )  # fmt: skip
+    return (np.minimum(a[0], b[0]) >= stats.MIN_METRIC_SAMPLES) & (hi < -tolerance)
+
+
+def summed(paths):
+    return tuple(sum(p[i] for p in paths) for i in range(3))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("effect", [0.0, 1.0], ids=["A/A", "at tolerance"])
+def test_twenty_segments_satisfaction_and_a_rate_metric_family_wise_at_most_alpha(
+    effect: float,
+) -> None:
+    """Satisfaction (thumbs, 0.7, tolerance 0.1) and a declared rate metric (0.8, tolerance 3
+    points), each tested on 20 equal segments at the segment alpha and on the population at
+    half of its own, A/A and with every segment's effect exactly at the tolerance: per
+    guardrail, population and segments together roll back in at most alpha of the runs. A
+    segment is tested from the first look here (the engine waits for its minimum sample:
+    fewer looks, no more rollbacks)."""
+    rng = np.random.default_rng(19)
+    seg_alpha = segments.segment_alpha(ALPHA, SLOTS)
+    for name, base, drop, per_look, test in (
+        ("satisfaction", 0.7, 0.1, 5, satisfaction_rollbacks),
+        ("task_completed", 0.8, 0.03, 10, rate_rollbacks),
+    ):
+        paths = [mean_paths(rng, base, base - drop * effect, per_look) for _ in range(20)]
+        hits = np.zeros(R, dtype=bool)
+        for a, b in paths:
+            hits |= test(a, b, seg_alpha).any(axis=1)
+        pop_a, pop_b = summed([a for a, _ in paths]), summed([b for _, b in paths])
+        hits |= test(pop_a, pop_b, ALPHA * segments.POPULATION_SHARE).any(axis=1)
+        assert sim.rate_ok(int(hits.sum()), R, ALPHA), (name, hits.mean())
