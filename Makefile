@@ -47,12 +47,11 @@ bench-deps: install
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
 		echo "warning: wrk missing and not root: bench/bench_server.py needs it"
 
-# WORKERS=2 runs the suite on two pytest-xdist workers, a file per worker at a time (the
-# simulations' module fixtures are computed once); each worker has its own test database,
-# Redis database and ports (tests/conftest.py). Not the default until `make test WORKERS=2`
-# has passed twice on a quiet machine (one loaded run had live tests time out).
-WORKERS ?=
-XDIST = $(if $(WORKERS),-n $(WORKERS) --dist loadfile)
+# The suite runs on two pytest-xdist workers (the machine's two cores), a file per worker at a
+# time (the simulations' module fixtures are computed once); each worker has its own test
+# database, Redis database and ports (tests/conftest.py). WORKERS=1 runs it in one process.
+WORKERS ?= 2
+XDIST = $(if $(filter-out 0 1,$(WORKERS)),-n $(WORKERS) --dist loadfile)
 
 test: install system-deps lint
 	DEBUG=1 DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \

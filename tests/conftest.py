@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -33,16 +34,30 @@ def _worker() -> tuple[int, int]:
     return (int(worker.removeprefix("gw")), count) if worker.startswith("gw") else (0, 1)
 
 
+# Below Linux's ephemeral range (32768-60999), so no outgoing connection holds a port we pick.
+PORTS = range(20_000, 32_000)
+
+
 def free_port() -> int:
     """A port free now. Under xdist each worker takes only ports of its own residue (port mod
-    the worker count), so that two workers never pick the same one before either listens."""
+    the worker count), so that two workers never pick the same one before either listens.
+
+    Ports are tried by number from a random start: asking the kernel for port 0 and keeping
+    the ones of our residue never ends for worker 0 of 2, as Linux hands bind() odd ports
+    first (even ones are left for connect())."""
     index, count = _worker()
-    while True:
+    start = random.randrange(len(PORTS))
+    for offset in range(len(PORTS)):
+        port = PORTS[(start + offset) % len(PORTS)]
+        if port % count != index:
+            continue
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port % count == index:
-            return port
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {PORTS}")
 
 
 def worker_redis_url(url: str, index: int) -> str:
