@@ -107,14 +107,12 @@ def metric_call(samples: int) -> None:
 
 
 def arm_with_metrics(rng: np.random.Generator, n: int, shift: float) -> Any:
-    """One arm at ``n`` requests: the built-in sums as bench_stats.py builds them, and 8
-    per-request metrics with unit-level sums over 50,000 users."""
-    from bench_stats import big_arm
-
+    """One arm at ``n`` requests: the built-in sums as bench_stats.py builds them
+    (sim.million_request_arm), and 8 per-request metrics with unit-level sums over 50,000 users."""
     from migrations_app.guardrails.stats import ArmAggregates, ClusterSums, MetricSums
     from tests.guardrails.stats import sim
 
-    base = big_arm(rng, 1.0 + shift)
+    base = sim.million_request_arm(rng, 1.0 + shift)
     units = rng.integers(0, 50_000, n)
 
     def sums(values: np.ndarray) -> MetricSums:

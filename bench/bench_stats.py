@@ -52,40 +52,9 @@ TOLERANCES = {
 }
 
 
-def big_arm(rng: np.random.Generator, factor: float) -> stats.ArmAggregates:
-    n = 1_000_000
-    latency = rng.lognormal(np.log(800), 0.7, n) * factor
-    units = rng.integers(0, 50_000, n)
-    z = np.log1p(latency)
-    return stats.ArmAggregates(
-        requests=n,
-        errors=20_000,
-        error_clusters=stats.ClusterSums(50_000, 5e5, 1e7, 1e9),
-        latency=stats.Buckets.from_values(latency),
-        ttft=stats.Buckets.from_values(latency / 4),
-        cost_n=n,
-        cost_sum=2e3,
-        cost_sum_sq=10.0,
-        cost_clusters=stats.ClusterSums(50_000, 2e3, 5e4, 1e9),
-        feedback_n=50_000,
-        feedback_sum=35_000.0,
-        feedback_sum_sq=35_000.0,
-        feedback_clusters=stats.ClusterSums(30_000, 1e5, 1e5, 2e5),
-        feedback_rate_clusters=stats.ClusterSums(50_000, 1e5, 1e6, 1e9),
-        latency_log1p_n=n,
-        latency_log1p_sum=float(z.sum()),
-        latency_log1p_sum_sq=float((z * z).sum()),
-        latency_clusters=sim.cluster_sums(units, z),
-        ttft_log1p_n=n,
-        ttft_log1p_sum=float(z.sum()),
-        ttft_log1p_sum_sq=float((z * z).sum()),
-        ttft_clusters=sim.cluster_sums(units, z),
-    )
-
-
 def evaluation_time() -> None:
     rng = np.random.default_rng(1)
-    a, b = big_arm(rng, 1.0), big_arm(rng, 1.1)
+    a, b = sim.million_request_arm(rng, 1.0), sim.million_request_arm(rng, 1.1)
     timings = []
     for _ in range(21):
         stats.quantile_ranks.cache_clear()  # the engine sees a new n at every look

@@ -422,6 +422,41 @@ def arm_from_requests(
     )
 
 
+def million_request_arm(rng: np.random.Generator, factor: float) -> stats.ArmAggregates:
+    """One arm of 10^6 requests from 50,000 users, its latency lognormal around 800 ms times
+    ``factor``: the size at which bench_stats.py times an evaluation and test_stats.py checks
+    that one is deterministic."""
+    n = 1_000_000
+    latency = rng.lognormal(np.log(800), 0.7, n) * factor
+    units = rng.integers(0, 50_000, n)
+    z = np.log1p(latency)
+    z_clusters = cluster_sums(units, z)
+    return stats.ArmAggregates(
+        requests=n,
+        errors=20_000,
+        error_clusters=stats.ClusterSums(50_000, 5e5, 1e7, 1e9),
+        latency=stats.Buckets.from_values(latency),
+        ttft=stats.Buckets.from_values(latency / 4),
+        cost_n=n,
+        cost_sum=2e3,
+        cost_sum_sq=10.0,
+        cost_clusters=stats.ClusterSums(50_000, 2e3, 5e4, 1e9),
+        feedback_n=50_000,
+        feedback_sum=35_000.0,
+        feedback_sum_sq=35_000.0,
+        feedback_clusters=stats.ClusterSums(30_000, 1e5, 1e5, 2e5),
+        feedback_rate_clusters=stats.ClusterSums(50_000, 1e5, 1e6, 1e9),
+        latency_log1p_n=n,
+        latency_log1p_sum=float(z.sum()),
+        latency_log1p_sum_sq=float((z * z).sum()),
+        latency_clusters=z_clusters,
+        ttft_log1p_n=n,
+        ttft_log1p_sum=float(z.sum()),
+        ttft_log1p_sum_sq=float((z * z).sum()),
+        ttft_clusters=z_clusters,
+    )
+
+
 def random_arm(
     rng: np.random.Generator,
     n: int,

@@ -207,28 +207,7 @@ def test_paired_tests():
 
 def test_one_evaluation_over_a_million_requests_per_arm_is_deterministic():
     rng = np.random.default_rng(6)
-
-    def big(factor: float) -> stats.ArmAggregates:
-        n = 1_000_000
-        lat = rng.lognormal(np.log(800), 0.7, n) * factor
-        return stats.ArmAggregates(
-            requests=n,
-            errors=20_000,
-            error_clusters=stats.ClusterSums(50_000, 5e5, 1e7, 1e9),
-            latency=stats.Buckets.from_values(lat),
-            ttft=stats.Buckets.from_values(lat / 4),
-            cost_n=n,
-            cost_sum=2e3,
-            cost_sum_sq=10.0,
-            cost_clusters=stats.ClusterSums(50_000, 2e3, 5e4, 1e9),
-            feedback_n=50_000,
-            feedback_sum=35_000.0,
-            feedback_sum_sq=35_000.0,
-            feedback_clusters=stats.ClusterSums(30_000, 1e5, 1e5, 2e5),
-            feedback_rate_clusters=stats.ClusterSums(50_000, 1e5, 1e6, 1e9),
-        )
-
-    a, b = big(1.0), big(1.1)
+    a, b = sim.million_request_arm(rng, 1.0), sim.million_request_arm(rng, 1.1)
     # Its speed is measured by bench/bench_stats.py (the suite holds no wall-clock limits);
     # here: every metric gives a JSON-safe verdict at this size, the same one every time.
     first = evaluate_all(a, b)
