@@ -3,6 +3,7 @@ called, the values each answer gets, and which errors are outages (never a faili
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -13,8 +14,12 @@ from migrations_app.shadow.pipeline import CandidateResult
 
 
 def _call(*, recorded: str | None, fresh: bool = False) -> ReplayCall:
+    # Prices apart, so a cost booked to the wrong arm's model shows: $1 / $2 per million
+    # tokens for the candidate, $10 / $20 for control.
+    candidate = ModelSpec(input_price_per_mtok=Decimal("1"), output_price_per_mtok=Decimal("2"))
+    control = ModelSpec(input_price_per_mtok=Decimal("10"), output_price_per_mtok=Decimal("20"))
     plan = MigrationPlan(
-        key="p", answer_schema=None, candidate_model=ModelSpec(), control_model=ModelSpec()
+        key="p", answer_schema=None, candidate_model=candidate, control_model=control
     )
     run = ReplayRun(pk=1, plan=plan, fresh_baseline=fresh)
     item = DatasetItem(
@@ -35,11 +40,13 @@ def _arms(answers: dict[str, CandidateResult]) -> tuple[Any, list[str]]:
 
 
 def _answer(text: str, error: str | None = None) -> CandidateResult:
-    return CandidateResult(text=text, latency_ms=10.0, error=error)
+    # 500 tokens in, 250 out: $0.001 at the candidate's prices, $0.01 at control's.
+    return CandidateResult(
+        text=text, latency_ms=10.0, error=error, input_tokens=500, output_tokens=250
+    )
 
 
-def test_recorded_control_is_not_called_and_the_judge_scores_the_pair(monkeypatch):
-    monkeypatch.setattr("migrations_app.replay.pipeline.cost_usd", lambda *a: 0.001)
+def test_recorded_control_is_not_called_and_the_judge_scores_the_pair():
     call_arm, called = _arms({"candidate": _answer("5")})
     seen: list[Any] = []
 
@@ -61,6 +68,7 @@ def test_fresh_baseline_calls_control_first():
     unit = run_unit(_call(recorded="4", fresh=True), call_arm=call_arm, judge=lambda p, r: None)
     assert called == ["control", "candidate"]
     assert unit.values["candidate"]["agreement"] == 1.0
+    assert unit.cost == pytest.approx(0.011)  # both calls, each at its own model's prices
     assert "judge_preference" not in unit.values["candidate"]
 
 
