@@ -22,6 +22,7 @@ SERVER = ("migrations_app", "controlplane")
 PURE = (
     "migrations_app.guardrails.stats",
     "migrations_app.guardrails.rules",
+    "migrations_app.guardrails.rule_types",
     "migrations_app.guardrails.change_rules",
     "migrations_app.guardrails.confirmatory_look",
     "migrations_app.guardrails.recovery",

@@ -5,13 +5,10 @@ guardrail's change detector (:mod:`stats.changes`) beside its cumulative test, o
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
+from migrations_app.guardrails.rule_types import Action, GuardrailResult
 from migrations_app.guardrails.stats import ArmAggregates, changes, detector
 from migrations_app.guardrails.stats.detector import DetectorState
-
-if TYPE_CHECKING:
-    from migrations_app.guardrails.rules import Action, GuardrailResult
 
 
 def with_change(

@@ -5,7 +5,7 @@ metric) spends most of its alpha on one fixed-sample test when both arms first r
 the rest on its confidence sequence at every look (Haybittle-Peto; stats.CONFIRMATORY_SHARE
 says why). This module says which guardrails have that look, reads its two arms, and takes it
 when it is due; the rules split the alpha and keep the look's bounds in the running
-intersection, spent once per stage (``rules.Bounds.looked``).
+intersection, spent once per stage (``rule_types.Bounds.looked``).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def rate_look(
 ) -> ConfirmatoryLook | None:
     """A guardrail's confirmatory look, or None: in a shadow stage (``paired``: its test
     reads pairs, not arms) and for means, quantiles, cost. ``measure``: a per-request
-    metric's kind and harm (``rules.Measure``), None for the built-in six."""
+    metric's kind and harm (``rule_types.Measure``), None for the built-in six."""
     if paired:
         return None
     if measure is None and metric == "error_rate":

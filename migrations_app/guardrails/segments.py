@@ -33,7 +33,7 @@ from typing import Any, Literal, TypeVar
 from turnout.targeting import MAX_SEGMENT_VALUE
 
 from migrations_app.guardrails.rules import (
-    _RANK,
+    ACTION_RANK,
     Action,
     Bounds,
     GuardrailResult,
@@ -225,7 +225,7 @@ def evaluate_segment(
         w = r.wants
         if w == "rollback" and on_regression == "exclude" and segment.value != OTHER:
             w = "hold"  # excluded instead (SegmentedDecision.exclude): the run goes on
-        if _RANK[w] > _RANK[wants]:
+        if ACTION_RANK[w] > ACTION_RANK[wants]:
             wants = w
     return SegmentResult(
         segment.dimension, segment.value, True, (c.requests, t.requests), tuple(results), wants,
@@ -352,7 +352,7 @@ def evaluate_with_segments(
             reasons.append(f"segment {s.label} regressed: {names}")
         alert = True
     for s in results:
-        if _RANK[s.wants] > _RANK[action]:
+        if ACTION_RANK[s.wants] > ACTION_RANK[action]:
             action = s.wants
     if exclude and action == "advance":
         action = "hold"
