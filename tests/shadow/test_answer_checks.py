@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.core.exceptions import ValidationError
 
 from migrations_app.models import MigrationPlan
 from migrations_app.shadow import pipeline
@@ -71,7 +72,7 @@ def test_a_pair_without_an_answer_has_no_checks():
 def test_a_plan_schema_that_is_not_json_schema_is_refused_when_saved():
     plan = shadow_plan()
     plan.answer_schema = {"type": "objekt"}
-    with pytest.raises(Exception) as refused:
+    with pytest.raises(ValidationError) as refused:
         plan.full_clean()
-    assert "answer_schema" in str(refused.value)
+    assert "answer_schema" in refused.value.message_dict
     assert MigrationPlan.objects.get(pk=plan.pk).answer_schema is None
