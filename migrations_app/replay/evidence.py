@@ -1,12 +1,11 @@
 """A decided replay's evidence from its calls (pure: plain data in, plain data out): each item's
 sums, and the run's summary (the gates' verdicts, every measured metric's interval, the
-per-tag breakdown, flip stability). ``services.replay_decide`` stores both, so the replay page
+per-tag breakdown, flip stability). ``decide.replay_decide`` stores both, so the replay page
 reads stored rows instead of every call.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,7 +136,3 @@ def summarize(
         "items_evaluated": sum(1 for r in rows if r.evaluated),
         "dataset_items": dataset_items,
     }
-
-
-def finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
