@@ -29,9 +29,8 @@ from migrations_app.models import (
     PromptMode,
     ToleranceKind,
 )
-from migrations_app.plans.validation import form_field
+from migrations_app.plans.validation import ARMS, form_field
 
-ARMS = ("control", "candidate")
 # The params a person sets with a typed field; any other goes in the arm's JSON escape hatch.
 TYPED_PARAMS = ("temperature", "max_tokens", "top_p", "response_format")
 RESPONSE_FORMATS = {"json_object": {"type": "json_object"}}
