@@ -319,8 +319,8 @@ def dataset_from_shadow(
     )
     if not pool:
         raise _no_samples(plan, " in that time range", "since")
-    sample_tags = _sample_tags(plan, [d for _, d in pool])
     if tags:
+        sample_tags = _sample_tags(plan, [d for _, d in pool])
         wanted = set(tags)
         pool = [(s, d) for s, d in pool if wanted <= set(sample_tags.get(d, ()))]
         if not pool:
@@ -331,6 +331,8 @@ def dataset_from_shadow(
             details={"fields": {"size": [f"Required when more than {MAX_ITEMS} samples match."]}},
         )
     chosen = pool if size is None or size >= len(pool) else random.Random(seed).sample(pool, size)
+    if not tags:  # the items' own tags only: not the whole pool's (up to MAX_POOL outcomes)
+        sample_tags = _sample_tags(plan, [d for _, d in chosen])
     chosen_ids = {s for s, _ in chosen}
     rows = []
     for start in range(0, len(pool), _BATCH):
