@@ -163,7 +163,7 @@ def plan_evaluate(*, plan_id: int, now: datetime | None = None) -> EvaluationRes
             # In a split stage every guardrail also runs its change detector (issue 20).
             windows=(
                 _windows(stage, previous, phase, now, arl_days=plan.detector_arl_days)
-                if _detecting(stage_state)
+                if stage_state.detects_changes
                 else None
             ),
         )
@@ -231,11 +231,6 @@ def plan_evaluate(*, plan_id: int, now: datetime | None = None) -> EvaluationRes
         if page:
             _page(plan, page, evidence, "; ".join(decision.reasons), now)
     return EvaluationResult(plan.key, action, acted, evaluation.pk)
-
-
-def _detecting(stage: StageState) -> bool:
-    """The change detectors need a control arm to compare with: a split below 100 %."""
-    return stage.mode == "split" and stage.expected_share < 1.0
 
 
 def _detector_states(previous: Evaluation | None) -> tuple[int, dict[str, DetectorState]]:

@@ -100,6 +100,11 @@ class StageState:
         whose segments are compared."""
         return self.mode == "split" and 0.0 < self.expected_share < 1.0
 
+    @property
+    def detects_changes(self) -> bool:
+        """A split below 100 %: the change detectors need a control arm to compare with."""
+        return self.mode == "split" and self.expected_share < 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class Bounds:

@@ -364,7 +364,7 @@ def evaluate_plan(
     # At 100 % the candidate serves everyone: there is no control arm left to compare with,
     # so the step ends on its samples and duration, and only the circuit breaker can act.
     full = stage.mode == "split" and stage.expected_share >= 1.0
-    detecting = windows is not None and stage.mode == "split" and not full
+    detecting = windows is not None and stage.detects_changes
     # The guardrail's alpha, split between its cumulative test and its change detector.
     kept = 1.0 - (detector.DETECTOR_SHARE if detecting else 0.0)
     results = (
