@@ -60,10 +60,9 @@ from migrations_app.outcomes import aggregation
 from migrations_app.outcomes.selectors import stage_totals, stage_windows, window_totals
 from migrations_app.plans import lifecycle
 from migrations_app.plans.metrics import plan_metric_specs
-from migrations_app.plans.phases import next_position, stage_count
+from migrations_app.plans.phases import PhaseRule, next_position, stage_count
 from migrations_app.plans.selectors import (
     StageCriteria,
-    phase_rules,
     phase_rules_of,
     stage_criteria,
 )
@@ -224,7 +223,7 @@ def plan_evaluate(*, plan_id: int, now: datetime | None = None) -> EvaluationRes
             evidence.setdefault("excluded", []).append(excluded)
         if segmented is not None and segmented.exclude:
             plan.refresh_from_db(fields=["version"])
-        acted = _act(plan, action, decision, evidence)
+        acted = _act(plan, action, decision, evidence, rules)
         if acted:
             Evaluation.objects.filter(pk=evaluation.pk).update(acted=True)
         page = _page_for(action, acted, decision)
@@ -406,9 +405,11 @@ def _act(
     action: str,
     decision: PlanDecision,
     evidence: dict[str, Any],
+    rules: list[PhaseRule],
 ) -> bool:
     """Carry out the action through the lifecycle services. False when it was not an action
-    or another actor changed the plan first (the compare-and-set refused ours)."""
+    or another actor changed the plan first (the compare-and-set refused ours). ``rules``: the
+    stages of the run, read under the plan's lock."""
     common = {
         "plan_key": plan.key,
         "actor": lifecycle.ENGINE,
@@ -421,7 +422,7 @@ def _act(
         elif action == "pause":
             lifecycle.plan_pause(reason=_reason(decision, action), **common)
         elif action == "advance":
-            at_last = next_position(phase_rules(plan), plan.phase_index, plan.step_index) is None
+            at_last = next_position(rules, plan.phase_index, plan.step_index) is None
             if at_last:
                 lifecycle.plan_complete(reason=_reason(decision, action), **common)
             else:
