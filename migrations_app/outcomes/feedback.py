@@ -105,7 +105,7 @@ def feedback_ingest(*, identity: Any, payload: Any) -> IngestResult:
     result.rejected.sort(key=lambda r: r.index)
     if parsed:
         received = db_datetime(now)
-        scope = _scope(identity)
+        scope = key_scope(identity)
         with transaction.atomic():
             stored = insert_returning(
                 Feedback._meta.db_table,
@@ -128,9 +128,10 @@ def feedback_ingest(*, identity: Any, payload: Any) -> IngestResult:
     return result
 
 
-def _scope(identity: Any) -> Any:
-    """The key's plans as the feedback row keeps them: a sorted list of plan ids, or None for
-    every plan (a JSON string on the portable path, which binds values one by one)."""
+def key_scope(identity: Any) -> Any:
+    """The key's plans as a feedback or metric value row keeps them (``plan_scope``): a sorted
+    list of plan ids, or None for every plan (a JSON string on the portable path, which binds
+    values one by one)."""
     plan_ids = getattr(identity, "plan_ids", None)
     scope = None if plan_ids is None else sorted(plan_ids)
     if fast_path() or scope is None:
@@ -145,16 +146,23 @@ def _elsewhere(
     (one query, on the decision index; none when the key may write every plan)."""
     if not decision_ids or getattr(identity, "plan_ids", None) is None:
         return []
-    plans_of: dict[str, set[int]] = defaultdict(set)
-    for decision_id, plan_id in Outcome.objects.filter(decision_id__in=decision_ids).values_list(
-        "decision_id", "plan_id"
-    ):
-        plans_of[decision_id].add(plan_id)
+    plans_of = stored_plans(decision_ids)
     return [
         event_id
         for event_id, (_, row) in parsed.items()
         if plans_of.get(row[1]) and not any(identity.may_see(p) for p in plans_of[row[1]])
     ]
+
+
+def stored_plans(decision_ids: set[str]) -> dict[str, set[int]]:
+    """The plans whose stored outcomes carry each decision id (one indexed query)."""
+    found: dict[str, set[int]] = defaultdict(set)
+    if decision_ids:
+        for decision_id, plan_id in Outcome.objects.filter(
+            decision_id__in=decision_ids
+        ).values_list("decision_id", "plan_id"):
+            found[decision_id].add(plan_id)
+    return found
 
 
 def held_feedback(decision_ids: set[str]) -> list[str]:

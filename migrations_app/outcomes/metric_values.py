@@ -30,7 +30,7 @@ from turnout.contract import (
     METRIC_NAME_PATTERN,
 )
 
-from migrations_app.models import MetricValue, MigrationPlan, Outcome
+from migrations_app.models import MetricValue, MigrationPlan
 from migrations_app.outcomes import metrics as counters
 from migrations_app.outcomes.aggregation import OutcomeFacts
 from migrations_app.outcomes.event_checks import (
@@ -48,10 +48,12 @@ from migrations_app.outcomes.feedback import (
     counted_in,
     crossed,
     held_outcomes,
+    key_scope,
     link_outcomes,
+    stored_plans,
 )
 from migrations_app.outcomes.rollup import aggregate
-from migrations_app.outcomes.store import db_datetime, fast_path, insert_returning
+from migrations_app.outcomes.store import db_datetime, insert_returning
 from migrations_app.plans.metric_specs import MetricSpec
 from migrations_app.plans.metrics import plan_metric_specs, specs_by_plan
 
@@ -146,7 +148,7 @@ def metrics_ingest(*, identity: Any, payload: Any) -> IngestResult:
         p.key: p.pk
         for p in MigrationPlan.objects.filter(key__in={row[2] for _, row in parsed if row[2]})
     }
-    stored_in = _stored_plans({row[1] for _, row in parsed})
+    stored_in = stored_plans({row[1] for _, row in parsed})
     specs = specs_by_plan({*plans.values(), *(pid for pids in stored_in.values() for pid in pids)})
     visible = _key_specs(identity)
     rows: dict[str, tuple[Any, ...]] = {}
@@ -185,7 +187,7 @@ def metrics_ingest(*, identity: Any, payload: Any) -> IngestResult:
     result.rejected.sort(key=lambda r: r.index)
     if rows:
         received = db_datetime(now)
-        scope = _scope(identity)
+        scope = key_scope(identity)
         with transaction.atomic():
             stored = insert_returning(
                 MetricValue._meta.db_table,
@@ -203,17 +205,6 @@ def metrics_ingest(*, identity: Any, payload: Any) -> IngestResult:
         result.duplicates += len(rows) - len(stored)
     counters.count_ingest("metrics", result)
     return result
-
-
-def _stored_plans(decision_ids: set[str]) -> dict[str, set[int]]:
-    """The plans whose stored outcomes carry each decision id (one indexed query)."""
-    found: dict[str, set[int]] = defaultdict(set)
-    if decision_ids:
-        for decision_id, plan_id in Outcome.objects.filter(
-            decision_id__in=decision_ids
-        ).values_list("decision_id", "plan_id"):
-            found[decision_id].add(plan_id)
-    return found
 
 
 def _key_specs(identity: Any) -> Callable[[str], list[MetricSpec]]:
@@ -257,14 +248,6 @@ def _check_anywhere(
             problem = bad
     assert problem is not None
     raise problem
-
-
-def _scope(identity: Any) -> Any:
-    plan_ids = getattr(identity, "plan_ids", None)
-    scope = None if plan_ids is None else sorted(plan_ids)
-    if fast_path() or scope is None:
-        return scope
-    return orjson.dumps(scope).decode()
 
 
 # --- held values meet their outcomes ----------------------------------------------------
