@@ -19,51 +19,23 @@ Run: .venv/bin/python bench/bench_quality.py [--smoke]
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import logging
 import statistics
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 import turnout
 from _stack import ROOT, SMOKE_HELP  # bench/ is on the path: this script's directory
+from bench_report import Sink, received  # the sink report() is measured against
 
 sys.path.insert(0, str(ROOT))
 
 CALLS_PER_SAMPLE = 200
 SAMPLES = 1000
-received = {"events": 0}
-
-
-class Sink(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body in two writes: no 40 ms stalls
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.send_response(404)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def do_POST(self) -> None:
-        raw = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.headers.get("Content-Encoding") == "gzip":
-            raw = gzip.decompress(raw)
-        events = json.loads(raw)["events"]
-        received["events"] += len(events)
-        body = json.dumps({"stored": len(events), "duplicates": 0, "rejected": []}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
 
 def per_call_us(call: Any, samples: int) -> list[float]:

@@ -23,7 +23,7 @@ from _stack import SMOKE_HELP  # bench/ is on the path: this script's directory
 
 CALLS_PER_SAMPLE = 200
 SAMPLES = 1000
-received = 0
+received = {"events": 0}
 
 
 class Sink(BaseHTTPRequestHandler):
@@ -41,10 +41,9 @@ class Sink(BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_POST(self) -> None:
-        global received
         raw = self.rfile.read(int(self.headers["Content-Length"]))
         events = json.loads(gzip.decompress(raw))["events"]
-        received += len(events)
+        received["events"] += len(events)
         body = json.dumps({"stored": len(events), "duplicates": 0, "rejected": []}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -81,7 +80,7 @@ def main() -> None:
     print(
         f"turnout report():  median {median:.2f} us   p99 {p99:.2f} us   (per call, batches of {CALLS_PER_SAMPLE})"
     )
-    print(f"events: reported {total}, delivered {received}, dropped {client.dropped}")
+    print(f"events: reported {total}, delivered {received['events']}, dropped {client.dropped}")
 
 
 if __name__ == "__main__":
