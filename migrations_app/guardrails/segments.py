@@ -30,8 +30,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
-from turnout.targeting import MAX_SEGMENT_VALUE
-
 from migrations_app.guardrails.rules import (
     ACTION_RANK,
     Action,
@@ -56,8 +54,6 @@ OTHER = "other"
 POPULATION_SHARE = 0.5
 # The least sample per arm a segment is tested on, when the step's minimum is smaller.
 MIN_SEGMENT_SAMPLES = 200
-# A segment value longer than this is in no segment (a value is a label, not a payload).
-MAX_VALUE_LENGTH = MAX_SEGMENT_VALUE
 
 OnRegression = Literal["rollback", "exclude"]
 T = TypeVar("T")

@@ -23,9 +23,6 @@ RELATIVE_ACCURACY = 0.01
 MAPPING = LogarithmicMapping(RELATIVE_ACCURACY)
 
 
-_GAMMA = (1 + RELATIVE_ACCURACY) / (1 - RELATIVE_ACCURACY)
-
-
 # ddsketch's LogarithmicMapping computes key = ceil(log2(v) * multiplier); reproduced here
 # so that numpy arrays bucket exactly like DDSketch.add.
 _KEY_MULTIPLIER = math.log(2) / math.log1p(2 * RELATIVE_ACCURACY / (1 - RELATIVE_ACCURACY))
