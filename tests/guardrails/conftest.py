@@ -47,6 +47,15 @@ def synthetic_arm(
     )
 
 
+def error_arms(seed: int, n: int, *, control: float, candidate: float) -> dict[str, ArmAggregates]:
+    """Both arms for ``put_totals`` / ``evaluate_with``: n requests each (``synthetic_arm``),
+    errors at these rates, control drawn from ``seed`` and the candidate from ``seed + 1``."""
+    return {
+        "control": synthetic_arm(seed, n, error_rate=control),
+        "candidate": synthetic_arm(seed + 1, n, error_rate=candidate),
+    }
+
+
 def with_metrics(seed: int, n: int, **rates: float) -> ArmAggregates:
     """``synthetic_arm`` (2 % errors) with per-request metrics: for each name, a 0/1 value per
     request, 1 at the given rate."""

@@ -13,6 +13,7 @@ from migrations_app.plans import lifecycle
 from tests.factories import person
 from tests.guardrails.conftest import (
     FAST_PHASES,
+    error_arms,
     evaluate_with,
     put_totals,
     running_plan,
@@ -23,11 +24,7 @@ from tests.guardrails.conftest import (
 @pytest.mark.django_db
 def test_a_tripled_error_rate_rolls_back_with_the_evidence():
     plan = running_plan()
-    result = evaluate_with(
-        plan,
-        control=synthetic_arm(1, 20_000, error_rate=0.02),
-        candidate=synthetic_arm(2, 20_000, error_rate=0.06),
-    )
+    result = evaluate_with(plan, **error_arms(1, 20_000, control=0.02, candidate=0.06))
 
     assert (result.action, result.acted) == ("rollback", True)
     plan.refresh_from_db()
@@ -78,11 +75,7 @@ def test_a_healthy_candidate_advances_step_by_step_then_completes():
 @pytest.mark.django_db
 def test_not_enough_data_holds_and_is_stored():
     plan = running_plan()
-    result = evaluate_with(
-        plan,
-        control=synthetic_arm(3, 200, error_rate=0.02),
-        candidate=synthetic_arm(4, 200, error_rate=0.02),
-    )
+    result = evaluate_with(plan, **error_arms(3, 200, control=0.02, candidate=0.02))
     assert (result.action, result.acted) == ("hold", False)
     evaluation = Evaluation.objects.get(pk=result.evaluation_id)
     assert "error rate: not enough data yet" in " ".join(evaluation.decision["reasons"])
@@ -95,11 +88,7 @@ def test_a_step_without_auto_advance_waits_for_a_person():
     phases = [dict(p) for p in FAST_PHASES]
     phases[0]["auto_advance"] = False
     plan = running_plan(phases=phases)
-    result = evaluate_with(
-        plan,
-        control=synthetic_arm(5, 40_000, error_rate=0.02),
-        candidate=synthetic_arm(6, 40_000, error_rate=0.02),
-    )
+    result = evaluate_with(plan, **error_arms(5, 40_000, control=0.02, candidate=0.02))
     assert (result.action, result.acted) == ("hold", False)
     assert Evaluation.objects.get(pk=result.evaluation_id).decision["action"] == "advance"
 
@@ -107,11 +96,7 @@ def test_a_step_without_auto_advance_waits_for_a_person():
 @pytest.mark.django_db
 def test_the_circuit_breaker_rolls_back_at_once():
     plan = running_plan()
-    result = evaluate_with(
-        plan,
-        control=synthetic_arm(7, 60, error_rate=0.0),
-        candidate=synthetic_arm(8, 60, error_rate=0.5),
-    )
+    result = evaluate_with(plan, **error_arms(7, 60, control=0.0, candidate=0.5))
     assert (result.action, result.acted) == ("rollback", True)
     assert "circuit breaker" in AuditEvent.objects.get(plan=plan, action="rollback").reason
 
@@ -119,17 +104,10 @@ def test_the_circuit_breaker_rolls_back_at_once():
 @pytest.mark.django_db
 def test_bounds_only_tighten_across_evaluations():
     plan = running_plan()
-    put_totals(
-        plan,
-        control=synthetic_arm(9, 3_000, error_rate=0.02),
-        candidate=synthetic_arm(10, 3_000, error_rate=0.02),
-    )
+    put_totals(plan, **error_arms(9, 3_000, control=0.02, candidate=0.02))
     first = Evaluation.objects.get(pk=engine.plan_evaluate(plan_id=plan.pk).evaluation_id)
-    put_totals(
-        plan,
-        control=synthetic_arm(9, 800, error_rate=0.02),  # fewer data: wider fresh bounds
-        candidate=synthetic_arm(10, 800, error_rate=0.02),
-    )
+    # Fewer data: wider fresh bounds.
+    put_totals(plan, **error_arms(9, 800, control=0.02, candidate=0.02))
     second = Evaluation.objects.get(pk=engine.plan_evaluate(plan_id=plan.pk).evaluation_id)
     looked = {m: b for m, b in first.bounds.items() if m != engine.DETECTORS_KEY}
     # A first look with no finite bound would leave nothing to keep and the loop nothing to test.
@@ -144,11 +122,7 @@ def test_two_evaluations_at_once_act_once():
     if connection.vendor != "postgresql":
         pytest.skip("row locks need PostgreSQL")
     plan = running_plan()
-    put_totals(
-        plan,
-        control=synthetic_arm(11, 20_000, error_rate=0.02),
-        candidate=synthetic_arm(12, 20_000, error_rate=0.06),
-    )
+    put_totals(plan, **error_arms(11, 20_000, control=0.02, candidate=0.06))
     barrier = threading.Barrier(4)
     results = []
 
@@ -173,11 +147,7 @@ def test_two_evaluations_at_once_act_once():
 @pytest.mark.django_db
 def test_a_person_who_acted_first_wins():
     plan = running_plan()
-    put_totals(
-        plan,
-        control=synthetic_arm(13, 20_000, error_rate=0.02),
-        candidate=synthetic_arm(14, 20_000, error_rate=0.06),
-    )
+    put_totals(plan, **error_arms(13, 20_000, control=0.02, candidate=0.06))
     lifecycle.plan_pause(plan_key=plan.key, actor=person())
     result = engine.plan_evaluate(plan_id=plan.pk)
     assert result.skipped == "plan is paused"

@@ -19,7 +19,7 @@ from migrations_app.models import (
     PlanStage,
 )
 from migrations_app.outcomes import ingest
-from tests.guardrails.conftest import put_totals, running_plan, synthetic_arm
+from tests.guardrails.conftest import error_arms, put_totals, running_plan
 from tests.outcomes.conftest import Everyone, outcome
 
 pytestmark = pytest.mark.django_db
@@ -27,11 +27,7 @@ pytestmark = pytest.mark.django_db
 
 def rolled_back() -> MigrationPlan:
     plan = running_plan()
-    put_totals(
-        plan,
-        control=synthetic_arm(1, 20_000, error_rate=0.02),
-        candidate=synthetic_arm(2, 20_000, error_rate=0.06),
-    )
+    put_totals(plan, **error_arms(1, 20_000, control=0.02, candidate=0.06))
     assert engine.plan_evaluate(plan_id=plan.pk).acted
     plan.refresh_from_db()
     assert plan.status == "rolled_back" and plan.current_stage.kind == "recovery"
