@@ -62,7 +62,8 @@ def _admit(request: HttpRequest) -> tuple[KeyIdentity, Served]:
     return identity, served_snapshot(identity.plan_ids, sequence)
 
 
-def _context(request: HttpRequest, key: str | None) -> dict[str, Any] | HttpResponse:
+def _context(request: HttpRequest, key: str | None) -> tuple[str, dict[str, Any]] | HttpResponse:
+    """The unit (``context.targetingKey``) and the attributes (every other field), checked."""
     if len(request.body) > MAX_OFREP_BODY_BYTES:
         return _failure(
             key, "INVALID_CONTEXT", f"The request body is over {MAX_OFREP_BODY_BYTES} bytes."
@@ -93,16 +94,13 @@ def _context(request: HttpRequest, key: str | None) -> dict[str, Any] | HttpResp
             "without NUL or lone surrogates.",
         )
     # Every other field is an attribute the plan's rules read, as /decide's attributes are.
-    problems = targeting.attribute_problems(_attributes(context))
+    attributes = {name: value for name, value in context.items() if name != "targetingKey"}
+    problems = targeting.attribute_problems(attributes)
     if problems:
         field, message = problems[0]
         where = "context" + field.removeprefix("attributes")
         return _failure(key, "INVALID_CONTEXT", f"{where}: {message}")
-    return context
-
-
-def _attributes(context: dict[str, Any]) -> dict[str, Any]:
-    return {name: value for name, value in context.items() if name != "targetingKey"}
+    return unit, attributes
 
 
 # OFREP's reasons are a closed list (the Python provider refuses others): Turnout's own are
@@ -150,14 +148,11 @@ def evaluate_flag(request: HttpRequest, key: str) -> HttpResponse:
     context = _context(request, key)
     if isinstance(context, HttpResponse):
         return context
+    unit, attributes = context
     plan = served.parsed.plans.get(key)
     if plan is None:
         return _failure(key, "FLAG_NOT_FOUND", f"No plan with key {key!r}.", status=404)
-    return json_response(
-        _evaluation(
-            plan, context["targetingKey"], uuid.uuid4().hex, _attributes(context), time.time()
-        )
-    )
+    return json_response(_evaluation(plan, unit, uuid.uuid4().hex, attributes, time.time()))
 
 
 def _bulk_decision_id(version: str, unit: str, attributes: str, plan_key: str) -> str:
@@ -181,8 +176,7 @@ def evaluate_flags(request: HttpRequest) -> HttpResponse:
     context = _context(request, None)
     if isinstance(context, HttpResponse):
         return context
-    unit = context["targetingKey"]
-    attributes = _attributes(context)
+    unit, attributes = context
     canonical = json.dumps(attributes, sort_keys=True, separators=(",", ":"), default=str)
     # Same snapshot, unit and attributes give the same answers, but for a QA override that
     # expires meanwhile: the ETag names the answers themselves (evaluating is cheaper than the
