@@ -29,7 +29,7 @@ from migrations_app.outcomes import aggregation, rollup
 from migrations_app.outcomes.aggregation import OutcomeFacts
 from migrations_app.routing.snapshots import arm_spec
 from migrations_app.shadow.calls import with_provider
-from migrations_app.shadow.claims import MAX_FAILURES, claimable_at, lost
+from migrations_app.shadow.claims import MAX_FAILURES, claim_samples, end_claim, lost
 from migrations_app.shadow.judge_budget import (
     JudgeAllowance,
     day_of,
@@ -44,73 +44,47 @@ log = logging.getLogger(__name__)
 Scorer = Callable[[JudgeSample], judges.JudgeScore]
 
 
+class _JudgeBudget:
+    """The plan's judge budget for the day."""
+
+    def __init__(self, plan: MigrationPlan, now: datetime) -> None:
+        self.plan, self.now = plan, now
+        self.allowance = JudgeAllowance(plan, now)
+
+    def admit(self, sample: JudgeSample) -> dict[str, Any] | str:
+        assert self.plan.judge_model is not None
+        estimate = estimate_judge_cost(
+            self.plan.judge_model, sample.request.get("messages", []), [sample.answer]
+        )
+        if not self.allowance.reserve(estimate):
+            return f"the judge's daily budget of ${self.plan.judge_budget_usd_per_day} was spent"
+        return {"cost_usd": estimate}
+
+    def claimed(self, sample: JudgeSample) -> None:
+        sample.judge_day = day_of(self.now)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.allowance.save()
+
+
+def _open_plan(plan: MigrationPlan, now: datetime) -> _JudgeBudget | str:
+    if plan.judge_model is None:
+        return "the plan has no judge model"
+    return _JudgeBudget(plan, now)
+
+
 def judge_claim(sample_ids: Sequence[str], *, now: datetime | None = None) -> list[JudgeSample]:
-    """Claim what can be judged now: pending samples, and running ones whose lease expired,
+    """Claim what can be judged now (:func:`~migrations_app.shadow.claims.claim_samples`),
     within each plan's judge budget (the others are skipped, and counted)."""
     now = now or timezone.now()
-    claimable = claimable_at(now)
-    by_plan: dict[int, list[str]] = {}
-    for pk, plan_id in JudgeSample.objects.filter(claimable, pk__in=sample_ids).values_list(
-        "pk", "plan_id"
-    ):
-        by_plan.setdefault(plan_id, []).append(pk)
-    claimed: list[JudgeSample] = []
-    lease_seconds = settings.TURNOUT_SHADOW_LEASE_SECONDS
-    for plan_id, ids in sorted(by_plan.items()):
-        with transaction.atomic():
-            plan = (
-                MigrationPlan.objects.select_for_update(of=("self",))
-                .select_related("judge_model__provider")
-                .filter(pk=plan_id)
-                .first()
-            )
-            if plan is None:
-                continue
-            if plan.judge_model is None:
-                JudgeSample.objects.filter(claimable, pk__in=ids).update(
-                    status=ShadowStatus.SKIPPED, skip_reason="the plan has no judge model",
-                    lease_until=None,
-                )  # fmt: skip
-                continue
-            budget = JudgeAllowance(plan, now)
-            for sample in JudgeSample.objects.filter(claimable, pk__in=ids).order_by("pk"):
-                failures = sample.failures + (sample.status == ShadowStatus.RUNNING)
-                if failures >= MAX_FAILURES:
-                    JudgeSample.objects.filter(
-                        claimable, pk=sample.pk, attempts=sample.attempts
-                    ).update(
-                        status=ShadowStatus.FAILED, failures=failures, lease_until=None,
-                        skip_reason=f"{failures} attempts went wrong; the last one's worker "
-                        "stopped mid-call",
-                    )  # fmt: skip
-                    continue
-                estimate = estimate_judge_cost(
-                    plan.judge_model, sample.request.get("messages", []), [sample.answer]
-                )
-                if not budget.reserve(estimate):
-                    JudgeSample.objects.filter(pk=sample.pk).update(
-                        status=ShadowStatus.SKIPPED, lease_until=None,
-                        skip_reason=f"the judge's daily budget of "
-                        f"${plan.judge_budget_usd_per_day} was spent",
-                    )  # fmt: skip
-                    continue
-                attempts = sample.attempts + 1
-                lease = now + timedelta(seconds=lease_seconds)
-                won = JudgeSample.objects.filter(
-                    claimable, pk=sample.pk, attempts=sample.attempts
-                ).update(
-                    status=ShadowStatus.RUNNING, attempts=attempts, failures=failures,
-                    lease_until=lease, cost_usd=estimate,
-                )  # fmt: skip
-                if won:
-                    sample.status, sample.attempts, sample.failures = (
-                        ShadowStatus.RUNNING, attempts, failures,
-                    )  # fmt: skip
-                    sample.lease_until, sample.cost_usd, sample.plan = lease, estimate, plan
-                    sample.judge_day = day_of(now)  # type: ignore[attr-defined]
-                    claimed.append(sample)
-            budget.save()
-    return claimed
+    return claim_samples(
+        JudgeSample,
+        sample_ids,
+        now=now,
+        related=("judge_model__provider",),
+        open_plan=lambda plan: _open_plan(plan, now),
+        dropped={},
+    )
 
 
 def provider_score(sample: JudgeSample) -> judges.JudgeScore:
@@ -133,11 +107,7 @@ def provider_score(sample: JudgeSample) -> judges.JudgeScore:
 
 
 def _end(sample: JudgeSample, **fields: Any) -> bool:
-    return bool(
-        JudgeSample.objects.filter(
-            pk=sample.pk, status=ShadowStatus.RUNNING, attempts=sample.attempts
-        ).update(lease_until=None, **fields)
-    )
+    return end_claim(JudgeSample, sample, **fields)
 
 
 def judge_complete(

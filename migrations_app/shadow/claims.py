@@ -7,9 +7,9 @@ whose attempts go wrong too often is marked failed instead of being retried and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import transaction
@@ -53,15 +53,37 @@ def lost(model: type[ShadowSample] | type[JudgeSample], *, now: datetime, limit:
     )
 
 
-def shadow_claim(sample_ids: Sequence[str], *, now: datetime | None = None) -> list[ShadowSample]:
-    """Claim what can be processed now: pending samples, and running ones whose lease has
-    expired. Within a plan's daily budget; samples beyond it are skipped and the plan's
-    audit trail says so (once a day)."""
-    now = now or timezone.now()
+class PlanClaims(Protocol):
+    """One kind of sample's budget while a claim holds its plan's lock."""
+
+    def admit(self, sample: Any) -> dict[str, Any] | str:
+        """The fields that reserve the sample's call (stored with its lease), or why the
+        sample is skipped."""
+
+    def claimed(self, sample: Any) -> None:
+        """Called for each sample this claim won."""
+
+    def close(self) -> None:
+        """Called before the plan's transaction ends."""
+
+
+def claim_samples(
+    model: type[ShadowSample] | type[JudgeSample],
+    sample_ids: Sequence[str],
+    *,
+    now: datetime,
+    related: Sequence[str],
+    open_plan: Callable[[MigrationPlan], PlanClaims | str],
+    dropped: Mapping[str, Any],
+) -> list[Any]:
+    """Claim what can be processed now, plan by plan: pending samples, and running ones whose
+    lease has expired. ``open_plan`` gives the plan's budget (or why all its samples are
+    skipped); a sample whose attempts went wrong :data:`MAX_FAILURES` times is failed, with
+    ``dropped`` (its reservation) cleared. Shadow samples and the pointwise judge's alike."""
     claimable = claimable_at(now)
-    claimed: list[ShadowSample] = []
+    claimed: list[Any] = []
     by_plan: dict[int, list[str]] = {}
-    for pk, plan_id in ShadowSample.objects.filter(claimable, pk__in=sample_ids).values_list(
+    for pk, plan_id in model.objects.filter(claimable, pk__in=sample_ids).values_list(
         "pk", "plan_id"
     ):
         by_plan.setdefault(plan_id, []).append(pk)
@@ -71,65 +93,110 @@ def shadow_claim(sample_ids: Sequence[str], *, now: datetime | None = None) -> l
             # every other worker's reservations.
             plan = (
                 MigrationPlan.objects.select_for_update(of=("self",))
-                .select_related("candidate_model__provider", "judge_model__provider")
+                .select_related(*related)
                 .filter(pk=plan_id)
                 .first()
             )
             if plan is None:  # deleted since the samples were listed (they went with it)
                 continue
-            spent = spent_today(plan, now)
-            budget = plan.shadow_budget_usd_per_day
-            judge = JudgeAllowance(plan, now) if plan.judge_model is not None else None
-            for sample in ShadowSample.objects.filter(claimable, pk__in=ids).order_by("pk"):
+            budget = open_plan(plan)
+            if isinstance(budget, str):
+                model.objects.filter(claimable, pk__in=ids).update(
+                    status=ShadowStatus.SKIPPED, skip_reason=budget, lease_until=None
+                )
+                continue
+            for sample in model.objects.filter(claimable, pk__in=ids).order_by("pk"):
                 # Running and claimable: its lease expired, its worker died mid-call.
                 failures = sample.failures + (sample.status == ShadowStatus.RUNNING)
+                current = model.objects.filter(claimable, pk=sample.pk, attempts=sample.attempts)
                 if failures >= MAX_FAILURES:
-                    ShadowSample.objects.filter(
-                        claimable, pk=sample.pk, attempts=sample.attempts
-                    ).update(
+                    current.update(
                         status=ShadowStatus.FAILED,
                         failures=failures,
                         skip_reason=f"{failures} attempts went wrong; the last one's worker "
                         "stopped mid-call",
                         lease_until=None,
-                        candidate_cost_usd=None,
+                        **dropped,
                     )
                     continue
-                estimate = estimate_cost(plan.candidate_model, sample)
-                if budget is not None and spent + (estimate or 0.0) > float(budget):
-                    ShadowSample.objects.filter(pk=sample.pk).update(
-                        status=ShadowStatus.SKIPPED,
-                        skip_reason=f"daily shadow budget of ${budget} reached",
-                        lease_until=None,
+                reservation = budget.admit(sample)
+                if isinstance(reservation, str):
+                    model.objects.filter(pk=sample.pk).update(
+                        status=ShadowStatus.SKIPPED, skip_reason=reservation, lease_until=None
                     )
-                    note_budget_reached(plan, float(budget), spent, now)
                     continue
-                spent += estimate or 0.0
                 attempts = sample.attempts + 1
                 lease = now + timedelta(seconds=settings.TURNOUT_SHADOW_LEASE_SECONDS)
-                won = ShadowSample.objects.filter(
-                    claimable, pk=sample.pk, attempts=sample.attempts
-                ).update(
+                if current.update(
                     status=ShadowStatus.RUNNING,
                     attempts=attempts,
                     failures=failures,
                     lease_until=lease,
-                    candidate_cost_usd=estimate,  # the reservation, until the real cost
-                )
-                if won:
+                    **reservation,
+                ):
                     sample.status, sample.attempts, sample.failures, sample.lease_until = (
                         ShadowStatus.RUNNING,
                         attempts,
                         failures,
                         lease,
                     )
+                    for name, value in reservation.items():
+                        setattr(sample, name, value)
                     sample.plan = plan
-                    if judge is not None:
-                        _reserve_judge(sample, judge, now)
+                    budget.claimed(sample)
                     claimed.append(sample)
-            if judge is not None:
-                judge.save()
+            budget.close()
     return claimed
+
+
+def end_claim(model: type[ShadowSample] | type[JudgeSample], sample: Any, **fields: Any) -> bool:
+    """Move a claimed sample on from running if this claim is still the current one
+    (compare-and-set on the attempt)."""
+    return bool(
+        model.objects.filter(
+            pk=sample.pk, status=ShadowStatus.RUNNING, attempts=sample.attempts
+        ).update(lease_until=None, **fields)
+    )
+
+
+class _ShadowBudget:
+    """The plan's daily shadow budget, and its judge's for the pairs (when it has a judge)."""
+
+    def __init__(self, plan: MigrationPlan, now: datetime) -> None:
+        self.plan, self.now = plan, now
+        self.spent = spent_today(plan, now)
+        self.budget = plan.shadow_budget_usd_per_day
+        self.judge = JudgeAllowance(plan, now) if plan.judge_model is not None else None
+
+    def admit(self, sample: ShadowSample) -> dict[str, Any] | str:
+        estimate = estimate_cost(self.plan.candidate_model, sample)
+        if self.budget is not None and self.spent + (estimate or 0.0) > float(self.budget):
+            note_budget_reached(self.plan, float(self.budget), self.spent, self.now)
+            return f"daily shadow budget of ${self.budget} reached"
+        self.spent += estimate or 0.0
+        return {"candidate_cost_usd": estimate}  # the reservation, until the real cost
+
+    def claimed(self, sample: ShadowSample) -> None:
+        if self.judge is not None:
+            _reserve_judge(sample, self.judge, self.now)
+
+    def close(self) -> None:
+        if self.judge is not None:
+            self.judge.save()
+
+
+def shadow_claim(sample_ids: Sequence[str], *, now: datetime | None = None) -> list[ShadowSample]:
+    """Claim what can be processed now (:func:`claim_samples`), within a plan's daily
+    budget; samples beyond it are skipped and the plan's audit trail says so (once a day)."""
+    now = now or timezone.now()
+    return claim_samples(
+        ShadowSample,
+        sample_ids,
+        now=now,
+        related=("candidate_model__provider", "judge_model__provider"),
+        open_plan=lambda plan: _ShadowBudget(plan, now),
+        dropped={"candidate_cost_usd": None},
+    )
 
 
 def _reserve_judge(sample: ShadowSample, judge: JudgeAllowance, now: datetime) -> None:
@@ -152,12 +219,8 @@ def _reserve_judge(sample: ShadowSample, judge: JudgeAllowance, now: datetime) -
 
 def _end_claim(sample: ShadowSample, **fields: Any) -> bool:
     """Move a claimed sample on from running, its reservation dropped, if this claim is still
-    the current one (compare-and-set on the attempt)."""
-    return bool(
-        ShadowSample.objects.filter(
-            pk=sample.pk, status=ShadowStatus.RUNNING, attempts=sample.attempts
-        ).update(lease_until=None, candidate_cost_usd=None, **fields)
-    )
+    the current one."""
+    return end_claim(ShadowSample, sample, candidate_cost_usd=None, **fields)
 
 
 def shadow_release(sample: ShadowSample) -> bool:
