@@ -26,7 +26,15 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
-from turnout.contract import ERROR_KINDS, PLAN_ACTIONS, ErrorCode, RejectionCode
+from turnout.contract import (
+    ERROR_KINDS,
+    MAX_ATTRIBUTES,
+    MAX_PLAN_KEY_LENGTH,
+    MAX_UNIT_LENGTH,
+    PLAN_ACTIONS,
+    ErrorCode,
+    RejectionCode,
+)
 
 from migrations_app.api import catalog, plan_serializers
 from migrations_app.api import datasets as dataset_api
@@ -59,10 +67,11 @@ class Status(serializers.Serializer):
 
 
 class DecideIn(serializers.Serializer):
-    plan = serializers.CharField(max_length=63)
-    unit = serializers.CharField(max_length=256, trim_whitespace=False)
+    plan = serializers.CharField(max_length=MAX_PLAN_KEY_LENGTH)
+    unit = serializers.CharField(max_length=MAX_UNIT_LENGTH, trim_whitespace=False)
     attributes = serializers.DictField(
-        required=False, help_text="JSON scalars by name (at most 32); rules read them."
+        required=False,
+        help_text=f"JSON scalars by name (at most {MAX_ATTRIBUTES}); rules read them.",
     )
 
 

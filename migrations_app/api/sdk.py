@@ -19,7 +19,13 @@ from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework.views import APIView
 from turnout import routing, targeting
-from turnout.contract import MAX_ATTRIBUTES_BYTES, STREAM_PATH, STREAM_URL_HEADER
+from turnout.contract import (
+    MAX_ATTRIBUTES_BYTES,
+    MAX_PLAN_KEY_LENGTH,
+    MAX_UNIT_LENGTH,
+    STREAM_PATH,
+    STREAM_URL_HEADER,
+)
 
 from migrations_app.api.auth import (
     ApiKeyAuthentication,
@@ -208,8 +214,8 @@ def decide(request: HttpRequest) -> HttpResponse:
         return refused
     if not isinstance(data, dict):
         return error_response("parse_error", "The body must be a JSON object.", status=400)
-    plan_key, plan_error = _text(data, "plan", 63, trim=True)
-    unit, unit_error = _text(data, "unit", 256, trim=False)
+    plan_key, plan_error = _text(data, "plan", MAX_PLAN_KEY_LENGTH, trim=True)
+    unit, unit_error = _text(data, "unit", MAX_UNIT_LENGTH, trim=False)
     attributes_errors = _attributes_errors(data)
     if plan_error or unit_error or attributes_errors:
         fields = {
