@@ -117,10 +117,15 @@ def text(event: Mapping[str, Any], name: str, max_length: int) -> str:
     return value
 
 
+# A tuple, not ``dict | list``: the union is built anew on every evaluation, once per value
+# walked, and /decide and OFREP walk every body.
+_CONTAINERS = (dict, list)
+
+
 def too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether parsed JSON nests containers more than ``limit`` deep. Walked with a stack of
     its own: recursion is exactly what such a value would overflow."""
-    if not isinstance(value, dict | list):
+    if not isinstance(value, _CONTAINERS):
         return False
     stack = [(value, 1)]
     while stack:
@@ -128,7 +133,7 @@ def too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
         if depth > limit:
             return True
         children = item.values() if isinstance(item, dict) else item
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+        stack.extend((c, depth + 1) for c in children if isinstance(c, _CONTAINERS))
     return False
 
 
