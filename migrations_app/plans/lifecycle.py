@@ -122,24 +122,16 @@ def _transition(
             )
         from_status = plan.status
         plan.refresh_from_db()
-        routing_stage = _sync_stage(plan, now)
-        AuditEvent.objects.create(
-            plan=plan,
-            run=plan.current_run,
-            stage=routing_stage,
-            action=AuditAction(action),
+        _sync_stage(plan, now)
+        _audit(
+            plan,
+            actor=actor,
+            action=action,
             from_status=from_status,
-            to_status=plan.status,
-            plan_version=plan.version,
-            actor_kind=actor.kind,
-            actor_user_id=actor.user_id,
-            actor_label=actor.label,
             reason=reason,
-            evidence=dict(evidence or {}),
+            evidence=evidence,
+            publish=True,
         )
-        # Recorded in this transaction (not after its commit): a process that dies between the
-        # commit and an after-commit hook would leave the change unseen until the next one.
-        changes.routing_changed(f"plan {plan.key} v{plan.version}")
     return plan
 
 
@@ -157,9 +149,8 @@ def _routing_stage(plan: MigrationPlan) -> PlanStage | None:
     return None
 
 
-def _sync_stage(plan: MigrationPlan, now: datetime) -> PlanStage | None:
-    """Keep ``plan.current_stage`` on the plan's position after a transition; return the
-    routing stage at the new version (:func:`_routing_stage`).
+def _sync_stage(plan: MigrationPlan, now: datetime) -> None:
+    """Keep ``plan.current_stage`` on the plan's position after a transition.
 
     A stage is one constant split: start and advance open one (closing the last), pause keeps
     it (resume continues at the same weight), complete closes it, and a rollback closes it and
@@ -204,7 +195,6 @@ def _sync_stage(plan: MigrationPlan, now: datetime) -> PlanStage | None:
     if stage != plan.current_stage:
         MigrationPlan.objects.filter(pk=plan.pk).update(current_stage=stage)
         plan.current_stage = stage
-    return _routing_stage(plan)
 
 
 def _check_allowed(
@@ -447,12 +437,35 @@ def record_edit(
     snapshot changes with them, so SDKs are told), or the engine's notes on a rolled-back
     run (``publish=False``: recovered, escalated). ``action`` is an ``AuditAction``
     (ValueError otherwise)."""
+    _audit(
+        plan,
+        actor=actor,
+        action=action,
+        from_status=plan.status,
+        reason=reason,
+        evidence=evidence,
+        publish=publish,
+    )
+
+
+def _audit(
+    plan: MigrationPlan,
+    *,
+    actor: Actor,
+    action: str,
+    from_status: str,
+    reason: str,
+    evidence: Mapping[str, Any] | None,
+    publish: bool,
+) -> None:
+    """The audit event of an action on the plan as it is now (its run, its routing stage, its
+    version), and the routing change that tells the SDKs when ``publish``."""
     AuditEvent.objects.create(
         plan=plan,
         run=plan.current_run,
         stage=_routing_stage(plan),
         action=AuditAction(action),
-        from_status=plan.status,
+        from_status=from_status,
         to_status=plan.status,
         plan_version=plan.version,
         actor_kind=actor.kind,
@@ -462,6 +475,9 @@ def record_edit(
         evidence=dict(evidence or {}),
     )
     if publish:
+        # Recorded in the caller's transaction (not after its commit): a process that dies
+        # between the commit and an after-commit hook would leave the change unseen until
+        # the next one.
         changes.routing_changed(f"plan {plan.key} v{plan.version}")
 
 
