@@ -36,7 +36,7 @@ from migrations_app.outcomes.event_checks import (
 )
 from migrations_app.outcomes.plan_info import PlanInfo, plan_infos
 from migrations_app.shadow.redaction import redactor
-from migrations_app.shadow.samples import checked_messages
+from migrations_app.shadow.samples import redacted_messages
 
 ARMS = ("control", "candidate")
 
@@ -70,12 +70,7 @@ def _parse(
         "decision_id": decision_id,
         "unit": unit,
         "created_at": ts,
-        "request": {
-            "messages": [
-                {"role": m["role"], "content": redact(m["content"])}
-                for m in checked_messages(request)
-            ]
-        },
+        "request": {"messages": redacted_messages(request, redact)},
         "answer": redact(answer),
     }
 

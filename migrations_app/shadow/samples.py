@@ -5,7 +5,7 @@ Samples of a plan that is not in a stage at their version are stored as skipped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -74,6 +74,13 @@ def checked_messages(request: Mapping[str, Any]) -> list[dict[str, str]]:
     return out
 
 
+def redacted_messages(
+    request: Mapping[str, Any], redact: Callable[[str], str]
+) -> list[dict[str, str]]:
+    """A request's ``messages``, checked (:func:`checked_messages`), their contents redacted."""
+    return [{"role": m["role"], "content": redact(m["content"])} for m in checked_messages(request)]
+
+
 def _bounded_schema(schema: Any) -> bool:
     """An object small and shallow enough to store (encoded recursively) and send on. orjson
     refuses integers past 64 bits, which Python's parser reads: such a schema is refused too.
@@ -132,10 +139,7 @@ def _parse(event: Any, infos: Mapping[str, Any], identity: Any, now: datetime) -
         "unit": unit,
         "created_at": ts,
         "request": {
-            "messages": [
-                {"role": m["role"], "content": redact(m["content"])}
-                for m in checked_messages(request)
-            ],
+            "messages": redacted_messages(request, redact),
             "params": dict(params),
             "json_schema": dict(schema) if schema is not None else None,
         },
