@@ -128,23 +128,18 @@ def main(
         print("error: set --url and --api-key (or TURNOUT_URL and TURNOUT_API_KEY)", file=err)
         return 2
     headers = {"Authorization": f"Bearer {args.api_key}"}
-    if args.command == "replay":
-        client = httpx.Client(
-            base_url=args.url.rstrip("/"), headers=headers, timeout=args.timeout,
-            transport=transport,
-        )  # fmt: skip
-        with client:
-            return replay_cli.replay_command(
-                client, args.plan, dataset=args.dataset, version=args.version, wait=args.wait,
-                poll=args.poll, max_wait=args.max_wait, as_json=args.json, out=out, err=err,
-            )  # fmt: skip
-    if args.command == "plan":
+    if args.command in ("replay", "plan"):
         http = httpx.Client(
             base_url=args.url.rstrip("/"), headers=headers, timeout=args.timeout,
             transport=transport,
         )  # fmt: skip
         with http:
-            return _plan_command(args, http, out, err)
+            if args.command == "plan":
+                return _plan_command(args, http, out, err)
+            return replay_cli.replay_command(
+                http, args.plan, dataset=args.dataset, version=args.version, wait=args.wait,
+                poll=args.poll, max_wait=args.max_wait, as_json=args.json, out=out, err=err,
+            )  # fmt: skip
     base = args.url.rstrip("/") + f"{PLANS_PATH}/{args.plan}"
     try:
         if args.command == "status":
