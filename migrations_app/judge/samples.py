@@ -21,7 +21,7 @@ from turnout.contract import (
 )
 
 from migrations_app.judge import tasks as judge_tasks
-from migrations_app.models import JudgeSample, PlanStage, ShadowStatus
+from migrations_app.models import Arm, JudgeSample, PlanStage, ShadowStatus
 from migrations_app.outcomes import metrics
 from migrations_app.outcomes.event_checks import (
     IngestResult,
@@ -38,15 +38,13 @@ from migrations_app.outcomes.plan_info import PlanInfo, plan_infos
 from migrations_app.shadow.redaction import redactor
 from migrations_app.shadow.samples import redacted_messages
 
-ARMS = ("control", "candidate")
-
 
 def _parse(
     event: Any, infos: Mapping[str, PlanInfo], identity: Any, now: datetime
 ) -> dict[str, Any]:
     sample_id, decision_id, info, run_id, stage_id = sample_header(event, infos, identity)
     arm = event.get("arm")
-    if arm not in ARMS:
+    if arm not in Arm.values:
         raise Invalid("arm", "invalid", "arm is control or candidate.")
     unit = text(event, "unit", MAX_UNIT_LENGTH)
     ts = timestamp(event, now)
