@@ -253,13 +253,7 @@ def plan_apply(
             after = resolved_document(resolved)
             created = None if dry_run else _create(resolved, owner=owner, actor=actor)
             return Applied(created, True, document_changes({}, after))
-        current = {"status": plan.status, "version": plan.version}
-        if expected_version is not None and expected_version != plan.version:
-            raise VersionConflict(
-                f"Plan {key!r} changed since it was loaded at version {expected_version}; it "
-                f"is now {plan.status} at version {plan.version}.",
-                details={**current, "expected_version": expected_version},
-            )
+        current = _as_loaded(plan, expected_version)
         resolved = _checked(values, plan)
         found = document_changes(plan_document(plan), resolved_document(resolved))
         if not found:
@@ -295,6 +289,19 @@ def plan_apply(
     return Applied(plan, False, found)
 
 
+def _as_loaded(plan: MigrationPlan, expected_version: int | None) -> dict[str, Any]:
+    """The plan's status and version, after checking it is still at the version the caller
+    loaded (``VersionConflict`` otherwise; any version when none is given)."""
+    current = {"status": plan.status, "version": plan.version}
+    if expected_version is not None and expected_version != plan.version:
+        raise VersionConflict(
+            f"Plan {plan.key!r} changed since it was loaded at version {expected_version}; it "
+            f"is now {plan.status} at version {plan.version}.",
+            details={**current, "expected_version": expected_version},
+        )
+    return current
+
+
 def plan_delete(*, key: str, actor: Actor, expected_version: int | None = None) -> None:
     """Delete a draft (a plan that never ran: no outcomes, no runs). Any other status is an
     ``IllegalTransition``: a plan that has run is archived, so its trail is kept. The draft's
@@ -305,13 +312,7 @@ def plan_delete(*, key: str, actor: Actor, expected_version: int | None = None) 
             raise NotFound(
                 f"No plan with key {key!r}.", code="plan_not_found", details={"field": "plan"}
             )
-        current = {"status": plan.status, "version": plan.version}
-        if expected_version is not None and expected_version != plan.version:
-            raise VersionConflict(
-                f"Plan {key!r} changed since it was loaded at version {expected_version}; it "
-                f"is now {plan.status} at version {plan.version}.",
-                details={**current, "expected_version": expected_version},
-            )
+        current = _as_loaded(plan, expected_version)
         if plan.status != PlanStatus.DRAFT or plan.runs.exists():
             raise IllegalTransition(
                 f"Plan {key!r} is {plan.status}: only a draft can be deleted. Archive it instead.",
