@@ -16,12 +16,11 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from django.db import connection
 
 from migrations_app.guardrails.stats import ArmAggregates, ClusterSums, MetricSums, PairedSums
 from migrations_app.models import MetricUnitTotals
 from migrations_app.outcomes.aggregation import cluster_change
-from migrations_app.outcomes.store import fast_path, json_param, json_rows, pg_cursor
+from migrations_app.outcomes.store import upsert_adding
 
 WindowKey = tuple[int, datetime, str]  # stage, window, arm
 UnitKey = tuple[int, str, str, str]  # stage, arm, unit, metric
@@ -41,39 +40,15 @@ def value_sums(values: Sequence[float]) -> MetricSums:
 
 
 def upsert_units(changes: Mapping[UnitKey, Change]) -> Moves:
-    """Add each change to its unit's sums, one statement per chunk, rows in key order (the
-    lock order every transaction uses). Returns the keys and each one's (n, total,
-    control_total) before and after."""
+    """Add each change to its unit's sums (``store.upsert_adding``). Returns the keys and each
+    one's (n, total, control_total) before and after."""
     if not changes:
         return [], np.zeros((0, 3)), np.zeros((0, 3))
-    qn = connection.ops.quote_name
-    table = qn(MetricUnitTotals._meta.db_table)
-    updates = ", ".join(
-        f"{qn(f)} = {table}.{qn(f)} + EXCLUDED.{qn(f)}" for f in ("n", "total", "control_total")
+    rows = upsert_adding(
+        MetricUnitTotals._meta.db_table, _COLUMNS[:4], _COLUMNS[4:], _TYPES, changes
     )
-    keys = sorted(changes)
-    statement = (
-        f"INSERT INTO {table} ({', '.join(qn(c) for c in _COLUMNS)}) {{source}} "
-        f"ON CONFLICT ({', '.join(qn(c) for c in _COLUMNS[:4])}) DO UPDATE SET {updates} "
-        f"RETURNING {', '.join(qn(c) for c in _COLUMNS)}"
-    )
-    found: list[UnitKey] = []
-    after: list[tuple[float, float, float]] = []
-    chunk = len(keys) if fast_path() else 2000
-    one = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
-    with pg_cursor() if fast_path() else connection.cursor() as cursor:
-        for start in range(0, len(keys), chunk):
-            part = keys[start : start + chunk]
-            rows = [(*key, *changes[key]) for key in part]
-            if fast_path():
-                source, params = json_rows(_TYPES), [json_param(rows)]
-            else:
-                source = f"VALUES {', '.join([one] * len(part))}"
-                params = [value for row in rows for value in row]
-            cursor.execute(statement.format(source=source), params)
-            for row in cursor.fetchall():
-                found.append((int(row[0]), row[1], row[2], row[3]))
-                after.append((float(row[4]), float(row[5]), float(row[6])))
+    found: list[UnitKey] = [(int(row[0]), row[1], row[2], row[3]) for row in rows]
+    after = [(float(row[4]), float(row[5]), float(row[6])) for row in rows]
     new = np.array(after, dtype=np.float64).reshape(-1, 3)
     added = np.array([changes[key] for key in found], dtype=np.float64).reshape(-1, 3)
     return found, new - added, new

@@ -12,11 +12,9 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from django.db import connection
 from django.utils import timezone
 
 from migrations_app.guardrails.stats import ArmAggregates
@@ -29,11 +27,9 @@ from migrations_app.outcomes import aggregation, metric_rollup, segment_rollup
 from migrations_app.outcomes.aggregation import OutcomeFacts, UnitTotals
 from migrations_app.outcomes.store import (
     fast_path,
-    json_param,
-    json_rows,
     lock_or_create,
-    pg_cursor,
     update_rows,
+    upsert_adding,
 )
 
 
@@ -128,40 +124,15 @@ _UNIT_TYPES = ("bigint", "text", "text", *(kind for _, kind in aggregation.UNIT_
 def _upsert_unit_totals(
     changes: Mapping[tuple[int, str, str], UnitTotals],
 ) -> tuple[list[tuple[int, str, str]], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Add each change to its unit's totals in one statement per chunk. Returns the units and
-    their totals before and after (one row each, columns as ``UnitTotals.values()``). Rows
-    are written in key order, so concurrent batches lock in the same order."""
-    qn = connection.ops.quote_name
-    table = qn(UnitTotalsRow._meta.db_table)
-    columns = ["stage_id", "arm", "unit", *_UNIT_FIELDS]
-    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    updates = ", ".join(f"{qn(f)} = {table}.{qn(f)} + EXCLUDED.{qn(f)}" for f in _UNIT_FIELDS)
-    keys = sorted(changes)
-    found: list[tuple[int, str, str]] = []
-    totals: list[Sequence[float]] = []
-    chunk = len(keys) if fast_path() else 2000
-    upsert = (
-        f"INSERT INTO {table} ({', '.join(qn(c) for c in columns)}) "
-        f"{{source}} "
-        f"ON CONFLICT ({qn('stage_id')}, {qn('arm')}, {qn('unit')}) DO UPDATE SET {updates} "
-        f"RETURNING {', '.join(qn(c) for c in columns)}"
+    """Add each change to its unit's totals (``store.upsert_adding``). Returns the units and
+    their totals before and after (one row each, columns as ``UnitTotals.values()``)."""
+    deltas = {key: change.values() for key, change in changes.items()}
+    rows = upsert_adding(
+        UnitTotalsRow._meta.db_table, ("stage_id", "arm", "unit"), _UNIT_FIELDS, _UNIT_TYPES, deltas
     )
-    with pg_cursor() if fast_path() else connection.cursor() as cursor:
-        for start in range(0, len(keys), chunk):
-            part = keys[start : start + chunk]
-            rows = [(*key, *changes[key].values()) for key in part]
-            if fast_path():
-                source = json_rows(_UNIT_TYPES)
-                params: list[Any] = [json_param(rows)]
-            else:
-                source = f"VALUES {', '.join([one] * len(part))}"
-                params = [value for row in rows for value in row]
-            cursor.execute(upsert.format(source=source), params)
-            for row in cursor.fetchall():
-                found.append(row[:3])
-                totals.append(row[3:])
-    new = np.array(totals, dtype=np.float64).reshape(-1, len(_UNIT_FIELDS))
-    added = np.array([changes[key].values() for key in found], dtype=np.float64)
+    found: list[tuple[int, str, str]] = [(row[0], row[1], row[2]) for row in rows]
+    new = np.array([row[3:] for row in rows], dtype=np.float64).reshape(-1, len(_UNIT_FIELDS))
+    added = np.array([deltas[key] for key in found], dtype=np.float64)
     return found, new - added.reshape(new.shape), new
 
 

@@ -92,6 +92,48 @@ def insert_returning(
     return stored
 
 
+def upsert_adding(
+    table: str,
+    key_columns: Sequence[str],
+    value_columns: Sequence[str],
+    pg_types: Sequence[str],
+    changes: Mapping[tuple[Any, ...], Sequence[Any]],
+) -> list[tuple[Any, ...]]:
+    """Add each change (``key -> values``) to its row's ``value_columns``, creating the rows
+    that are missing: ``INSERT ... ON CONFLICT DO UPDATE SET c = c + EXCLUDED.c RETURNING``
+    every column. Returns the rows as they are after. Rows are written in key order, so
+    concurrent batches lock in the same order; one statement on PostgreSQL, chunks of 2000
+    rows elsewhere."""
+    if not changes:
+        return []
+    qn = connection.ops.quote_name
+    name = qn(table)
+    columns = [*key_columns, *value_columns]
+    updates = ", ".join(f"{qn(c)} = {name}.{qn(c)} + EXCLUDED.{qn(c)}" for c in value_columns)
+    statement = (
+        f"INSERT INTO {name} ({', '.join(qn(c) for c in columns)}) {{source}} "
+        f"ON CONFLICT ({', '.join(qn(c) for c in key_columns)}) DO UPDATE SET {updates} "
+        f"RETURNING {', '.join(qn(c) for c in columns)}"
+    )
+    keys = sorted(changes)
+    fast = fast_path()
+    chunk = len(keys) if fast else 2000
+    one = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    found: list[tuple[Any, ...]] = []
+    with pg_cursor() if fast else connection.cursor() as cursor:
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            rows = [(*key, *changes[key]) for key in part]
+            if fast:
+                source, params = json_rows(pg_types), [json_param(rows)]
+            else:
+                source = f"VALUES {', '.join([one] * len(part))}"
+                params = [value for row in rows for value in row]
+            cursor.execute(statement.format(source=source), params)
+            found.extend(tuple(row) for row in cursor.fetchall())
+    return found
+
+
 def db_datetime(value: datetime) -> Any:
     return connection.ops.adapt_datetimefield_value(value)
 
