@@ -90,6 +90,12 @@ def alert_message(
     the caller knows it (recovery and escalation reuse the rollback's)."""
     event, severity = EVENTS[action]
     topic = about or subject(evidence)
+    # Segments the engine excluded (the run goes on: an alert) are news of their own: that
+    # page must not fold into an earlier warning on the same guardrail (the outbox folds
+    # repeats of a dedup key), or on-call never hears which segment left. A rollback stays
+    # the guardrail's incident, which its recovery and escalation pages join.
+    excluded = evidence.get("excluded") or () if action == "alert" else ()
+    incident = topic + "".join(f":excluded:{e['dimension']}={e['value']}" for e in excluded)
     arms = evidence.get("arms", {})
     return AlertMessage(
         plan_key=plan_key,
@@ -99,7 +105,7 @@ def alert_message(
         severity=severity,
         action_taken=_ACTIONS[action],
         acted_at=at.isoformat(),
-        dedup_key=dedup_key(plan_key, run, topic),
+        dedup_key=dedup_key(plan_key, run, incident),
         dashboard_url=dashboard_url,
         reason=reason,
         control_model=control_model,

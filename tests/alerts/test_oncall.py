@@ -95,3 +95,17 @@ def test_a_rollback_page_is_about_the_guardrail_that_rolled_back():
     assert oncall.subject({**evidence, "circuit_breaker": "candidate errors 30 %"}) == (
         "circuit_breaker"
     )
+
+
+def test_an_exclusion_page_is_an_incident_of_its_own():
+    """Seen in the suite under load: the error rate warned first (a page about error_rate),
+    then the engine excluded tenant t3 on the same guardrail; that page had the warning's
+    dedup key, folded into it, and no one heard which tenant left."""
+    warning = evidence_for(0.02, 0.035)
+    excluded = {**warning, "excluded": [{"dimension": "tenant", "value": "t3", "rules": [7]}]}
+    assert page("alert", warning).dedup_key == "turnout:support-chat:3:error_rate"
+    message = page("alert", excluded)
+    assert message.dedup_key == "turnout:support-chat:3:error_rate:excluded:tenant=t3"
+    assert message.guardrail is not None and message.guardrail.metric == "error_rate"
+    # A rollback stays the guardrail's incident (its recovery page folds into it).
+    assert page("rollback", excluded).dedup_key == "turnout:support-chat:3:error_rate"
