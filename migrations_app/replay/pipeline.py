@@ -149,6 +149,9 @@ def replay_run_calls(
         if not completed:
             return
         now = timezone.now()
+        # In key order, as replay_cancel locks them: two transactions locking the same
+        # rows in different orders deadlock.
+        completed.sort(key=lambda done: done[0].pk)
         with transaction.atomic():
             stored = [_store(call, unit, now) for call, unit in completed]
         counts["done"] += sum(stored)

@@ -144,7 +144,14 @@ def replay_cancel(*, plan_key: str, actor: lifecycle.Actor, reason: str = "") ->
             status=ReplayStatus.CANCELLED, finished_at=timezone.now(), decision="cancelled"
         ):
             raise none_running
-        ReplayCall.objects.filter(replay=run, status__in=(C.PENDING, C.RUNNING)).update(
+        # Locked in key order first, as a worker's flush stores its answers: an UPDATE
+        # takes its rows in whatever order it scans them, and deadlocked with a flush.
+        open_calls = (
+            ReplayCall.objects.select_for_update()
+            .filter(replay=run, status__in=(C.PENDING, C.RUNNING))
+            .order_by("pk")
+        )
+        ReplayCall.objects.filter(pk__in=list(open_calls.values_list("pk", flat=True))).update(
             status=C.CANCELLED, lease_until=None
         )
         lifecycle.plan_pause(

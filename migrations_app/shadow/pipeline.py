@@ -117,7 +117,9 @@ def _complete(
     paired: dict[int, list[tuple[str, Mapping[str, tuple[float, float]]]]] = {}
     judge_spend: dict[tuple[int, Any], float] = {}
     with transaction.atomic():
-        for sample, result, comparison in completed:
+        # In key order: two workers' batches locking the same rows in different orders
+        # would deadlock.
+        for sample, result, comparison in sorted(completed, key=lambda done: done[0].pk):
             plan = sample.plan
             cost = cost_usd(plan.candidate_model, result.input_tokens, result.output_tokens)
             redact = redactor(plan.redaction_patterns or [])
