@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
+os.environ.setdefault("SECRET_KEY", "bench-only-secret")  # no database, no request: settings only
 django.setup()
 
 from migrations_app.guardrails import rules, segments, stats  # noqa: E402
