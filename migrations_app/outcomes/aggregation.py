@@ -289,6 +289,30 @@ def cluster_change(
     )
 
 
+def grouped_cluster_change(
+    y0: npt.NDArray[np.float64],
+    n0: npt.NDArray[np.float64],
+    y1: npt.NDArray[np.float64],
+    n1: npt.NDArray[np.float64],
+    groups: Mapping[K, Sequence[int]],
+) -> dict[K, ClusterSums]:
+    """:func:`cluster_change` of each group of units (``groups``: key -> indices), the same
+    sums, with the moments computed once for all units rather than once per group (a batch's
+    metric sums move in many small groups: per window and metric, per segment and metric)."""
+    if not groups:
+        return {}
+    keys = list(groups)
+    ends = np.cumsum([len(groups[key]) for key in keys]).tolist()
+    order = np.asarray([i for key in keys for i in groups[key]], dtype=np.intp)
+    first = ((n0 == 0) & (n1 != 0))[order].tolist()
+    changes = [change[order].tolist() for change in _moment_changes(y0, n0, y1, n1)]
+    fsum = math.fsum
+    return {
+        key: ClusterSums(sum(first[a:b]), *(fsum(c[a:b]) for c in changes))
+        for key, a, b in zip(keys, [0, *ends[:-1]], ends, strict=True)
+    }
+
+
 def _moment_changes(
     y0: npt.NDArray[np.float64],
     n0: npt.NDArray[np.float64],
@@ -387,44 +411,96 @@ _FIELD_KINDS = tuple(
 )
 
 
+_INT_FIELDS = tuple(name for name, kind in _FIELD_KINDS if kind == "int")
+_FLOAT_FIELDS = tuple(name for name, kind in _FIELD_KINDS if kind == "float")
+_CLUSTER_NAMES = tuple(name for name, kind in _FIELD_KINDS if kind == "clusters")
+_CLUSTER_LENGTH = 1 + len(CLUSTER_MOMENTS)
+_NO_CLUSTERS = ClusterSums()
+
+
 def merge_json(stored: Mapping[str, Any] | None, delta: ArmAggregates) -> dict[str, Any]:
     """A stored row's data plus a delta, in storage form.
 
     The same as ``to_json(from_json(stored) + delta)`` (the sum of two floats is already
     exactly rounded, as ``ArmAggregates.merge`` would make it), but it touches only the
-    delta's buckets, not every stored one: ingest merges into each window and stage row on
-    every batch, and a stage's buckets only grow."""
-    out = dict(stored or {})
-    for name, kind in _FIELD_KINDS:
+    delta's buckets, not every stored one, and leaves a stored field the delta adds nothing
+    to as it is: ingest merges into each window, stage and segment row on every batch (a
+    batch with segments merges hundreds), and a stage's buckets only grow."""
+    out = dict(stored) if stored else {}
+    get = out.get
+    for name in _INT_FIELDS:
         value = getattr(delta, name)
-        current = out.get(name)
-        if kind == "clusters":
-            units, *moments = _clusters_list(current)
-            out[name] = [
-                int(units) + value.units,
-                *(
-                    float(m) + getattr(value, moment)
-                    for m, moment in zip(moments, CLUSTER_MOMENTS, strict=True)
-                ),
-            ]
-        elif kind == "buckets":
-            zero, counts = (int(current["zero"]), dict(current["counts"])) if current else (0, {})
-            for key, count in value.counts.items():
-                text = str(key)
-                counts[text] = int(counts.get(text, 0)) + count
-            out[name] = {"zero": zero + value.zero_count, "counts": counts}
-        elif kind == "metrics":
-            named = dict(current or {})
-            for metric, sums in value.items():
-                named[metric] = (MetricSums.from_list(named.get(metric)) + sums).to_list()
-            out[name] = named
-        elif kind == "kinds":
-            kinds = {str(k): int(v) for k, v in (current or {}).items()}
-            for k, v in value.items():
-                kinds[k] = kinds.get(k, 0) + v
-            out[name] = kinds
-        elif kind == "int":
-            out[name] = int(current or 0) + value
-        else:
-            out[name] = float(current or 0.0) + value
+        current = get(name)
+        if current is None:
+            out[name] = value
+        elif value:
+            out[name] = int(current) + value
+    for name in _FLOAT_FIELDS:
+        value = getattr(delta, name)
+        current = get(name)
+        if current is None:
+            out[name] = 0.0 + value
+        elif value:
+            out[name] = float(current) + value
+    for name in _CLUSTER_NAMES:
+        value = getattr(delta, name)
+        current = get(name)
+        if current is not None and len(current) == _CLUSTER_LENGTH and value == _NO_CLUSTERS:
+            continue
+        units, yy, yn, nn, yyn, ynn, nnn = _clusters_list(current)
+        out[name] = [
+            int(units) + value.units,
+            float(yy) + value.sum_yy,
+            float(yn) + value.sum_yn,
+            float(nn) + value.sum_nn,
+            float(yyn) + value.sum_yyn,
+            float(ynn) + value.sum_ynn,
+            float(nnn) + value.sum_nnn,
+        ]
+    for name in ("latency", "ttft"):
+        value = getattr(delta, name)
+        current = get(name)
+        if current is not None and not value.counts and not value.zero_count:
+            continue
+        zero, counts = (int(current["zero"]), dict(current["counts"])) if current else (0, {})
+        for key, count in value.counts.items():
+            text = str(key)
+            counts[text] = int(counts.get(text, 0)) + count
+        out[name] = {"zero": zero + value.zero_count, "counts": counts}
+    kinds = get("errors_by_kind")
+    if kinds is None or delta.errors_by_kind:
+        kinds = {str(k): int(v) for k, v in (kinds or {}).items()}
+        for k, v in delta.errors_by_kind.items():
+            kinds[k] = kinds.get(k, 0) + v
+        out["errors_by_kind"] = kinds
+    named = get("metrics")
+    if named is None or delta.metrics:
+        named = dict(named or {})
+        for metric, sums in delta.metrics.items():
+            named[metric] = _metric_list_plus(named.get(metric), sums)
+        out["metrics"] = named
     return out
+
+
+_METRIC_LENGTH = 4 + len(CLUSTER_MOMENTS)
+
+
+def _metric_list_plus(stored: Sequence[Any] | None, sums: MetricSums) -> list[float]:
+    """``(MetricSums.from_list(stored) + sums).to_list()`` without the objects."""
+    values = list(stored or ())
+    if len(values) < _METRIC_LENGTH:
+        values += [0.0] * (_METRIC_LENGTH - len(values))
+    n, total, sum_sq, units, yy, yn, nn, yyn, ynn, nnn = values
+    c = sums.clusters
+    return [
+        int(n) + sums.n,
+        float(total) + sums.total,
+        float(sum_sq) + sums.sum_sq,
+        int(units) + c.units,
+        float(yy) + c.sum_yy,
+        float(yn) + c.sum_yn,
+        float(nn) + c.sum_nn,
+        float(yyn) + c.sum_yyn,
+        float(ynn) + c.sum_ynn,
+        float(nnn) + c.sum_nnn,
+    ]

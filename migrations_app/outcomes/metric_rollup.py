@@ -19,7 +19,7 @@ import numpy as np
 
 from migrations_app.guardrails.stats import ArmAggregates, ClusterSums, MetricSums, PairedSums
 from migrations_app.models import MetricUnitTotals
-from migrations_app.outcomes.aggregation import cluster_change
+from migrations_app.outcomes.aggregation import cluster_change, grouped_cluster_change
 from migrations_app.outcomes.store import upsert_adding
 
 WindowKey = tuple[int, datetime, str]  # stage, window, arm
@@ -78,9 +78,8 @@ def arm_deltas(
     groups: dict[tuple[WindowKey, str], list[int]] = defaultdict(list)
     for i, key in enumerate(keys):
         groups[(first[key], key[3])].append(i)
-    for (wkey, metric), rows in groups.items():
-        o, n = old[rows], new[rows]
-        clusters = cluster_change(o[:, 1], o[:, 0], n[:, 1], n[:, 0])
+    moved = grouped_cluster_change(old[:, 1], old[:, 0], new[:, 1], new[:, 0], groups)
+    for (wkey, metric), clusters in moved.items():
         out[wkey].append(ArmAggregates(metrics={metric: MetricSums(clusters=clusters)}))
     return out, (keys, old, new)
 

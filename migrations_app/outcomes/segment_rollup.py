@@ -104,21 +104,25 @@ def segment_deltas(
     # is set into the segment's delta, not summed field by field with the others.
     deltas: dict[Key, ArmAggregates] = {}
     for key in {*outcome_deltas, *clusters, *scores, *values, *metric_clusters}:
-        delta = outcome_deltas[key] if key in outcome_deltas else ArmAggregates()
+        parts: dict[str, Any] = {}  # one ArmAggregates made per segment, not one per part
         moved = clusters.get(key)
         if moved is not None:
-            delta = replace(delta, **{name: getattr(moved, name) for name in _CLUSTERS})
+            parts.update((name, getattr(moved, name)) for name in _CLUSTERS)
         if key in scores:
             rated = aggregation.feedback_delta(scores[key])
-            delta = replace(delta, **{name: getattr(rated, name) for name in _FEEDBACK})
+            parts.update((name, getattr(rated, name)) for name in _FEEDBACK)
         named = {
             name: metric_rollup.value_sums(found) for name, found in values.get(key, {}).items()
         }
         for name, cluster in metric_clusters.get(key, {}).items():
             named[name] = replace(named.get(name, MetricSums()), clusters=cluster)
         if named:
-            delta = replace(delta, metrics=named)
-        deltas[key] = delta
+            parts["metrics"] = named
+        base = outcome_deltas.get(key)
+        if base is None:
+            deltas[key] = ArmAggregates(**parts)
+        else:
+            deltas[key] = replace(base, **parts) if parts else base
     return deltas
 
 
@@ -140,9 +144,9 @@ def _metric_clusters(
         for key in unit_segments.get((stage_id, arm, unit), ()):
             groups[(key, metric)].append(i)
     out: dict[Key, dict[str, ClusterSums]] = defaultdict(dict)
-    for (key, metric), found in groups.items():
-        o, n = old[found], new[found]
-        out[key][metric] = aggregation.cluster_change(o[:, 1], o[:, 0], n[:, 1], n[:, 0])
+    moved = aggregation.grouped_cluster_change(old[:, 1], old[:, 0], new[:, 1], new[:, 0], groups)
+    for (key, metric), clusters in moved.items():
+        out[key][metric] = clusters
     return out
 
 
