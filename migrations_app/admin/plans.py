@@ -248,7 +248,7 @@ class MigrationPlanAdmin(admin.ModelAdmin):
     ) -> tuple[str, ...]:
         fixed = ("lifecycle", "salt")
         if obj is not None and obj.status not in edits.EDITABLE_STATUSES:
-            return fixed + edits.ROUTING_FIELDS
+            return fixed + edits.FROZEN_FIELDS
         if obj is not None:
             return fixed + ("key",)
         return fixed

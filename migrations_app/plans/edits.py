@@ -36,7 +36,8 @@ from migrations_app.plans.validation import (
     ARM_COLUMNS,
     ARM_FIELDS,
     COLUMNS,
-    ROUTING_PATHS,
+    FROZEN_PATHS,
+    STATISTICS_SETTINGS,
     ResolvedPlan,
     path_of,
     plan_check,
@@ -45,9 +46,10 @@ from migrations_app.routing import changes as routing_changes
 
 log = logging.getLogger("turnout.audit")
 
-# Fields that decide where traffic goes: frozen while a run is live, so its statistics mean
-# something (and the phases and guardrails with them, and the holdout, the run's last stage).
-ROUTING_FIELDS = ("key", *ARM_COLUMNS, *holdout.FIELDS)
+# Fields that decide where traffic goes, and the run's statistical settings: frozen while a
+# run is live, so its statistics mean something (and the phases and guardrails with them, and
+# the holdout, the run's last stage).
+FROZEN_FIELDS = ("key", *ARM_COLUMNS, *holdout.FIELDS, *STATISTICS_SETTINGS)
 
 
 EDITABLE_STATUSES = frozenset({PlanStatus.DRAFT, PlanStatus.ROLLED_BACK})
@@ -70,7 +72,7 @@ def plan_edit(
     """Write ``fields`` of ``plan`` (an instance carrying the edited values) and nothing else,
     compare-and-set on the version the editor loaded, and bump the version: a lifecycle
     action or another edit that landed since makes this one fail with ``VersionConflict``
-    instead of being written over. Routing fields are written only while the plan is a draft
+    instead of being written over. Frozen fields are written only while the plan is a draft
     or rolled back. The caller audits the edit (``record_edit``) once its related rows
     (phases, guardrails, channels) are saved in the same transaction.
     """
@@ -79,7 +81,7 @@ def plan_edit(
         raise ValueError(f"not editable on a plan: {sorted(unknown)}")
     now = timezone.now()
     target = MigrationPlan.objects.filter(pk=plan.pk, version=expected_version)
-    if set(fields) & set(ROUTING_FIELDS):
+    if set(fields) & set(FROZEN_FIELDS):
         target = target.filter(status__in=EDITABLE_STATUSES)
     values = {name: getattr(plan, name) for name in fields}
     if target.update(version=expected_version + 1, updated_at=now, **values) != 1:
@@ -95,8 +97,8 @@ def plan_edit(
                 f"it is now {current['status']} at version {current['version']}.",
                 details=details,
             )
-        routing = sorted(path_of(f) for f in set(fields) & set(ROUTING_FIELDS))
-        raise frozen(plan.key, current["status"], routing, details)
+        held = sorted(path_of(f) for f in set(fields) & set(FROZEN_FIELDS))
+        raise frozen(plan.key, current["status"], held, details)
     plan.version, plan.updated_at = expected_version + 1, now
     return plan
 
@@ -104,10 +106,11 @@ def plan_edit(
 def frozen(
     key: str, status: str, paths: Sequence[str], details: Mapping[str, Any]
 ) -> IllegalTransition:
-    """The refusal of a routing change while a run is live, naming each frozen field."""
+    """The refusal of a frozen field's change while a run is live, naming each one."""
     return IllegalTransition(
         f"Plan {key!r} is {status}: {', '.join(paths)} cannot change while a run is live "
-        "(they decide where traffic goes). Roll it back, or make a new plan.",
+        "(they decide where traffic goes, or what the run's tests may spend). Roll it back, "
+        "or make a new plan.",
         details={
             **details,
             "fields": {p: [f"Frozen while the plan is {status}."] for p in paths},
@@ -233,7 +236,7 @@ def plan_apply(
     default). Creates it when there is none. Otherwise compares the stored plan with the
     checked one and writes only the difference, compare-and-set on the version (on
     ``expected_version`` when given: ``VersionConflict`` names the current one), with one
-    audit event listing the changed paths. Routing paths (``ROUTING_PATHS``) may change only
+    audit event listing the changed paths. Frozen paths (``FROZEN_PATHS``) may change only
     while the plan is a draft or rolled back (``IllegalTransition`` naming them). Nothing
     written for a dry run, nor when nothing differs."""
     if values.get("key", key) != key:
@@ -259,11 +262,11 @@ def plan_apply(
         if not found:
             return Applied(plan, False, [])
         if plan.status not in EDITABLE_STATUSES:
-            routing = sorted(
-                {c.path for c in found if c.path.split(".")[0].split("[")[0] in ROUTING_PATHS}
+            held = sorted(
+                {c.path for c in found if c.path.split(".")[0].split("[")[0] in FROZEN_PATHS}
             )
-            if routing:
-                raise frozen(key, plan.status, routing, current)
+            if held:
+                raise frozen(key, plan.status, held, current)
         if dry_run:
             return Applied(plan, False, found)
         columns = _changed_columns(found)

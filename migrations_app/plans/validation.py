@@ -113,11 +113,17 @@ PHASE_FIELDS = (
 GUARDRAIL_FIELDS = ("metric", "tolerance_kind", "tolerance", "action", "min_samples", "direction")
 # A plan's own metric declarations (MetricDefinition), as a document lists them (by name).
 METRIC_FIELDS = ("name", "kind", "direction", "lower_bound", "upper_bound", "description")
-# Paths that decide where traffic goes: frozen while a run is live (edits.ROUTING_FIELDS are
-# their columns), the phases, guardrails and metric declarations with them, so a run's
-# statistics mean something (the admin freezes its metric rows the same way).
-# The holdout's fields with them: it is the run's last stage.
-ROUTING_PATHS = ("key", *ARMS, "phases", "metrics", "guardrails", *holdout.FIELDS)
+# The run's statistical settings: how much error its tests may spend (alpha, the detectors'
+# run length) and over how many segments it is split. Changed mid-run, a run would spend its
+# alpha again: a bound recomputed wider, a family of tests grown after the split was made.
+STATISTICS_SETTINGS = ("alpha", "segment_dimensions", "segment_top_k", "detector_arl_days")
+# Paths frozen while a run is live (edits.FROZEN_FIELDS are their columns): what decides
+# where traffic goes, the phases, guardrails and metric declarations with it, and the
+# statistical settings, so a run's statistics mean something (the admin freezes its metric
+# rows the same way). The holdout's fields with them: it is the run's last stage.
+FROZEN_PATHS = (
+    "key", *ARMS, "phases", "metrics", "guardrails", *holdout.FIELDS, *STATISTICS_SETTINGS
+)  # fmt: skip
 
 
 @dataclass

@@ -148,7 +148,8 @@ def test_a_save_writes_only_the_fields_the_form_owns(admin_client: Client) -> No
     plan = started_plan("owned-fields")
     form = loaded_form(admin_client, plan)
     form["name"] = "New name"
-    form["alpha"] = "0.02"
+    form["escalate_after_minutes"] = "45"
+    form["alpha"] = "0.02"  # read-only while running: what the run's tests may spend
     with CaptureQueriesContext(connection) as queries:
         response = save(admin_client, plan, form)
     assert response.status_code == 302, response.content.decode()[:2000]
@@ -162,9 +163,12 @@ def test_a_save_writes_only_the_fields_the_form_owns(admin_client: Client) -> No
     for lifecycle_field in ("status", "current_run_id", "phase_index", "current_stage_id"):
         assert f'"{lifecycle_field}"' not in assignments
     # Read-only while running: not written either.
-    assert '"candidate_model_id"' not in assignments and '"salt"' not in assignments
+    for read_only in ("candidate_model_id", "salt", "alpha"):
+        assert f'"{read_only}"' not in assignments
     after = MigrationPlan.objects.get(pk=plan.pk)
-    assert (after.name, after.alpha, after.status) == ("New name", 0.02, "running")
+    assert (after.name, after.escalate_after_minutes, after.alpha, after.status) == (
+        "New name", 45, plan.alpha, "running"
+    )  # fmt: skip
     assert after.version == plan.version + 1  # the edit is a change of its own
     event = AuditEvent.objects.filter(plan=plan).first()
     assert event is not None

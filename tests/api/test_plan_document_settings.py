@@ -128,11 +128,38 @@ def test_metric_declarations_are_frozen_while_a_run_is_live(ci: Client) -> None:
     assert body["code"] == "illegal_transition"
     assert list(body["details"]["fields"]) == ["metrics[0]"]
     assert not MetricDefinition.objects.exists()
-    # Not a routing path: the settings below may change while the plan runs.
-    answer = _put(ci, {**spec, "detector_arl_days": 3, "segment_top_k": 5})
+    # What a regressed segment does may change while the plan runs; what the run's tests may
+    # spend may not (a new alpha, run length or family of segments would spend it again).
+    answer = _put(ci, {**spec, "segment_on_regression": "exclude"})
     assert answer.status_code == 200, answer.content
     plan.refresh_from_db()
-    assert (plan.detector_arl_days, plan.segment_top_k) == (3.0, 5)
+    assert plan.segment_on_regression == "exclude"
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"alpha": 0.2},
+        {"detector_arl_days": 1},
+        {"segment_top_k": 50},
+        {"segment_dimensions": ["tenant"]},
+        {"alpha": 0.1, "segment_top_k": 3},
+    ],
+)
+def test_the_statistical_settings_are_frozen_while_a_run_is_live(
+    ci: Client,  # noqa: F811
+    setting: dict[str, Any],
+) -> None:
+    plan = started_plan("support-chat")
+    before = plan_document(plan)
+    response = _put(ci, {**before, **setting})
+    assert response.status_code == 409, response.content
+    body = response.json()
+    assert body["code"] == "illegal_transition"
+    assert sorted(body["details"]["fields"]) == sorted(setting)
+    assert "what the run's tests may spend" in body["message"]
+    plan.refresh_from_db()
+    assert plan_document(plan) == before
 
 
 def test_segment_settings_and_the_detectors_run_length_round_trip(ci: Client) -> None:  # noqa: F811

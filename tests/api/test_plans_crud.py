@@ -197,15 +197,16 @@ def test_routing_fields_are_frozen_while_a_run_is_live(ci: Client) -> None:
     assert set(body["details"]["fields"]) == {
         "candidate.params.temperature",
         "phases[1].min_samples",
+        "alpha",  # what the run's tests may spend is frozen with them
     }
     assert "frozen" in body["details"]["fields"]["phases[1].min_samples"][0].lower()
     after = MigrationPlan.objects.get(pk=plan.pk)
     assert (after.version, after.alpha) == (plan.version, plan.alpha)
-    # What does not route may change while it runs.
+    # What neither routes nor sets the statistics may change while it runs.
     settings_only = copy.deepcopy(spec)
-    settings_only["alpha"] = 0.01
+    settings_only["escalate_after_minutes"] = 45
     assert _put(ci, settings_only).status_code == 200
-    assert MigrationPlan.objects.get(pk=plan.pk).alpha == 0.01
+    assert MigrationPlan.objects.get(pk=plan.pk).escalate_after_minutes == 45
 
 
 def test_expected_version_is_compare_and_set(ci: Client) -> None:
