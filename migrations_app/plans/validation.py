@@ -115,7 +115,7 @@ GUARDRAIL_FIELDS = ("metric", "tolerance_kind", "tolerance", "action", "min_samp
 METRIC_FIELDS = ("name", "kind", "direction", "lower_bound", "upper_bound", "description")
 # The run's statistical settings: how much error its tests may spend (alpha, the detectors'
 # run length) and over how many segments it is split. Changed mid-run, a run would spend its
-# alpha again: a bound recomputed wider, a family of tests grown after the split was made.
+# alpha again: a bound recomputed narrower, a family of tests grown after the split was made.
 STATISTICS_SETTINGS = ("alpha", "segment_dimensions", "segment_top_k", "detector_arl_days")
 # Paths frozen while a run is live (edits.FROZEN_FIELDS are their columns): what decides
 # where traffic goes, the phases, guardrails and metric declarations with it, and the
