@@ -53,9 +53,10 @@ bench-deps: install
 WORKERS ?= 2
 XDIST = $(if $(filter-out 0 1,$(WORKERS)),-n $(WORKERS) --dist loadfile)
 
+# The 40 slowest tests are listed at the end of each run: where the suite's time goes.
 test: install system-deps lint
 	DEBUG=1 DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
-		$(VENV)/bin/pytest $(XDIST)
+		$(VENV)/bin/pytest $(XDIST) --durations=40
 
 # Everything but the `live` tests (servers, workers, benches, child processes) and the `slow`
 # simulations; `make test` runs those too. ARGS narrows it: make test-fast ARGS=tests/api
