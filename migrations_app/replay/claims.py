@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 
@@ -29,6 +30,7 @@ from migrations_app.models import (
     ReplayStatus,
 )
 from migrations_app.models import ReplayCallStatus as C
+from migrations_app.outcomes.store import fast_path, pg_cursor
 from migrations_app.shadow.budget import estimate_cost
 from migrations_app.shadow.claims import MAX_FAILURES, claimable_at
 
@@ -97,8 +99,16 @@ def replay_claim(call_ids: Sequence[int], *, now: datetime | None = None) -> lis
                 continue
             budget = run.budget_usd
             so_far = spent(run) if budget is not None else 0.0
-            calls = ReplayCall.objects.filter(claimable, pk__in=ids).select_related("item")
-            for call in calls.order_by("pk"):
+            # Locked in key order (the deadlock rule: cancel and the flush take them so too):
+            # read and claimed under the lock, a call cannot move in between.
+            calls = (
+                ReplayCall.objects.filter(claimable, pk__in=ids)
+                .select_related("item")
+                .select_for_update(of=("self",))
+                .order_by("pk")
+            )
+            wanted: list[tuple[ReplayCall, int, float]] = []
+            for call in calls:
                 # Running and claimable: its lease expired, its worker died mid-call.
                 failures = call.failures + (call.status == C.RUNNING)
                 current = ReplayCall.objects.filter(claimable, pk=call.pk, attempts=call.attempts)
@@ -122,14 +132,10 @@ def replay_claim(call_ids: Sequence[int], *, now: datetime | None = None) -> lis
                     )
                     continue
                 so_far += estimate
-                won = current.update(
-                    status=C.RUNNING,
-                    attempts=call.attempts + 1,
-                    failures=failures,
-                    lease_until=now + lease,
-                    cost_usd=estimate,  # the reservation, until the real cost
-                )
-                if won:
+                wanted.append((call, failures, estimate))
+            won = _claim_many(wanted, now=now, lease_until=now + lease)
+            for call, failures, _ in wanted:
+                if call.pk in won:
                     call.status, call.attempts, call.failures = (
                         C.RUNNING,
                         call.attempts + 1,
@@ -138,6 +144,46 @@ def replay_claim(call_ids: Sequence[int], *, now: datetime | None = None) -> lis
                     call.replay = run
                     claimed.append(call)
     return claimed
+
+
+def _claim_many(
+    wanted: Sequence[tuple[ReplayCall, int, float]], *, now: datetime, lease_until: datetime
+) -> set[int]:
+    """Claim each ``(call, failures, estimate)`` (compare-and-set on its ``attempts``, still
+    claimable at ``now``): the keys of the calls won. One statement on PostgreSQL (a task's
+    64 claims were 64 UPDATEs, a fifth of a worker's CPU in bench_replay), one per call
+    elsewhere. The caller holds the calls' row locks, taken in key order."""
+    if not wanted:
+        return set()
+    if not fast_path():
+        won = set()
+        for call, failures, estimate in wanted:
+            if ReplayCall.objects.filter(
+                claimable_at(now), pk=call.pk, attempts=call.attempts
+            ).update(
+                status=C.RUNNING,
+                attempts=call.attempts + 1,
+                failures=failures,
+                lease_until=lease_until,
+                cost_usd=estimate,  # the reservation, until the real cost
+            ):
+                won.add(call.pk)
+        return won
+    rows = [[call.pk, call.attempts, failures, estimate] for call, failures, estimate in wanted]
+    qn = connection.ops.quote_name
+    table = qn(ReplayCall._meta.db_table)
+    with pg_cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} AS t SET status = %s, attempts = t.attempts + 1, "
+            "failures = v.failures, lease_until = %s, cost_usd = v.estimate "
+            "FROM (SELECT (r->>0)::bigint AS id, (r->>1)::int AS attempts, "
+            "(r->>2)::int AS failures, (r->>3)::float8 AS estimate "
+            "FROM jsonb_array_elements(%s::jsonb) AS r) AS v "
+            "WHERE t.id = v.id AND t.attempts = v.attempts "
+            "AND (t.status = %s OR (t.status = %s AND t.lease_until < %s)) RETURNING t.id",
+            [C.RUNNING, lease_until, orjson.dumps(rows).decode(), C.PENDING, C.RUNNING, now],
+        )
+        return {row[0] for row in cursor.fetchall()}
 
 
 def _end_claim(call: ReplayCall, **fields: Any) -> bool:
@@ -189,6 +235,62 @@ def handed_back(call_ids: Sequence[int]) -> list[int]:
 def replay_complete(call: ReplayCall, *, now: datetime, **fields: Any) -> bool:
     """Store a call's answers and values, if its claim is still current."""
     return _end_claim(call, status=C.DONE, completed_at=now, **fields)
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A claimed call's result to store: its answers, values, the judge's verdict, the cost."""
+
+    call: ReplayCall
+    answer: dict[str, Any]
+    values: dict[str, dict[str, float]]
+    judge: dict[str, Any] | None
+    cost_usd: float
+
+
+def replay_complete_many(answered: Sequence[Answered], *, now: datetime) -> set[int]:
+    """Store each call's answers under its claim (:func:`replay_complete` for each): the keys
+    of the calls stored; the others' claims were no longer current. Call inside a transaction.
+
+    The rows are locked first, in key order (the deadlock rule), then stored in one UPDATE
+    on PostgreSQL (one per call was a tenth of a worker's CPU in bench_replay); one UPDATE
+    per call elsewhere."""
+    answered = sorted(answered, key=lambda a: a.call.pk)
+    if not fast_path():
+        return {
+            a.call.pk
+            for a in answered
+            if replay_complete(
+                a.call,
+                now=now,
+                answer=a.answer,
+                values=a.values,
+                judge=a.judge,
+                cost_usd=a.cost_usd,
+            )  # fmt: skip
+        }
+    if not answered:
+        return set()
+    qn = connection.ops.quote_name
+    table = qn(ReplayCall._meta.db_table)
+    values = qn("values")
+    rows = [[a.call.pk, a.call.attempts, a.answer, a.values, a.judge, a.cost_usd] for a in answered]
+    with pg_cursor() as cursor:
+        # An UPDATE ... FROM locks its rows in the order of its join, not of the keys.
+        cursor.execute(
+            f"SELECT id FROM {table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+            [[a.call.pk for a in answered]],
+        )
+        cursor.execute(
+            f"UPDATE {table} AS t SET status = %s, completed_at = %s, lease_until = NULL, "
+            f"answer = v.answer, {values} = v.vals, judge = v.judge, cost_usd = v.cost "
+            "FROM (SELECT (r->>0)::bigint AS id, (r->>1)::int AS attempts, r->2 AS answer, "
+            "r->3 AS vals, NULLIF(r->4, 'null'::jsonb) AS judge, (r->>5)::float8 AS cost "
+            "FROM jsonb_array_elements(%s::jsonb) AS r) AS v "
+            "WHERE t.id = v.id AND t.status = %s AND t.attempts = v.attempts RETURNING t.id",
+            [C.DONE, now, orjson.dumps(rows).decode(), C.RUNNING],
+        )
+        return {row[0] for row in cursor.fetchall()}
 
 
 def lost(*, now: datetime, limit: int = 5000) -> dict[int, list[int]]:

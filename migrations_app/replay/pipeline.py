@@ -113,13 +113,11 @@ def run_unit(call: ReplayCall, *, call_arm: Caller, judge: Judge) -> UnitResult:
     return unit
 
 
-def _store(call: ReplayCall, unit: UnitResult, now: Any) -> bool:
+def _answered(call: ReplayCall, unit: UnitResult) -> claims.Answered:
     answer = {"candidate": unit.candidate.to_dict()}
     if unit.control is not None:
         answer["control"] = unit.control.to_dict()
-    return claims.replay_complete(
-        call, now=now, answer=answer, values=unit.values, judge=unit.judge, cost_usd=unit.cost
-    )
+    return claims.Answered(call, answer, unit.values, unit.judge, unit.cost)
 
 
 def replay_run_calls(
@@ -149,13 +147,14 @@ def replay_run_calls(
         if not completed:
             return
         now = timezone.now()
-        # In key order, as replay_cancel locks them: two transactions locking the same
-        # rows in different orders deadlock.
-        completed.sort(key=lambda done: done[0].pk)
+        # In key order (replay_complete_many locks them so), as replay_cancel locks them:
+        # two transactions locking the same rows in different orders deadlock.
         with transaction.atomic():
-            stored = [_store(call, unit, now) for call, unit in completed]
-        counts["done"] += sum(stored)
-        counts["lost"] += len(stored) - sum(stored)
+            stored = claims.replay_complete_many(
+                [_answered(call, unit) for call, unit in completed], now=now
+            )
+        counts["done"] += len(stored)
+        counts["lost"] += len(completed) - len(stored)
         completed.clear()
 
     def handle(call: ReplayCall, outcome: UnitResult | Exception) -> None:

@@ -457,6 +457,7 @@ class Adapters:
         self._retry = retry
         self._kept: dict[str, Provider] = {}
         self._lock = threading.Lock()
+        self._making: dict[str, threading.Lock] = {}
         self._closed = False
 
     def get(self, spec: ArmSpec) -> tuple[Provider, bool]:
@@ -466,17 +467,22 @@ class Adapters:
         provider = self._kept.get(key)  # no lock on the common path: dict reads are atomic
         if provider is not None:
             return provider, False
-        # Made outside the lock: the first use of a vendor imports its SDK (a second or so),
-        # which must not hold up the threads calling other arms. Two threads racing on the
-        # same arm each make one; the one that loses closes its own.
-        made = provider_for(spec, retry=self._retry)
         with self._lock:
-            if self._closed:
-                return made, True
-            kept = self._kept.setdefault(key, made)
-        if kept is not made:
-            made.close()
-        return kept, False
+            making = self._making.setdefault(key, threading.Lock())
+        # One lock per arm: an arm's adapter is made once, by the first thread, while the
+        # others calling it wait for that one (a worker's 64 threads used to make 64 clients,
+        # each with its SSL context, and close 63). The first use of a vendor imports its SDK
+        # (a second or so): threads calling other arms are not held up by it.
+        with making:
+            provider = self._kept.get(key)
+            if provider is not None:
+                return provider, False
+            made = provider_for(spec, retry=self._retry)
+            with self._lock:
+                if self._closed:
+                    return made, True
+                self._kept[key] = made
+        return made, False
 
     def close(self) -> None:
         with self._lock:
