@@ -60,7 +60,10 @@ class OutcomesView(APIView):
     permission_classes = [has_scope("report")]
 
     def post(self, request: Request) -> Response:
-        result = ingest.outcomes_ingest(identity=request.user, payload=read_json_body(request))
+        # The body's objects too are made with the collector paused (ingest.collector_paused).
+        with ingest.collector_paused():
+            payload = read_json_body(request)
+            result = ingest.outcomes_ingest(identity=request.user, payload=payload)
         return Response(result.to_dict())
 
 

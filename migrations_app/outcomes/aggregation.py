@@ -100,7 +100,20 @@ UNIT_COLUMNS = tuple(
 
 def unit_totals(outcomes: Iterable[OutcomeFacts]) -> UnitTotals:
     """What some outcomes of one unit add to its totals."""
-    rows = list(outcomes)
+    rows = outcomes if isinstance(outcomes, list) else list(outcomes)
+    if len(rows) == 1:  # most units in a batch: the same sums without the lists
+        r = rows[0]
+        cost, ttft = r.cost_usd, r.ttft_ms
+        return UnitTotals(
+            requests=1,
+            errors=1 if r.error else 0,
+            cost_n=0 if cost is None else 1,
+            cost_sum=0.0 if cost is None else cost + 0.0,  # math.fsum([x]) is x + 0.0
+            latency_n=1,
+            latency_log1p=_log1p(r.latency_ms) + 0.0,
+            ttft_n=0 if ttft is None else 1,
+            ttft_log1p=0.0 if ttft is None else _log1p(ttft) + 0.0,
+        )
     costs = [r.cost_usd for r in rows if r.cost_usd is not None]
     ttfts = [r.ttft_ms for r in rows if r.ttft_ms is not None]
     return UnitTotals(
@@ -266,11 +279,18 @@ def grouped_cluster_deltas(
         for name, first, changes in per_sum
     ]
     out: dict[K, ArmAggregates] = {}
+    fsum = math.fsum
     for key, (a, b) in zip(keys, spans, strict=True):
-        sums: dict[str, Any] = {
-            name: ClusterSums(sum(first[a:b]), *(math.fsum(c[a:b]) for c in changes))
-            for name, first, changes in columns
-        }
+        if b - a == 1:  # a unit alone in its group (most segments): fsum([x]) is x + 0.0
+            sums: dict[str, Any] = {
+                name: ClusterSums(int(first[a]), *(c[a] + 0.0 for c in changes))
+                for name, first, changes in columns
+            }
+        else:
+            sums = {
+                name: ClusterSums(sum(first[a:b]), *(fsum(c[a:b]) for c in changes))
+                for name, first, changes in columns
+            }
         out[key] = ArmAggregates(**sums)
     return out
 

@@ -273,3 +273,24 @@ def test_a_shadow_samples_control_token_counts_are_bounded_too():
         identity=Everyone(), payload={"samples": [event]}
     ).rejected
     assert (rejected.field, rejected.code) == ("control.input_tokens", "over_model_limit")
+
+
+def test_the_collector_paused_for_a_batch_is_resumed_after_it_even_when_it_fails():
+    import gc
+
+    from migrations_app.errors import ValidationFailed
+
+    plan = split_plan()
+    assert gc.isenabled()
+    ingest.outcomes_ingest(identity=Everyone(), payload={"events": [outcome(plan)]})
+    assert gc.isenabled()
+    with pytest.raises(ValidationFailed):  # a body that is no batch at all
+        ingest.outcomes_ingest(identity=Everyone(), payload={"events": "no list"})
+    assert gc.isenabled()
+    # Paused by someone else: a batch leaves it paused.
+    gc.disable()
+    try:
+        ingest.outcomes_ingest(identity=Everyone(), payload={"events": [outcome(plan)]})
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
