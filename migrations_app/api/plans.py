@@ -39,7 +39,7 @@ from turnout.contract import SCOPE_ADMIN, SCOPE_PLANS
 from migrations_app.api.auth import ApiKeyAuthentication, KeyIdentity, has_scope
 from migrations_app.api.errors import error_paths
 from migrations_app.api.plan_serializers import PlanWrite, plan_values
-from migrations_app.errors import DomainError, NotFound, ValidationFailed
+from migrations_app.errors import DomainError, NotFound, ValidationFailed, VersionConflict
 from migrations_app.guardrails.selectors import latest_evaluation
 from migrations_app.models import MigrationPlan
 from migrations_app.plans import edits, lifecycle
@@ -247,6 +247,10 @@ class PlansView(_PlansAPI):
         return Response(_applied(edits.Applied(plan, True, changes), dry_run=False), status=201)
 
 
+# A PATCH without expected_version merged again when another edit landed while it was merged.
+_PATCH_ATTEMPTS = 3
+
+
 class PlanView(_PlansAPI):
     """``GET``, ``PUT``, ``PATCH``, ``DELETE /api/v1/plans/{key}``."""
 
@@ -267,10 +271,20 @@ class PlanView(_PlansAPI):
             )
         patch = dict(request.data)
         expected = patch.pop("expected_version", None)
-        merged = merge_patch(plan_document(plan), patch)
-        if expected is not None:
-            merged["expected_version"] = expected
-        return self.apply(request, key, _document(merged), dry_run=dry_run)
+        # The patch is merged into the document as read here, and the whole merged document is
+        # applied: it is applied only to that version (the caller's, or else the one read), so
+        # an edit landing in between is never written back over. Without the caller's version,
+        # the patch is merged again into the plan as it now is.
+        for attempt in range(_PATCH_ATTEMPTS):
+            merged = merge_patch(plan_document(plan), patch)
+            merged["expected_version"] = plan.version if expected is None else expected
+            try:
+                return self.apply(request, key, _document(merged), dry_run=dry_run)
+            except VersionConflict:
+                if expected is not None or attempt == _PATCH_ATTEMPTS - 1:
+                    raise
+                plan = _plan_for(request, key)
+        raise AssertionError("unreachable")
 
     def delete(self, request: Request, key: str) -> Response:
         expected = _version_param(request)
