@@ -185,3 +185,28 @@ def test_a_huge_value_is_not_echoed_whole(tmp_path: Path) -> None:
     assert problem.message.endswith("is too long")
     code, _, err = validate(path)
     assert code == 1 and len(err) < 1_000
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (GOOD + "alpha: .nan\n", "alpha"),
+        (GOOD.replace("tolerance: 0.1", "tolerance: .nan"), "guardrails[0].tolerance"),
+        (GOOD.replace("temperature: 0.2", "temperature: -.inf"), "control.params.temperature"),
+    ],
+)
+def test_a_number_that_is_not_finite_is_named_offline(
+    tmp_path: Path, text: str, field: str
+) -> None:
+    """NaN passes every bound in the schema (each comparison is false): ``validate`` called
+    ``alpha: .nan`` valid and ``diff`` / ``apply`` stopped on a traceback with status 2, which
+    the README's CI job takes for "diff found changes"."""
+    path = _write(tmp_path, text)
+    code, out, err = validate(path)
+    assert code == 1 and out == ""
+    assert f"  {field}: not a finite number" in err, err
+    for command in ("diff", "apply"):
+        out_io, err_io = io.StringIO(), io.StringIO()
+        argv = ["--url", "http://127.0.0.1:9", "--api-key", "tk_x", "plan", command, "-f"]
+        assert cli.main([*argv, str(path)], out_io, err_io) == 1  # refused before any is sent
+        assert f"  {field}: not a finite number" in err_io.getvalue()

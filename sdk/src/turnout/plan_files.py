@@ -12,6 +12,7 @@ turnout[plans]``: PyYAML and jsonschema).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -122,7 +123,21 @@ def problems(document: Mapping[str, Any]) -> list[Problem]:
             found.append(Problem(_path([*error.absolute_path, missing]), "required"))
             continue
         found.append(Problem(path, _short(error.message)))
+    found.extend(Problem(_path(parts), "not a finite number") for parts in _not_finite(document))
     return found
+
+
+def _not_finite(data: Any, parts: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """Where the document holds NaN or an infinity (YAML's ``.nan``, ``.inf``; JSON's ``NaN``,
+    which Python reads): NaN passes every bound in the schema, and no JSON body carries one."""
+    if isinstance(data, float) and not math.isfinite(data):
+        yield parts
+    elif isinstance(data, dict):
+        for name, value in data.items():
+            yield from _not_finite(value, (*parts, name))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield from _not_finite(value, (*parts, index))
 
 
 def _short(message: str, keep: int = 80) -> str:
