@@ -166,6 +166,10 @@ def grouped_outcome_deltas(
         ttft[i] = (v, math.log(v) if v > 0 else None, lp, lp * lp, key)
     out: dict[K, ArmAggregates] = {}
     for group, indices in groups.items():
+        if len(indices) == 1:  # most segments of a batch
+            i = indices[0]
+            out[group] = _one_outcome(per[i], ttft.get(i), facts[i].cost_usd, facts[i].error)
+            continue
         rows = [per[i] for i in indices]
         ttfts = [ttft[i] for i in indices if i in ttft]
         costs = [c for i in indices if (c := facts[i].cost_usd) is not None]
@@ -195,6 +199,33 @@ def grouped_outcome_deltas(
             cost_sum_sq=math.fsum(c * c for c in costs),
         )
     return out
+
+
+def _one_outcome(
+    row: tuple[Any, ...], ttft: tuple[Any, ...] | None, cost: float | None, error: str
+) -> ArmAggregates:
+    """:func:`grouped_outcome_deltas`' delta of a group of one outcome, without the lists:
+    the same values (``math.fsum([x])`` is ``x + 0.0``, ``math.fsum([])`` is 0.0)."""
+    return ArmAggregates(
+        requests=1,
+        errors=1 if error else 0,
+        errors_by_kind={error: 1} if error else {},
+        latency=_buckets((row,)),
+        latency_sum=row[0] + 0.0,
+        latency_log_sum=0.0 if row[1] is None else row[1] + 0.0,
+        ttft=Buckets() if ttft is None else _buckets((ttft,)),
+        ttft_sum=0.0 if ttft is None else ttft[0] + 0.0,
+        ttft_log_sum=0.0 if ttft is None or ttft[1] is None else ttft[1] + 0.0,
+        latency_log1p_n=1,
+        latency_log1p_sum=row[2] + 0.0,
+        latency_log1p_sum_sq=row[3] + 0.0,
+        ttft_log1p_n=0 if ttft is None else 1,
+        ttft_log1p_sum=0.0 if ttft is None else ttft[2] + 0.0,
+        ttft_log1p_sum_sq=0.0 if ttft is None else ttft[3] + 0.0,
+        cost_n=0 if cost is None else 1,
+        cost_sum=0.0 if cost is None else cost + 0.0,
+        cost_sum_sq=0.0 if cost is None else cost * cost + 0.0,
+    )
 
 
 def _sketch_keys(values: Sequence[float]) -> list[int | None]:

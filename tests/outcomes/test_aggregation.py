@@ -105,3 +105,60 @@ def test_grouped_cluster_deltas_are_each_group_s_own():
         alone = aggregation.cluster_deltas([old[i] for i in rows], [new[i] for i in rows])
         firsts = sum(1 for i in rows if old[i][requests] == 0)  # units seen for the first time
         assert got[g] == alone and got[g].error_clusters.units == firsts
+
+
+def test_the_fast_forms_for_one_unit_or_one_row_give_the_general_sums() -> None:
+    """Ingest takes shortcuts for what a batch mostly holds (a unit with one outcome, a segment
+    with one unit) and per-metric cluster changes in one pass: the same values exactly."""
+    rng = random.Random(8)
+    window = datetime(2026, 1, 1, tzinfo=UTC)
+    for _ in range(200):
+        fact = OutcomeFacts(
+            "control", "u", window, rng.choice([0.0, -1.0, rng.lognormvariate(6, 1)]),
+            rng.choice([None, 0.0, rng.random() * 99]), rng.choice(["", "timeout"]),
+            rng.choice([None, 0.0, rng.random()]),
+        )  # fmt: skip
+        assert aggregation.unit_totals([fact]) == aggregation.unit_totals(iter([fact, fact][:1]))
+        one = aggregation.unit_totals([fact])
+        assert one.cost_sum == math.fsum([fact.cost_usd] if fact.cost_usd is not None else [])
+        assert one.latency_log1p == math.fsum([math.log1p(max(fact.latency_ms, 0.0))])
+    columns = len(aggregation.UNIT_COLUMNS)
+    new = [[rng.random() * rng.randrange(1, 40) for _ in range(columns)] for _ in range(30)]
+    old = [
+        [v * rng.random() for v in row] if rng.random() < 0.5 else [0.0] * columns for row in new
+    ]
+    singles = aggregation.grouped_cluster_deltas(old, new, {i: [i] for i in range(30)})
+    for i in range(30):
+        assert singles[i] == aggregation.cluster_deltas([old[i]], [new[i]])
+    # Metric sums: (n, total, control_total) per unit, grouped as a batch's windows are.
+    import numpy as np
+
+    after = np.array([[rng.randrange(1, 9), rng.random() * 5, 0.0] for _ in range(40)])
+    before = after * np.array([[rng.random() < 0.5] for _ in range(40)])
+    groups = {g: sorted(rng.sample(range(40), rng.randrange(1, 12))) for g in range(7)}
+    got = aggregation.grouped_cluster_change(
+        before[:, 1], before[:, 0], after[:, 1], after[:, 0], groups
+    )
+    for g, rows in groups.items():
+        o, n = before[rows], after[rows]
+        assert got[g] == aggregation.cluster_change(o[:, 1], o[:, 0], n[:, 1], n[:, 0])
+
+
+def test_merge_json_of_metrics_and_of_an_empty_delta() -> None:
+    from migrations_app.guardrails.stats import MetricSums
+
+    rng = random.Random(9)
+    stored: dict = {}
+    reference = ArmAggregates()
+    for _ in range(30):
+        delta = _random_delta(rng)
+        sums = MetricSums(
+            rng.randrange(1, 5), rng.random(), rng.random(),
+            ClusterSums(rng.randrange(2), *(rng.random() for _ in CLUSTER_MOMENTS)),
+        )  # fmt: skip
+        delta = delta + ArmAggregates(metrics={rng.choice(["a", "b"]): sums})
+        for step in (delta, ArmAggregates()):
+            stored = aggregation.merge_json(stored, step)
+            reference = reference + step
+            assert stored == aggregation.to_json(reference)
+            assert aggregation.from_json(stored) == reference

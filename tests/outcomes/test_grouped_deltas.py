@@ -77,3 +77,13 @@ def test_every_group_gets_what_its_outcomes_alone_give() -> None:
             assert grouped[g] == expected
             assert aggregation.to_json(grouped[g]) == aggregation.to_json(expected)
         assert aggregation.outcome_delta(facts) == reference_delta(facts)
+
+
+def test_a_group_of_one_outcome_gets_what_it_alone_gives() -> None:
+    # Most of a batch's segments hold one outcome: they take a path of their own.
+    rng = random.Random(17)
+    facts = random_facts(rng, 400)
+    grouped = aggregation.grouped_outcome_deltas(facts, {i: [i] for i in range(len(facts))})
+    for i, fact in enumerate(facts):
+        assert grouped[i] == reference_delta([fact])
+        assert aggregation.to_json(grouped[i]) == aggregation.to_json(reference_delta([fact]))
