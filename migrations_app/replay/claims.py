@@ -111,25 +111,18 @@ def replay_claim(call_ids: Sequence[int], *, now: datetime | None = None) -> lis
             for call in calls:
                 # Running and claimable: its lease expired, its worker died mid-call.
                 failures = call.failures + (call.status == C.RUNNING)
-                current = ReplayCall.objects.filter(claimable, pk=call.pk, attempts=call.attempts)
                 if failures >= MAX_FAILURES:
-                    current.update(
-                        status=C.FAILED,
+                    _not_claimed(
+                        call,
+                        claimable,
                         failures=failures,
                         reason=f"{failures} attempts went wrong; the last one's worker stopped "
                         "mid-call",
-                        lease_until=None,
-                        cost_usd=None,
                     )
                     continue
                 estimate = _estimate(run, call)
                 if budget is not None and so_far + estimate > budget:
-                    current.update(
-                        status=C.FAILED,
-                        reason=f"replay budget of ${budget:g} reached",
-                        lease_until=None,
-                        cost_usd=None,
-                    )
+                    _not_claimed(call, claimable, reason=f"replay budget of ${budget:g} reached")
                     continue
                 so_far += estimate
                 wanted.append((call, failures, estimate))
@@ -144,6 +137,13 @@ def replay_claim(call_ids: Sequence[int], *, now: datetime | None = None) -> lis
                     call.replay = run
                     claimed.append(call)
     return claimed
+
+
+def _not_claimed(call: ReplayCall, claimable: Q, **fields: Any) -> None:
+    """A claimable call that will not be evaluated (compare-and-set on its ``attempts``)."""
+    ReplayCall.objects.filter(claimable, pk=call.pk, attempts=call.attempts).update(
+        status=C.FAILED, lease_until=None, cost_usd=None, **fields
+    )
 
 
 def _claim_many(

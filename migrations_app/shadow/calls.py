@@ -5,6 +5,7 @@ inside the provider's shared call limits (``provider_limits``) and the secret po
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -66,15 +67,37 @@ def plan_param_problems(
     return sample_param_problems(model.provider.kind, arm_params or {}, params)
 
 
+@lru_cache(maxsize=256)
+def _policy_problems(api_key_env: str, base_url: str, *policy: Any) -> dict[str, str]:
+    # ``policy``: the settings the answer depends on, so that a change (a test's override)
+    # is another key. Read only: the dict is shared.
+    return secret_policy.connection_problems(api_key_env=api_key_env, base_url=base_url)
+
+
+def connection_problems(connection: Any) -> dict[str, str]:
+    """``secret_policy.connection_problems`` of the connection's row, remembered per process:
+    it parses the URL and its host (ipaddress, httpx) on every call, 5 % of a replay worker's
+    CPU in bench_replay, for an answer that changes only with the row or the settings."""
+    policy = (
+        settings.TURNOUT_PROVIDER_KEY_VARS,
+        settings.TURNOUT_RESERVED_VARS,
+        settings.TURNOUT_PROVIDER_HOST_RULES,
+    )
+    try:
+        return _policy_problems(connection.api_key_env, connection.base_url, *policy)
+    except TypeError:  # settings overridden with lists: not a key, check without the memo
+        return secret_policy.connection_problems(
+            api_key_env=connection.api_key_env, base_url=connection.base_url
+        )
+
+
 def with_provider(model: ModelSpec, spec: ArmSpec, use: Callable[[Provider], T]) -> T:
     """``use(adapter)`` inside the provider's shared call limits. Raises :class:`NotCalled`
     when no slot came free in time or the adapter cannot be built (no key in this process),
     or when the provider's connection is one the secret policy refuses (checked on the row
     as it is now: the snapshot's arm may be older)."""
     connection = model.provider
-    if problems := secret_policy.connection_problems(
-        api_key_env=connection.api_key_env, base_url=connection.base_url
-    ):
+    if problems := connection_problems(connection):
         reason = f"provider {connection.name} refused: {secret_policy.summary(problems)}"
         raise NotCalled(reason, retry=False)
     try:
