@@ -210,3 +210,18 @@ def test_a_number_that_is_not_finite_is_named_offline(
         argv = ["--url", "http://127.0.0.1:9", "--api-key", "tk_x", "plan", command, "-f"]
         assert cli.main([*argv, str(path)], out_io, err_io) == 1  # refused before any is sent
         assert f"  {field}: not a finite number" in err_io.getvalue()
+
+
+def test_diff_without_a_server_or_key_is_a_failure_not_changes_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 2 is ``plan diff``'s "changes found", which the README's CI job accepts
+    (``|| [ $? -eq 2 ]``): a job without the key (a pull request from a fork gets no
+    secrets) passed without asking any server."""
+    monkeypatch.delenv("TURNOUT_URL", raising=False)
+    monkeypatch.delenv("TURNOUT_API_KEY", raising=False)
+    path = _write(tmp_path, GOOD)
+    for argv in (["--url", "http://127.0.0.1:9"], []):
+        err = io.StringIO()
+        assert cli.main([*argv, "plan", "diff", "-f", str(path)], io.StringIO(), err) == 1
+        assert "TURNOUT_API_KEY" in err.getvalue()

@@ -126,7 +126,9 @@ def main(
         return _validate(args.files, out, err)
     if not args.url or not args.api_key:
         print("error: set --url and --api-key (or TURNOUT_URL and TURNOUT_API_KEY)", file=err)
-        return 2
+        # Bad usage is 2, except for plan files: 2 is plan diff's "changes found", which a CI
+        # job accepts, so a job without the key would pass without asking any server.
+        return 1 if args.command == "plan" else 2
     headers = {"Authorization": f"Bearer {args.api_key}"}
     if args.command in ("replay", "plan"):
         http = httpx.Client(
