@@ -154,38 +154,23 @@ def lock_or_create(
     keys: Sequence[tuple[Any, ...]],
     blank: Mapping[str, str],
 ) -> dict[tuple[Any, ...], Any]:
-    """Each key's row, created blank where missing and locked. An upsert whose conflict
-    branch updates nothing (``WHERE false``: PostgreSQL still locks every conflicting row)
-    creates the missing rows and locks the others, in key order (keys are sorted, so
-    concurrent batches lock in the same order); a second statement reads the rows it locked
-    without creating them. Updating a key column to itself, as this did before, locked the
-    same way but wrote a new version of every row, which the caller then rewrote again."""
+    """Each key's row, created blank where missing and locked, in one statement: an upsert
+    whose conflict branch rewrites only a key column (to itself), which takes the row lock
+    and returns the row. Keys are sorted, so concurrent batches lock in the same order."""
     qn = connection.ops.quote_name
     table = qn(model._meta.db_table)
     names = ", ".join(qn(n) for n in (*key_fields, *blank))
     keys_sql = ", ".join(qn(f) for f in key_fields)
     select = json_rows(key_types).replace(" FROM ", f", {', '.join(blank.values())} FROM ", 1)
     first = qn(key_fields[0])
-    param = json_param([list(k) for k in keys])
     with pg_cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {table} ({names}) {select} "
-            f"ON CONFLICT ({keys_sql}) DO UPDATE SET {first} = EXCLUDED.{first} WHERE false "
+            f"ON CONFLICT ({keys_sql}) DO UPDATE SET {first} = EXCLUDED.{first} "
             f"RETURNING id, {keys_sql}, data",
-            [param],
+            [json_param([list(k) for k in keys])],
         )
-        found = {tuple(row): _Row(pk, data) for pk, *row, data in cursor.fetchall()}
-        if len(found) < len(keys):
-            # A statement of its own: it sees the rows committed by others since the upsert
-            # began (the ones it waited for), which the upsert's snapshot does not.
-            cursor.execute(
-                f"SELECT id, {keys_sql}, data FROM {table} "
-                f"WHERE ({keys_sql}) IN ({json_rows(key_types)})",
-                [param],
-            )
-            for pk, *row, data in cursor.fetchall():
-                found.setdefault(tuple(row), _Row(pk, data))
-        return found
+        return {tuple(found): _Row(pk, data) for pk, *found, data in cursor.fetchall()}
 
 
 def update_rows(
