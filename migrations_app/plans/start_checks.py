@@ -215,23 +215,47 @@ def _replay_dataset_missing(plan: MigrationPlan, rows: list[Any]) -> list[str]:
     return missing
 
 
+def _replay_gates_unjudged(plan: MigrationPlan, rows: list[Any]) -> list[str]:
+    """A replay gate on the judge's preference in a plan with no judge model: no answer is
+    judged, so the gate is inconclusive whatever the candidate does and the replay can never
+    pass."""
+    if plan.judge_model_id is not None:
+        return []
+    return [
+        f"Phase {i + 1} (replay): replay.gates: judge_preference needs the plan's judge model: "
+        "without one no answer is judged and the gate can never pass. Choose a judge model, "
+        "or drop the gate."
+        for i, row in enumerate(rows)
+        if row.kind == "replay"
+        and isinstance(row.replay, dict)
+        and any(
+            isinstance(g, dict) and g.get("metric") == "judge_preference"
+            for g in row.replay.get("gates") or ()
+        )
+    ]
+
+
 def start_facts(plan: MigrationPlan, environ: Mapping[str, str]) -> StartFacts:
     """Read what ``evaluate`` needs: a handful of small queries."""
     rows = list(plan.phases.all())
-    phase_errors = tuple(
-        f"Phase {i + 1} ({row.kind}): {field}: {' '.join(messages)}"
-        for i, row in enumerate(rows)
-        for field, messages in validate_phase(
-            {
-                "kind": row.kind,
-                "percent": row.percent,
-                "steps": row.steps,
-                "min_duration_minutes": row.min_duration_minutes,
-                "min_samples": row.min_samples,
-                "replay": row.replay,
-            }
-        ).items()
-    ) + tuple(_replay_dataset_missing(plan, rows))
+    phase_errors = (
+        tuple(
+            f"Phase {i + 1} ({row.kind}): {field}: {' '.join(messages)}"
+            for i, row in enumerate(rows)
+            for field, messages in validate_phase(
+                {
+                    "kind": row.kind,
+                    "percent": row.percent,
+                    "steps": row.steps,
+                    "min_duration_minutes": row.min_duration_minutes,
+                    "min_samples": row.min_samples,
+                    "replay": row.replay,
+                }
+            ).items()
+        )
+        + tuple(_replay_dataset_missing(plan, rows))
+        + tuple(_replay_gates_unjudged(plan, rows))
+    )
     models = [("control", plan.control_model), ("candidate", plan.candidate_model)]
     if plan.judge_model is not None:
         models.append(("judge", plan.judge_model))

@@ -289,3 +289,31 @@ def test_a_channel_that_cannot_deliver_is_not_a_working_channel(
     )
     sound_plan.alert_channels.add(signed)
     assert start_checks.start_checks(sound_plan) == start_checks.StartChecks()
+
+
+@pytest.mark.django_db
+def test_a_replay_gate_on_the_judge_needs_a_judge_model() -> None:
+    """The README's replay example gates on judge_preference: without a judge model no answer
+    is judged, the gate is inconclusive whatever the candidate does, and the replay could
+    never pass. Refused at the start, by phase and field; with a judge it starts."""
+    from tests.replay.test_replay_api import _dataset, _plan
+
+    _dataset()
+    gates = [
+        {"metric": "exact_match", "threshold": 0.8},
+        {"metric": "judge_preference", "threshold": -0.05},
+    ]
+    plan = _plan(gates=gates)
+    with pytest.raises(DomainError) as refused:
+        lifecycle.plan_start(plan_key=plan.key, actor=person())
+    assert refused.value.code == "plan_not_startable"
+    assert "Phase 1 (replay): replay.gates: judge_preference needs the plan's judge model" in (
+        str(refused.value.details)
+    )
+    plan.refresh_from_db()
+    assert plan.status == "draft"
+    plan.judge_model = plan.candidate_model
+    plan.save(update_fields=["judge_model"])
+    assert not [
+        p for p in start_checks.start_checks(plan).problems if "judge_preference" in p.message
+    ]
