@@ -288,7 +288,7 @@ def replay_complete_many(answered: Sequence[Answered], *, now: datetime) -> set[
             "r->3 AS vals, NULLIF(r->4, 'null'::jsonb) AS judge, (r->>5)::float8 AS cost "
             "FROM jsonb_array_elements(%s::jsonb) AS r) AS v "
             "WHERE t.id = v.id AND t.status = %s AND t.attempts = v.attempts RETURNING t.id",
-            [C.DONE, now, orjson.dumps(rows).decode(), C.RUNNING],
+            [C.DONE, now, orjson.dumps(rows, option=orjson.OPT_NON_STR_KEYS).decode(), C.RUNNING],
         )
         return {row[0] for row in cursor.fetchall()}
 
