@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from migrations_app.models import (
     MigrationPlan,
+    PlanStatus,
     ReplayCall,
     ReplayRun,
     ReplayStatus,
@@ -96,6 +97,8 @@ def replay_claim(call_ids: Sequence[int], *, now: datetime | None = None) -> lis
                 .first()
             )
             if run is None:  # decided or cancelled since the calls were listed
+                continue
+            if run.plan.status != PlanStatus.RUNNING:  # paused: its calls wait with it
                 continue
             budget = run.budget_usd
             so_far = spent(run) if budget is not None else 0.0
@@ -294,7 +297,7 @@ def replay_complete_many(answered: Sequence[Answered], *, now: datetime) -> set[
 
 
 def lost(*, now: datetime, limit: int = 5000) -> dict[int, list[int]]:
-    """Calls of running replays to process again: pending for longer than a lease and not
+    """Calls of running replays (of running plans: a paused plan's wait) to process again: pending for longer than a lease and not
     handed out again within one (their task was lost, or an outage put them back), or
     running with an expired lease (their worker died). Marks the pending ones handed out
     (``lease_until`` on a pending call: not before then again), so a sweep every few seconds
@@ -307,9 +310,9 @@ def lost(*, now: datetime, limit: int = 5000) -> dict[int, list[int]]:
         created_at__lt=now - lease,
     ) | Q(status=C.RUNNING, lease_until__lt=now)
     rows = list(
-        ReplayCall.objects.filter(due, replay__status=ReplayStatus.RUNNING).values_list(
-            "replay_id", "pk"
-        )[:limit]
+        ReplayCall.objects.filter(
+            due, replay__status=ReplayStatus.RUNNING, replay__plan__status=PlanStatus.RUNNING
+        ).values_list("replay_id", "pk")[:limit]
     )
     ReplayCall.objects.filter(pk__in=[pk for _, pk in rows], status=C.PENDING).update(
         lease_until=now + lease

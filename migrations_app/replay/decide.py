@@ -65,6 +65,12 @@ def replay_decide(*, replay_id: int, now: datetime | None = None) -> str:
         )
         if run is None or _outstanding(run):
             return ""
+        # The plan's row too, so a pause cannot land between this read and the action: a
+        # replay whose plan a person paused at its stage waits with it (decided once it runs
+        # again), where "moved on" would leave the resumed plan with no replay to run.
+        plan = MigrationPlan.objects.select_for_update(of=("self",)).get(pk=run.plan_id)
+        if plan.status == PlanStatus.PAUSED and plan.current_stage_id == run.stage_id:
+            return ""
         gates = gates_of({"gates": run.gates})
         rows = _item_rows(run, gates)
         summary = evidence.summarize(list(rows.values()), gates, run.items)

@@ -126,8 +126,9 @@ def pending_ids(run: ReplayRun) -> list[int]:
 
 def replay_cancel(*, plan_key: str, actor: lifecycle.Actor, reason: str = "") -> ReplayRun:
     """Cancel the plan's running replay: its calls not yet made are dropped (a call in flight
-    finds its row cancelled and stores nothing), and the plan pauses; resuming it starts the
-    replay again. Raises NotFound (replay_not_found) when none is running."""
+    finds its row cancelled and stores nothing), and the plan pauses (a plan paused already
+    stays so, the cancel audited on it); resuming it starts the replay again. Raises NotFound
+    (replay_not_found) when none is running."""
     with transaction.atomic():
         plan = MigrationPlan.objects.filter(key=plan_key).first()
         run = active_run(plan) if plan is not None else None
@@ -154,10 +155,16 @@ def replay_cancel(*, plan_key: str, actor: lifecycle.Actor, reason: str = "") ->
         ReplayCall.objects.filter(pk__in=list(open_calls.values_list("pk", flat=True))).update(
             status=C.CANCELLED, lease_until=None
         )
-        lifecycle.plan_pause(
-            plan_key=plan_key, actor=actor, reason=reason or "Replay cancelled",
-            evidence={"replay": {"id": run.pk, "cancelled": True}},
-        )  # fmt: skip
+        reason = reason or "Replay cancelled"
+        evidence = {"replay": {"id": run.pk, "cancelled": True}}
+        plan = MigrationPlan.objects.select_for_update(of=("self",)).get(pk=plan.pk)
+        if plan.status == PlanStatus.RUNNING:
+            lifecycle.plan_pause(plan_key=plan_key, actor=actor, reason=reason, evidence=evidence)
+        else:  # paused by a person while it replayed: it stays paused, paused once
+            lifecycle.record_edit(
+                plan, actor=actor, action="replay", reason=reason, evidence=evidence,
+                publish=False,
+            )  # fmt: skip
         run.refresh_from_db()
     return run
 
