@@ -498,16 +498,7 @@ def merge_json(stored: Mapping[str, Any] | None, delta: ArmAggregates) -> dict[s
         current = get(name)
         if current is not None and len(current) == _CLUSTER_LENGTH and value == _NO_CLUSTERS:
             continue
-        units, yy, yn, nn, yyn, ynn, nnn = _clusters_list(current)
-        out[name] = [
-            int(units) + value.units,
-            float(yy) + value.sum_yy,
-            float(yn) + value.sum_yn,
-            float(nn) + value.sum_nn,
-            float(yyn) + value.sum_yyn,
-            float(ynn) + value.sum_ynn,
-            float(nnn) + value.sum_nnn,
-        ]
+        out[name] = _clusters_plus(_clusters_list(current), value)
     for name in ("latency", "ttft"):
         value = getattr(delta, name)
         current = get(name)
@@ -541,12 +532,19 @@ def _metric_list_plus(stored: Sequence[Any] | None, sums: MetricSums) -> list[fl
     values = list(stored or ())
     if len(values) < _METRIC_LENGTH:
         values += [0.0] * (_METRIC_LENGTH - len(values))
-    n, total, sum_sq, units, yy, yn, nn, yyn, ynn, nnn = values
-    c = sums.clusters
+    n, total, sum_sq = values[:3]
     return [
         int(n) + sums.n,
         float(total) + sums.total,
         float(sum_sq) + sums.sum_sq,
+        *_clusters_plus(values[3:], sums.clusters),
+    ]
+
+
+def _clusters_plus(stored: Sequence[Any], c: ClusterSums) -> list[float]:
+    """A stored cluster list (units, then the moments) plus a delta's cluster sums."""
+    units, yy, yn, nn, yyn, ynn, nnn = stored
+    return [
         int(units) + c.units,
         float(yy) + c.sum_yy,
         float(yn) + c.sum_yn,
