@@ -284,7 +284,13 @@ def test_cancel_drops_the_calls_not_made_and_pauses_the_plan(sim: Simulator) -> 
     assert ReplayRun.objects.filter(plan=plan).count() == 2
 
 
-def test_worker_killed_mid_replay_loses_nothing_and_counts_nothing_twice(sim: Simulator) -> None:
+def test_worker_killed_mid_replay_loses_nothing_and_counts_nothing_twice(
+    sim: Simulator, settings: Any
+) -> None:
+    # The sweep here (this process's) hands out again what the killed worker held, pending
+    # calls included, a lease after they were queued: the workers' lease, not the default
+    # three minutes the test waited for before.
+    settings.TURNOUT_SHADOW_LEASE_SECONDS = int(WORKER_ENV["TURNOUT_SHADOW_LEASE_SECONDS"])
     sim.set_profile(CANDIDATE, {"latency_median_ms": 150, "latency_p95_ms": 250})
     dataset("orders-kill", 100, recorded=True)
     plan = replay_plan(sim, "orders-kill")
