@@ -33,7 +33,7 @@ from migrations_app.models import (
 from migrations_app.models import ReplayCallStatus as C
 from migrations_app.outcomes.store import fast_path, pg_cursor
 from migrations_app.shadow.budget import estimate_cost
-from migrations_app.shadow.claims import MAX_FAILURES, claimable_at
+from migrations_app.shadow.claims import MAX_FAILURES, claim_many, claimable_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +129,13 @@ def replay_claim(call_ids: Sequence[int], *, now: datetime | None = None) -> lis
                     continue
                 so_far += estimate
                 wanted.append((call, failures, estimate))
-            won = _claim_many(wanted, now=now, lease_until=now + lease)
+            won = claim_many(
+                ReplayCall,
+                [(call, failures, {"cost_usd": estimate}) for call, failures, estimate in wanted],
+                claimable=claimable,
+                now=now,
+                lease_until=now + lease,
+            )  # cost_usd: the reservation, until the real cost
             for call, failures, _ in wanted:
                 if call.pk in won:
                     call.status, call.attempts, call.failures = (
@@ -147,46 +153,6 @@ def _not_claimed(call: ReplayCall, claimable: Q, **fields: Any) -> None:
     ReplayCall.objects.filter(claimable, pk=call.pk, attempts=call.attempts).update(
         status=C.FAILED, lease_until=None, cost_usd=None, **fields
     )
-
-
-def _claim_many(
-    wanted: Sequence[tuple[ReplayCall, int, float]], *, now: datetime, lease_until: datetime
-) -> set[int]:
-    """Claim each ``(call, failures, estimate)`` (compare-and-set on its ``attempts``, still
-    claimable at ``now``): the keys of the calls won. One statement on PostgreSQL (a task's
-    64 claims were 64 UPDATEs, a fifth of a worker's CPU in bench_replay), one per call
-    elsewhere. The caller holds the calls' row locks, taken in key order."""
-    if not wanted:
-        return set()
-    if not fast_path():
-        won = set()
-        for call, failures, estimate in wanted:
-            if ReplayCall.objects.filter(
-                claimable_at(now), pk=call.pk, attempts=call.attempts
-            ).update(
-                status=C.RUNNING,
-                attempts=call.attempts + 1,
-                failures=failures,
-                lease_until=lease_until,
-                cost_usd=estimate,  # the reservation, until the real cost
-            ):
-                won.add(call.pk)
-        return won
-    rows = [[call.pk, call.attempts, failures, estimate] for call, failures, estimate in wanted]
-    qn = connection.ops.quote_name
-    table = qn(ReplayCall._meta.db_table)
-    with pg_cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} AS t SET status = %s, attempts = t.attempts + 1, "
-            "failures = v.failures, lease_until = %s, cost_usd = v.estimate "
-            "FROM (SELECT (r->>0)::bigint AS id, (r->>1)::int AS attempts, "
-            "(r->>2)::int AS failures, (r->>3)::float8 AS estimate "
-            "FROM jsonb_array_elements(%s::jsonb) AS r) AS v "
-            "WHERE t.id = v.id AND t.attempts = v.attempts "
-            "AND (t.status = %s OR (t.status = %s AND t.lease_until < %s)) RETURNING t.id",
-            [C.RUNNING, lease_until, orjson.dumps(rows).decode(), C.PENDING, C.RUNNING, now],
-        )
-        return {row[0] for row in cursor.fetchall()}
 
 
 def _end_claim(call: ReplayCall, **fields: Any) -> bool:

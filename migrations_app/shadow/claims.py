@@ -132,7 +132,7 @@ def claim_samples(
                     )
                     continue
                 wanted.append((sample, failures, reservation))
-            won = _claim_many(model, wanted, claimable=claimable, now=now, lease_until=lease)
+            won = claim_many(model, wanted, claimable=claimable, now=now, lease_until=lease)
             for sample, failures, reservation in wanted:
                 if sample.pk in won:
                     sample.status, sample.attempts, sample.failures, sample.lease_until = (
@@ -150,18 +150,20 @@ def claim_samples(
     return claimed
 
 
-def _claim_many(
-    model: type[ShadowSample] | type[JudgeSample],
+def claim_many(
+    model: Any,
     wanted: Sequence[tuple[Any, int, dict[str, Any]]],
     *,
     claimable: Q,
     now: datetime,
     lease_until: datetime,
-) -> set[str]:
-    """Claim each ``(sample, failures, reservation)``: compare-and-set on its ``attempts``,
-    still claimable at ``now``. The keys won. One UPDATE on PostgreSQL when the reservations
-    name the same fields (a batch's 64 UPDATEs were the largest part of a worker's own CPU
-    beside the vendor SDK's), one per sample elsewhere. The caller holds the row locks."""
+) -> set[Any]:
+    """Claim each ``(row, failures, reservation)`` of ``model`` (a shadow or judge sample, a
+    replay call: the same status, attempts, failures and lease columns): compare-and-set on
+    its ``attempts``, still claimable at ``now``. The keys won. One UPDATE on PostgreSQL when
+    the reservations name the same fields (a batch's 64 UPDATEs were the largest part of a
+    worker's own CPU beside the vendor SDK's), one per row elsewhere. The caller holds the
+    row locks, taken in key order."""
     fields = {tuple(reservation) for _, _, reservation in wanted}
     if not wanted:
         return set()
@@ -195,7 +197,8 @@ def _claim_many(
         cursor.execute(
             f"UPDATE {table} AS t SET status = %s, attempts = t.attempts + 1, "
             f"failures = v.failures, lease_until = %s{sets} "
-            f"FROM (SELECT r->>0 AS key, (r->>1)::int AS attempts, (r->>2)::int AS failures"
+            f"FROM (SELECT (r->>0)::{pk.db_type(connection)} AS key, (r->>1)::int AS attempts, "
+            "(r->>2)::int AS failures"
             f"{unpack} FROM jsonb_array_elements(%s::jsonb) AS r) AS v "
             f"WHERE t.{key} = v.key AND t.attempts = v.attempts "
             "AND (t.status = %s OR (t.status = %s AND t.lease_until < %s)) "
