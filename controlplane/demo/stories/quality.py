@@ -253,7 +253,10 @@ class Quality(Story):
         self.trusted = bool(trust.get("trusted"))
         kappa = trust.get("kappa")
         lower, upper = trust.get("kappa_lower"), trust.get("kappa_upper")
-        shown = f"{kappa:.2f} [{lower:.2f}, {upper:.2f}]" if kappa is not None else "n/a"
+        # A kappa may come without its interval (too few labels of one kind to bound it).
+        shown = "n/a" if kappa is None else f"{kappa:.2f}"
+        if kappa is not None and lower is not None and upper is not None:
+            shown += f" [{lower:.2f}, {upper:.2f}]"
         say(
             f"an engineer labelled {self.labelled} shadow pairs blind (labelling API): judge vs "
             f"people kappa {shown}; "
