@@ -147,7 +147,8 @@ class MetricUnitTotals(models.Model):
     a shadow stage's pairs: then ``total`` is the candidate's sum and ``control_total``
     control's, over the same ``n`` requests."""
 
-    stage = models.ForeignKey(PlanStage, on_delete=models.CASCADE, related_name="+")
+    # No index of its own: the unique constraint below starts with the stage.
+    stage = models.ForeignKey(PlanStage, on_delete=models.CASCADE, related_name="+", db_index=False)
     arm = models.CharField(max_length=16)
     unit = models.CharField(max_length=256)
     metric = models.CharField(max_length=MAX_METRIC_NAME_LENGTH)

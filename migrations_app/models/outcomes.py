@@ -139,7 +139,9 @@ class UnitTotals(models.Model):
     fields mirror ``aggregation.UnitTotals``; the log(1 + ms) latency sums tell the latency
     tests how much one user's latencies resemble each other."""
 
-    stage = models.ForeignKey(PlanStage, on_delete=models.CASCADE, related_name="+")
+    # No index of its own: the unique constraint below starts with the stage (ingest
+    # writes these rows on every batch, and each index is written with them).
+    stage = models.ForeignKey(PlanStage, on_delete=models.CASCADE, related_name="+", db_index=False)
     arm = models.CharField(max_length=16, choices=Arm.choices)
     unit = models.CharField(max_length=256)
     requests = models.PositiveIntegerField(default=0)
@@ -171,7 +173,11 @@ class WindowAggregate(models.Model):
     the scalar columns copy the figures charts group by in SQL. Rows only ever grow by
     merging (addition), so the order in which batches arrive does not matter."""
 
-    stage = models.ForeignKey(PlanStage, on_delete=models.CASCADE, related_name="windows")
+    # No index of its own: the unique constraint below starts with the stage (ingest
+    # writes these rows on every batch, and each index is written with them).
+    stage = models.ForeignKey(
+        PlanStage, on_delete=models.CASCADE, related_name="windows", db_index=False
+    )
     arm = models.CharField(max_length=16, choices=Arm.choices)
     window = models.DateTimeField()
     requests = models.PositiveIntegerField(default=0)
@@ -197,7 +203,11 @@ class StageAggregate(models.Model):
     """The running sum of a stage's windows per arm: what one evaluation reads (two rows),
     so an evaluation costs the same after a minute or a month."""
 
-    stage = models.ForeignKey(PlanStage, on_delete=models.CASCADE, related_name="totals")
+    # No index of its own: the unique constraint below starts with the stage (ingest
+    # writes these rows on every batch, and each index is written with them).
+    stage = models.ForeignKey(
+        PlanStage, on_delete=models.CASCADE, related_name="totals", db_index=False
+    )
     arm = models.CharField(max_length=16, choices=Arm.choices)
     requests = models.PositiveIntegerField(default=0)
     data = models.JSONField(default=dict)
@@ -219,7 +229,11 @@ class SegmentAggregate(models.Model):
     the ``other`` row; the evaluation keeps the busiest ``top_k`` and folds the rest into
     ``other`` (guardrails/segments.py)."""
 
-    stage = models.ForeignKey(PlanStage, on_delete=models.CASCADE, related_name="segment_totals")
+    # No index of its own: the unique constraint below starts with the stage (ingest
+    # writes these rows on every batch, and each index is written with them).
+    stage = models.ForeignKey(
+        PlanStage, on_delete=models.CASCADE, related_name="segment_totals", db_index=False
+    )
     arm = models.CharField(max_length=16, choices=Arm.choices)
     dimension = models.CharField(max_length=64)
     value = models.CharField(max_length=64)

@@ -154,21 +154,31 @@ def lock_or_create(
     keys: Sequence[tuple[Any, ...]],
     blank: Mapping[str, str],
 ) -> dict[tuple[Any, ...], Any]:
-    """Each key's row, created blank where missing and locked, in one statement: an upsert
-    whose conflict branch rewrites only a key column (to itself), which takes the row lock
-    and returns the row. Keys are sorted, so concurrent batches lock in the same order."""
+    """Each key's row, created blank where missing, and locked. The missing rows are inserted
+    (``ON CONFLICT DO NOTHING``: one another batch is inserting is waited for, then left as
+    it is), then every row is read ``FOR UPDATE`` in the order of ``keys``, so concurrent
+    batches lock in the same order (both statements go in that order). Taking the lock
+    writes no row version; the caller's update writes the only one."""
     qn = connection.ops.quote_name
     table = qn(model._meta.db_table)
     names = ", ".join(qn(n) for n in (*key_fields, *blank))
     keys_sql = ", ".join(qn(f) for f in key_fields)
     select = json_rows(key_types).replace(" FROM ", f", {', '.join(blank.values())} FROM ", 1)
-    first = qn(key_fields[0])
+    match = " AND ".join(
+        f"t.{qn(f)} = (r.v->>{i})::{t}"
+        for i, (f, t) in enumerate(zip(key_fields, key_types, strict=True))
+    )
+    param = json_param([list(k) for k in keys])
     with pg_cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} ({names}) {select} "
-            f"ON CONFLICT ({keys_sql}) DO UPDATE SET {first} = EXCLUDED.{first} "
-            f"RETURNING id, {keys_sql}, data",
-            [json_param([list(k) for k in keys])],
+            f"INSERT INTO {table} ({names}) {select} ON CONFLICT ({keys_sql}) DO NOTHING",
+            [param],
+        )
+        cursor.execute(
+            f"SELECT t.id, {', '.join(f't.{qn(f)}' for f in key_fields)}, t.data "
+            f"FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS r(v, i) "
+            f"JOIN {table} AS t ON {match} ORDER BY r.i FOR UPDATE OF t",
+            [param],
         )
         return {tuple(found): _Row(pk, data) for pk, *found, data in cursor.fetchall()}
 
