@@ -158,23 +158,47 @@ _FEEDBACK = ("feedback_n", "feedback_sum", "feedback_sum_sq")
 
 def _placement(keys: set[Key]) -> dict[Key, Key]:
     """Where each (stage, arm, dimension, value) adds: its own row when it has one or one of
-    the :data:`CAPACITY` is free (first come, in key order), else ``other``."""
-    stored: dict[tuple[int, str, str], set[str]] = defaultdict(set)
-    for s, a, d, v in SegmentAggregate.objects.filter(
-        stage_id__in={k[0] for k in keys}
-    ).values_list("stage_id", "arm", "dimension", "value"):
-        stored[(s, a, d)].add(v)
+    the :data:`CAPACITY` is free (first come, in key order), else ``other``. The stored
+    values are read only for the groups with a value this process has not seen stored while
+    the group had room (:data:`_seen`)."""
+    if len(_seen) > 10_000:
+        _seen.clear()  # bounded, whatever the number of stages
+    unknown = {key[:3] for key in keys if key[3] != OTHER and _unseen(key[:3], key[3])}
+    if unknown:
+        found: dict[tuple[int, str, str], set[str]] = {group: set() for group in unknown}
+        for s, a, d, v in SegmentAggregate.objects.filter(
+            stage_id__in={g[0] for g in unknown}, dimension__in={g[2] for g in unknown}
+        ).values_list("stage_id", "arm", "dimension", "value"):
+            if (s, a, d) in found:
+                found[(s, a, d)].add(v)
+        for group, values in found.items():
+            _seen[group] = (frozenset(values), len(values - {OTHER}) >= CAPACITY)
+    stored = {group: set(_seen[group][0]) for group in {key[:3] for key in keys} if group in _seen}
+    taken = {group: len(values - {OTHER}) for group, values in stored.items()}
     place: dict[Key, Key] = {}
     for key in sorted(keys):
         group, value = key[:3], key[3]
-        have = stored[group]
-        if value not in have and value != OTHER:
-            if len(have - {OTHER}) >= CAPACITY:
+        if value != OTHER and value not in stored.setdefault(group, set()):
+            if taken.get(group, 0) >= CAPACITY:
                 value = OTHER
             else:
-                have.add(value)
+                stored[group].add(value)
+                taken[group] = taken.get(group, 0) + 1
         place[key] = (*group, value)
     return place
+
+
+# Per process, each (stage, arm, dimension)'s values as last read (the ones with rows), and
+# whether the group was full (:data:`CAPACITY` values). A row lives as long as its stage, so
+# a value seen stored stays stored and a full group stays full: a batch whose values were all
+# seen stored, or whose groups were seen full, is placed without reading. (The rows a batch
+# creates are read by the next batch that needs them.)
+_seen: dict[tuple[int, str, str], tuple[frozenset[str], bool]] = {}
+
+
+def _unseen(group: tuple[int, str, str], value: str) -> bool:
+    seen = _seen.get(group)
+    return seen is None or (value not in seen[0] and not seen[1])
 
 
 def merge_segments(deltas: Mapping[Key, ArmAggregates]) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from migrations_app.guardrails.segments import OTHER
 from migrations_app.guardrails.stats import ArmAggregates
@@ -122,6 +124,41 @@ def test_many_distinct_tenants_stay_bounded(tenants: int) -> None:
     summed = ArmAggregates.merge(aggregation.from_json(r.data) for r in rows)
     assert summed.requests == population.requests == tenants
     assert summed.error_clusters.units == tenants
+
+
+def test_placement_reads_only_what_it_has_not_seen() -> None:
+    """A process remembers the values it has read stored and the groups it has read full, and
+    places a batch of those without reading: as a fresh read would, also after another
+    process filled a group the first one last saw with room."""
+    plan = segmented_plan()
+    tenants = [f"t{i:03d}" for i in range(CAPACITY)]
+    assert ingest_events(*(outcome(plan, segments={"tenant": t}) for t in tenants)).stored
+    assert ingest_events(outcome(plan, segments={"tenant": "late"})).stored == 1  # reads: full
+
+    def placement_reads(*events: dict[str, Any]) -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert ingest_events(*events).stored == len(events)
+        return sum('FROM "migrations_app_segmentaggregate"' in q["sql"] for q in queries)
+
+    seen = [outcome(plan, segments={"tenant": t, "lang": "ja"}) for t in ("t001", "later")]
+    assert placement_reads(*seen) == 1  # the lang group is new to it, and has no rows yet
+    # ja's row was made by that batch: read once, then known.
+    assert placement_reads(outcome(plan, segments={"tenant": "newer", "lang": "ja"})) == 1
+    assert placement_reads(outcome(plan, segments={"tenant": "newest", "lang": "ja"})) == 0
+    # Another process fills the lang group this one last read with one value.
+    stage = plan.current_stage
+    SegmentAggregate.objects.bulk_create(
+        SegmentAggregate(stage=stage, arm="control", dimension="lang", value=f"x{i:03d}")
+        for i in range(CAPACITY - 1)
+    )
+    assert placement_reads(outcome(plan, segments={"lang": "zz"})) == 1
+    rows = SegmentAggregate.objects.filter(stage=stage, arm="control")
+    assert rows.filter(dimension="lang").count() == CAPACITY + 1  # ja, x..., other (zz)
+    assert rows.get(dimension="lang", value=OTHER).requests == 1
+    tenant = {r.value: r.requests for r in rows.filter(dimension="tenant")}
+    assert len(tenant) == CAPACITY + 1
+    assert tenant[OTHER] == 4  # late, later, newer, newest
+    assert tenant["t001"] == 2
 
 
 # --- feedback and metric values count in their outcome's segments --------------------------
