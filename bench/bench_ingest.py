@@ -339,7 +339,12 @@ def main() -> None:
     )
     print(f"POST /api/v1/outcomes   {api:10,.0f} events/s   ({elapsed:.2f} s)")
     print(f"raw COPY (ceiling)      {ceiling:10,.0f} rows/s   ({copied:,} rows as stored)")
-    print(f"ingest / COPY           {api / ceiling:10.0%}   (goals: >= 20,000 events/s, >= 25 %)")
+    goals = (
+        ">= 15,000 events/s"  # issues 15 and 16, beside COPY in the same run
+        if names or opts.segments
+        else ">= 20,000 events/s, >= 25 %"
+    )
+    print(f"ingest / COPY           {api / ceiling:10.0%}   (goals: {goals})")
     per_batch = 1000 / len(bodies)
     print(
         f"CPU per batch of {BATCH}: web workers {web_cpu * per_batch:.1f} ms,"
