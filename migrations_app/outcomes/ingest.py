@@ -228,7 +228,7 @@ def _targeting(event: Mapping[str, Any], stage_id: int | None, info: PlanInfo) -
     return cohort, str(uncounted)
 
 
-_gc_owner: list[int] = []  # the thread that paused the collector, while one has
+_gc_paused = False  # whether an ingest paused the collector and has not resumed it yet
 _gc_lock = threading.Lock()
 
 
@@ -238,21 +238,22 @@ def collector_paused() -> Iterator[None]:
     thousands of short-lived tuples (a few per event and per row), each allocation counting
     towards a young-generation collection that walks them all again: ~10 ms of a batch's
     ~55 ms with segments (in-process, bench/bench_ingest.py's events). Nothing the batch makes
-    is cyclic garbage that must go sooner. The thread that paused it resumes it; a thread
-    that finds it already paused (another ingest in the same process, or someone else's
-    pause) leaves it alone. Once resumed, the next allocation collects the young generation
-    as usual, so garbage from other work is still collected between batches."""
+    is cyclic garbage that must go sooner. The ingest that paused it resumes it; one that
+    finds it already paused (another ingest in the same process, or someone else's pause)
+    leaves it alone. Once resumed, the next allocation collects the young generation as
+    usual, so garbage from other work is still collected between batches."""
+    global _gc_paused
     with _gc_lock:
-        mine = not _gc_owner and gc.isenabled()
+        mine = not _gc_paused and gc.isenabled()
         if mine:
-            _gc_owner.append(threading.get_ident())
+            _gc_paused = True
             gc.disable()
     try:
         yield
     finally:
         if mine:
             with _gc_lock:
-                _gc_owner.clear()
+                _gc_paused = False
                 gc.enable()
 
 
