@@ -275,16 +275,17 @@ class PlanView(_PlansAPI):
         # applied: it is applied only to that version (the caller's, or else the one read), so
         # an edit landing in between is never written back over. Without the caller's version,
         # the patch is merged again into the plan as it now is.
-        for attempt in range(_PATCH_ATTEMPTS):
+        attempts = 1 if expected is not None else _PATCH_ATTEMPTS
+        while True:
             merged = merge_patch(plan_document(plan), patch)
             merged["expected_version"] = plan.version if expected is None else expected
             try:
                 return self.apply(request, key, _document(merged), dry_run=dry_run)
             except VersionConflict:
-                if expected is not None or attempt == _PATCH_ATTEMPTS - 1:
+                attempts -= 1
+                if not attempts:
                     raise
                 plan = _plan_for(request, key)
-        raise AssertionError("unreachable")
 
     def delete(self, request: Request, key: str) -> Response:
         expected = _version_param(request)
