@@ -163,7 +163,11 @@ def _placement(keys: set[Key]) -> dict[Key, Key]:
     the group had room (:data:`_seen`)."""
     if len(_seen) > 10_000:
         _seen.clear()  # bounded, whatever the number of stages
-    unknown = {key[:3] for key in keys if key[3] != OTHER and _unseen(key[:3], key[3])}
+    # This batch's own view of its groups: a web process's other threads share _seen and may
+    # clear it between two lookups (a group gone from it would be placed as if empty, past
+    # the capacity, or be a KeyError).
+    known = {key[:3]: _seen.get(key[:3]) for key in keys}
+    unknown = {key[:3] for key in keys if key[3] != OTHER and _unseen(known[key[:3]], key[3])}
     if unknown:
         found: dict[tuple[int, str, str], set[str]] = {group: set() for group in unknown}
         for s, a, d, v in SegmentAggregate.objects.filter(
@@ -172,8 +176,8 @@ def _placement(keys: set[Key]) -> dict[Key, Key]:
             if (s, a, d) in found:
                 found[(s, a, d)].add(v)
         for group, values in found.items():
-            _seen[group] = (frozenset(values), len(values - {OTHER}) >= CAPACITY)
-    stored = {group: set(_seen[group][0]) for group in {key[:3] for key in keys} if group in _seen}
+            known[group] = _seen[group] = (frozenset(values), len(values - {OTHER}) >= CAPACITY)
+    stored = {group: set(view[0]) for group, view in known.items() if view is not None}
     taken = {group: len(values - {OTHER}) for group, values in stored.items()}
     place: dict[Key, Key] = {}
     for key in sorted(keys):
@@ -196,8 +200,7 @@ def _placement(keys: set[Key]) -> dict[Key, Key]:
 _seen: dict[tuple[int, str, str], tuple[frozenset[str], bool]] = {}
 
 
-def _unseen(group: tuple[int, str, str], value: str) -> bool:
-    seen = _seen.get(group)
+def _unseen(seen: tuple[frozenset[str], bool] | None, value: str) -> bool:
     return seen is None or (value not in seen[0] and not seen[1])
 
 
