@@ -1,22 +1,17 @@
-"""``make demo`` in its fast form (``python -m controlplane.demo --fast``), as a newcomer runs it:
-the stack the launcher starts (web, stream, worker, beat) against the test database, the
-provider simulator as a subprocess, and the demo's application sending requests through
-``client.complete()``. The plan must go through shadow (pairs the workers compared), into the
-A/B split, and be rolled back by the engine on its own once the candidate's simulator profile
-regresses; the page must reach the demo's webhook receiver."""
+"""``make demo`` in its fast form (tests/fast_demo.py), the regression story: the plan must go
+through shadow (pairs the workers compared), into the A/B split, and be rolled back by the
+engine on its own once the candidate's simulator profile regresses; the page must reach the
+demo's webhook receiver. The quality stories are in test_demo_quality*.py (a file per story:
+pytest-xdist runs a file on one worker, and each story takes a minute or more)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from migrations_app.models import (
     AuditEvent,
-    JudgeLabel,
-    MetricValue,
     MigrationPlan,
     PlanStage,
     PlanStatus,
@@ -24,44 +19,9 @@ from migrations_app.models import (
     ShadowSample,
     ShadowStatus,
 )
-from tests.conftest import ARTIFACTS, ROOT, free_port, subprocess_env
+from tests.fast_demo import run_fast_demo
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
-
-# How long a broken build may hang before failing: the demo gives up by itself after
-# PATIENCE_SECONDS (exit 1, saying where the plan was), the test waits a little longer for it
-# to stop its processes. Not a speed assertion: a healthy run needs a fraction of this.
-PATIENCE_SECONDS = 420
-
-
-def run_fast_demo(data_dir: Path, story: str = "regression") -> str:
-    env = subprocess_env(
-        {
-            "TURNOUT_PORT": str(free_port()),
-            "TURNOUT_STREAM_PORT": str(free_port()),
-            "TURNOUT_DATA_DIR": str(data_dir),
-            "TURNOUT_ADMIN_PASSWORD": "pw-demo",
-        }
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "controlplane.demo", "--story", story, "--fast", "--patience",
-         str(PATIENCE_SECONDS)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        out, _ = proc.communicate(timeout=PATIENCE_SECONDS + 90)
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        out, _ = proc.communicate(timeout=60)
-        pytest.fail(f"the demo did not stop after {PATIENCE_SECONDS + 90} s:\n{out[-4000:]}")
-    ARTIFACTS.mkdir(exist_ok=True)
-    (ARTIFACTS / f"demo-fast-{story}.log").write_text(out)
-    stack_log = data_dir / "demo-stack.log"
-    assert proc.returncode == 0, (
-        f"the demo exited with {proc.returncode}:\n{out[-4000:]}\n--- stack log tail ---\n"
-        + (stack_log.read_text()[-3000:] if stack_log.exists() else "(none)")
-    )
-    return out
 
 
 def test_the_demo_shadows_splits_and_the_engine_rolls_it_back(tmp_path: Path) -> None:
@@ -108,50 +68,3 @@ def test_the_demo_shadows_splits_and_the_engine_rolls_it_back(tmp_path: Path) ->
     assert "plan demo-chat: A/B split" in out
     assert "REGRESSION" in out
     assert "PAGE CRITICAL: demo-chat rolled_back" in out
-
-
-def test_the_quality_story_is_held_in_shadow_on_the_judge(tmp_path: Path) -> None:
-    """``make demo STORY=quality``: a faster, cheaper candidate that answers worse in one case
-    in five is held in shadow by the judge's guardrail once the labels people gave (through the
-    labelling API) let it act; no user is ever served by it."""
-    out = run_fast_demo(tmp_path, "quality")
-    plan, verdicts = stopped_on_quality("demo-quality", "pause", "shadow")
-    assert plan.status == PlanStatus.PAUSED
-    assert verdicts["judge_preference"]["status"] == "regressed", verdicts
-    assert verdicts["judge_preference"]["upper"] < -0.05
-    assert JudgeLabel.objects.filter(plan=plan).count() >= 30
-    assert not AuditEvent.objects.filter(plan=plan, action="advance").exists()
-    # The pairs were compared for real: the candidate's wrong answers are fluent, not errors.
-    done = ShadowSample.objects.filter(plan=plan, status=ShadowStatus.DONE, candidate__error=None)
-    assert done.exclude(candidate__text__startswith="You said: ").exists()
-    assert done.filter(candidate__text__startswith="You said: ").exists()
-    assert "the judge's guardrail may now act" in out
-    assert "PAGE ERROR: demo-quality paused" in out
-
-
-def test_the_quality_story_without_shadow_is_rolled_back_on_task_completed(
-    tmp_path: Path,
-) -> None:
-    """``make demo STORY=quality-split``: the same candidate on a plan that starts with the A/B
-    split and has no judge: the application's task_completed (client.metric()) rolls it
-    back."""
-    out = run_fast_demo(tmp_path, "quality-split")
-    _, verdicts = stopped_on_quality("demo-quality-split", "rollback", "ab_split")
-    assert verdicts["task_completed"]["status"] == "regressed", verdicts
-    assert verdicts["task_completed"]["upper"] < -0.03
-    assert "PAGE CRITICAL: demo-quality-split rolled_back" in out
-
-
-def stopped_on_quality(key: str, action: str, stage: str) -> tuple[MigrationPlan, dict]:
-    """The plan the engine stopped (``action`` in ``stage``), and its guardrails' verdicts then:
-    never errors, latency or cost (the candidate is as reliable, faster and cheaper)."""
-    plan = MigrationPlan.objects.get(key=key)
-    stop = AuditEvent.objects.filter(plan=plan, action__in=("pause", "rollback")).get()
-    assert (stop.actor_kind, stop.action) == ("engine", action)
-    assert stop.evidence["stage"]["kind"] == stage, stop.evidence["stage"]
-    verdicts = {g["metric"]: g["verdict"] for g in stop.evidence["guardrails"]}
-    for metric in ("error_rate", "latency_p95", "cost_per_request"):
-        assert verdicts[metric]["status"] != "regressed", verdicts[metric]
-    # The application reported task_completed through client.metric().
-    assert MetricValue.objects.filter(plan=plan, name="task_completed").exists()
-    return plan, verdicts
