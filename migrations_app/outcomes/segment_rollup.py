@@ -20,6 +20,7 @@ values are placed as their outcome's value was: its own row when it has one, els
 
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import fields, replace
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from django.db import connection
 
 from migrations_app.guardrails.segments import MAX_TOP_K, OTHER
 from migrations_app.guardrails.stats import ArmAggregates, ClusterSums, MetricSums
@@ -169,6 +171,7 @@ def _placement(keys: set[Key]) -> dict[Key, Key]:
     known = {key[:3]: _seen.get(key[:3]) for key in keys}
     unknown = {key[:3] for key in keys if key[3] != OTHER and _unseen(known[key[:3]], key[3])}
     if unknown:
+        _lock_groups(unknown)
         found: dict[tuple[int, str, str], set[str]] = {group: set() for group in unknown}
         for s, a, d, v in SegmentAggregate.objects.filter(
             stage_id__in={g[0] for g in unknown}, dimension__in={g[2] for g in unknown}
@@ -198,6 +201,27 @@ def _placement(keys: set[Key]) -> dict[Key, Key]:
 # seen stored, or whose groups were seen full, is placed without reading. (The rows a batch
 # creates are read by the next batch that needs them.)
 _seen: dict[tuple[int, str, str], tuple[frozenset[str], bool]] = {}
+
+
+def _lock_groups(groups: set[tuple[int, str, str]]) -> None:
+    """Serialise the batches that place values in the same groups with room, until they
+    commit: each reads the values the others stored, so a group never gets more than
+    :data:`CAPACITY` rows of its own whatever the number of batches in flight. A transaction
+    advisory lock per group (by a CRC of its key: two groups sharing one only wait for each
+    other), taken in key order after the unit totals and before the window rows, so every
+    ingest transaction takes its locks in the same order. Only while groups fill up: a
+    batch of values already seen stored, or of full groups, takes none. (SQLite, the embedded
+    mode, runs one writer at a time.)"""
+    if connection.vendor != "postgresql":
+        return
+    keys = sorted({zlib.crc32(f"{s}\x00{a}\x00{d}".encode()) - 2**31 for s, a, d in groups})
+    with connection.cursor() as cursor:
+        for key in keys:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_SPACE, key])
+
+
+# The first key of the placement locks (pg_advisory_xact_lock's two-int form): "SEG".
+_LOCK_SPACE = 0x534547
 
 
 def _unseen(seen: tuple[frozenset[str], bool] | None, value: str) -> bool:

@@ -2,11 +2,11 @@
 promises, at most CAPACITY values with rows of their own per stage, arm and dimension (plus
 ``other``), under two batches of the same stage in flight at once.
 
-Placement reads the stored values before the batch takes any aggregate row lock, so two
-batches of different units that place new values at the same moment each see the group with
-room and each fill it: the group ends with up to CAPACITY rows per batch in flight (measured
-against gunicorn, 2 workers x 4 threads, 8 clients: 300 rows for CAPACITY 100, before and
-after c02b9f5 alike). The test overlaps two batches deterministically: the first waits after
+Placement read the stored values before the batch took any lock, so two batches of different
+units that placed new values at the same moment each saw the group with room and each filled
+it: up to CAPACITY rows per batch in flight (measured against gunicorn, 2 workers x 4
+threads, 8 clients: 300 rows for CAPACITY 100). Batches placing values in a group with room
+now hold a lock per group until they commit (segment_rollup._lock_groups). The test overlaps two batches deterministically: the first waits after
 its placement until the second has committed or waits on a lock the first holds, whatever
 the machine's speed.
 """
@@ -33,11 +33,6 @@ def _ingest(events: list[dict[str, Any]]) -> Any:
     return ingest.outcomes_ingest(identity=Everyone(), payload={"events": events})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="placement is not serialised: two batches in flight each fill the group (reported "
-    "by review-ingest; remove this mark once placement happens under a lock per group)",
-)
 def test_two_batches_placing_new_values_at_once_keep_the_group_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
