@@ -48,10 +48,12 @@ bench-deps: install
 		echo "warning: wrk missing and not root: bench/bench_server.py needs it"
 
 # The suite runs on two pytest-xdist workers (the machine's two cores), a file per worker at a
-# time (the simulations' module fixtures are computed once); each worker has its own test
-# database, Redis database and ports (tests/conftest.py). WORKERS=1 runs it in one process.
+# time (the simulations' module fixtures are computed once), the files with the longest tests
+# first (tests/conftest.py orders them; --no-loadscope-reorder keeps that order instead of
+# xdist's by number of tests); each worker has its own test database, Redis database and ports
+# (tests/conftest.py). WORKERS=1 runs it in one process.
 WORKERS ?= 2
-XDIST = $(if $(filter-out 0 1,$(WORKERS)),-n $(WORKERS) --dist loadfile)
+XDIST = $(if $(filter-out 0 1,$(WORKERS)),-n $(WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # The 40 slowest tests are listed at the end of each run: where the suite's time goes.
 test: install system-deps lint

@@ -84,6 +84,31 @@ def pytest_xdist_setupnodes(config: pytest.Config, specs: list[Any]) -> None:
         spec.env["REDIS_URL"] = worker_redis_url(url, int(spec.id.removeprefix("gw")))
 
 
+#: A test's rough cost by its marks, to order the files under pytest-xdist (below): a `slow`
+#: simulation takes tens of seconds, a `live` test (processes started) several, any other a
+#: fraction of one.
+_MARK_COST = {"slow": 30.0, "live": 8.0}
+_PLAIN_COST = 0.2
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the files with the longest tests first. ``--dist loadfile`` hands
+    a worker a whole file at a time, in the order collected (``--no-loadscope-reorder``: by
+    default it orders files by their number of tests, which put the few-but-long simulation
+    and demo files last, and one of them kept a worker busy for minutes after the other had
+    run out of files). Longest first, the many short files even the workers out at the end.
+    Runs after pytest-django's ordering; a file's own tests keep their order (a stable sort
+    by file)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    cost: dict[str, float] = {}
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        marks = [_MARK_COST[m.name] for m in item.iter_markers() if m.name in _MARK_COST]
+        cost[path] = cost.get(path, 0.0) + max(marks, default=_PLAIN_COST)
+    items.sort(key=lambda item: -cost[item.nodeid.split("::", 1)[0]])
+
+
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a server or worker that must see the test database."""
     from django.conf import settings
