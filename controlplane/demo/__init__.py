@@ -21,7 +21,7 @@ The package, one file per part:
   the engine rolls it back). A second story is a new module there, named in
   ``stories.STORIES``.
 
-``--fast`` (tests/test_demo.py) runs a story's short timings and exits 0 once the story's end
+``--fast`` (tests/test_demo*.py) runs a story's short timings and exits 0 once the story's end
 has come (1 if it has not within ``--patience`` seconds). The stack's own output goes to
 ``<TURNOUT_DATA_DIR>/demo-stack.log`` (``var/`` by default).
 """

@@ -23,7 +23,7 @@ answers:
   rolls it back in the split.
 
 Timeline with the default timings: see the README ("make demo STORY=quality"). ``--fast``
-(tests/test_demo.py) evaluates every 2 s and is done once the engine has paused or rolled back
+(tests/test_demo_quality*.py) evaluates every 2 s and is done once the engine has paused or rolled back
 the plan and the page has arrived.
 """
 
