@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
 from typing import Any
 
@@ -81,10 +82,18 @@ def test_500_samples_compared_once_each_through_a_worker_killed_mid_run(
             assert eventually(
                 lambda: ShadowSample.objects.filter(status=ShadowStatus.DONE).count() >= 40, 60
             )
+            # Calls from now on take seconds: once the fast ones begun before have ended, a
+            # sample still running is a call in flight when the kill comes (a batch can end
+            # between two looks at 120 ms a call, and the kill then hit none).
+            sim.set_profile(CANDIDATE, {"latency_median_ms": 8000, "latency_p95_ms": 9000})
+            time.sleep(1.0)
+            running = ShadowSample.objects.filter(status=ShadowStatus.RUNNING)
+            assert eventually(running.exists, 30)
             os.kill(first.pid, signal.SIGKILL)
             first.wait()
         killed_at_done = ShadowSample.objects.filter(status=ShadowStatus.DONE).count()
         assert killed_at_done < SAMPLES
+        sim.set_profile(CANDIDATE, {"latency_median_ms": 120, "latency_p95_ms": 200})
 
         with worker("shadow-worker-2.log"):
 
