@@ -176,31 +176,30 @@ def _placement(keys: set[Key]) -> dict[Key, Key]:
         for s, a, d, v in SegmentAggregate.objects.filter(
             stage_id__in={g[0] for g in unknown}, dimension__in={g[2] for g in unknown}
         ).values_list("stage_id", "arm", "dimension", "value"):
-            if (s, a, d) in found:
+            if (s, a, d) in found and v != OTHER:
                 found[(s, a, d)].add(v)
         for group, values in found.items():
-            known[group] = _seen[group] = (frozenset(values), len(values - {OTHER}) >= CAPACITY)
-    stored = {group: set(view[0]) for group, view in known.items() if view is not None}
-    taken = {group: len(values - {OTHER}) for group, values in stored.items()}
+            known[group] = _seen[group] = frozenset(values)
+    stored = {group: set(values or ()) for group, values in known.items()}
     place: dict[Key, Key] = {}
     for key in sorted(keys):
         group, value = key[:3], key[3]
-        if value != OTHER and value not in stored.setdefault(group, set()):
-            if taken.get(group, 0) >= CAPACITY:
+        have = stored[group]
+        if value != OTHER and value not in have:
+            if len(have) >= CAPACITY:
                 value = OTHER
             else:
-                stored[group].add(value)
-                taken[group] = taken.get(group, 0) + 1
+                have.add(value)
         place[key] = (*group, value)
     return place
 
 
-# Per process, each (stage, arm, dimension)'s values as last read (the ones with rows), and
-# whether the group was full (:data:`CAPACITY` values). A row lives as long as its stage, so
-# a value seen stored stays stored and a full group stays full: a batch whose values were all
-# seen stored, or whose groups were seen full, is placed without reading. (The rows a batch
+# Per process, each (stage, arm, dimension)'s values with rows of their own, as last read
+# (``other`` aside). A row lives as long as its stage, so a value seen stored stays stored
+# and a full group (:data:`CAPACITY` values) stays full: a batch whose values were all seen
+# stored, or whose groups were seen full, is placed without reading. (The rows a batch
 # creates are read by the next batch that needs them.)
-_seen: dict[tuple[int, str, str], tuple[frozenset[str], bool]] = {}
+_seen: dict[tuple[int, str, str], frozenset[str]] = {}
 
 
 def _lock_groups(groups: set[tuple[int, str, str]]) -> None:
@@ -224,8 +223,8 @@ def _lock_groups(groups: set[tuple[int, str, str]]) -> None:
 _LOCK_SPACE = 0x534547
 
 
-def _unseen(seen: tuple[frozenset[str], bool] | None, value: str) -> bool:
-    return seen is None or (value not in seen[0] and not seen[1])
+def _unseen(seen: frozenset[str] | None, value: str) -> bool:
+    return seen is None or (value not in seen and len(seen) < CAPACITY)
 
 
 def merge_segments(deltas: Mapping[Key, ArmAggregates]) -> None:
