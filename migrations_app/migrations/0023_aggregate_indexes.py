@@ -7,25 +7,21 @@ import django.db.models.deletion
 from django.db import migrations, models
 
 
+# The name Django gave it (schema_editor._create_index_name for the pattern-ops copy).
+_LIKE_INDEX = "migrations_app_outcome_event_id_9e161331_like"
+
+
 def _drop_outcome_like_index(apps, schema_editor):
-    if schema_editor.connection.vendor != "postgresql":
-        return
-    with schema_editor.connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT indexname FROM pg_indexes WHERE tablename = 'migrations_app_outcome'"
-            " AND indexdef LIKE '%%varchar_pattern_ops%%'"
-        )
-        for (name,) in cursor.fetchall():
-            cursor.execute(f'DROP INDEX IF EXISTS "{name}"')
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(f'DROP INDEX IF EXISTS "{_LIKE_INDEX}"')
 
 
 def _create_outcome_like_index(apps, schema_editor):
-    if schema_editor.connection.vendor != "postgresql":
-        return
-    schema_editor.execute(
-        "CREATE INDEX IF NOT EXISTS migrations_app_outcome_event_id_9e161331_like"
-        " ON migrations_app_outcome (event_id varchar_pattern_ops)"
-    )
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(
+            f'CREATE INDEX IF NOT EXISTS "{_LIKE_INDEX}"'
+            " ON migrations_app_outcome (event_id varchar_pattern_ops)"
+        )
 
 
 class Migration(migrations.Migration):
