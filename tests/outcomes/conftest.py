@@ -38,6 +38,18 @@ def split_plan(key: str | None = None) -> MigrationPlan:
     return started_plan(key, advances=1)  # shadow -> A/B split
 
 
+def segmented_plan(*dimensions: str) -> MigrationPlan:
+    """A plan in its A/B split with these segment dimensions (ingest's plan cache forgotten, so
+    the next batch reads them)."""
+    from migrations_app.outcomes import ingest
+
+    plan = split_plan()
+    MigrationPlan.objects.filter(pk=plan.pk).update(segment_dimensions=list(dimensions))
+    plan.refresh_from_db()
+    ingest._plan_cache.clear()
+    return plan
+
+
 def outcome(plan: MigrationPlan, **fields: Any) -> dict[str, Any]:
     event = {
         "id": uuid.uuid4().hex,

@@ -30,7 +30,8 @@ from migrations_app.models import (
 )
 from migrations_app.outcomes import aggregation, feedback, ingest, metric_values, store
 from migrations_app.outcomes.segment_rollup import CAPACITY, stage_segments
-from tests.outcomes.conftest import Everyone, outcome, split_plan
+from tests.outcomes import conftest
+from tests.outcomes.conftest import Everyone, outcome
 
 pytestmark = pytest.mark.django_db
 
@@ -42,11 +43,7 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
 
 
 def segmented_plan() -> MigrationPlan:
-    plan = split_plan()
-    MigrationPlan.objects.filter(pk=plan.pk).update(segment_dimensions=["tenant", "lang"])
-    plan.refresh_from_db()
-    ingest._plan_cache.clear()
-    return plan
+    return conftest.segmented_plan("tenant", "lang")
 
 
 def ingest_events(*events: dict[str, Any]) -> Any:

@@ -1,4 +1,4 @@
-"""Review of the segment placement (segment_rollup._placement, c02b9f5): the bound the module
+"""The segment placement (segment_rollup._placement): the bound the module
 promises, at most CAPACITY values with rows of their own per stage, arm and dimension (plus
 ``other``), under two batches of the same stage in flight at once.
 
@@ -21,10 +21,10 @@ import pytest
 from django.db import connection
 
 from migrations_app.guardrails.segments import OTHER
-from migrations_app.models import MigrationPlan, SegmentAggregate
+from migrations_app.models import SegmentAggregate
 from migrations_app.outcomes import ingest, segment_rollup
 from migrations_app.outcomes.segment_rollup import CAPACITY
-from tests.outcomes.conftest import Everyone, outcome, split_plan
+from tests.outcomes.conftest import Everyone, outcome, segmented_plan
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,10 +36,7 @@ def _ingest(events: list[dict[str, Any]]) -> Any:
 def test_two_batches_placing_new_values_at_once_keep_the_group_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    plan = split_plan()
-    MigrationPlan.objects.filter(pk=plan.pk).update(segment_dimensions=["tenant"])
-    plan.refresh_from_db()
-    ingest._plan_cache.clear()
+    plan = segmented_plan("tenant")
     # Each batch: CAPACITY new tenants, units of its own (no unit-totals row in common).
     first = [outcome(plan, segments={"tenant": f"a{i:03d}"}) for i in range(CAPACITY)]
     second = [outcome(plan, segments={"tenant": f"b{i:03d}"}) for i in range(CAPACITY)]

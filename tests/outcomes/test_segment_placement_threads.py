@@ -1,4 +1,4 @@
-"""Review of the per-process placement cache (segment_rollup._seen, c02b9f5): a web process's
+"""The per-process placement cache (segment_rollup._seen): a web process's
 threads share it, and one of them may clear it (past 10,000 groups) while another places a
 batch. The batch must place from its own view of its groups: a full group whose entry another
 thread dropped between the read and the placement was placed as if empty (a row of its own
@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from migrations_app.guardrails.segments import OTHER
-from migrations_app.models import MigrationPlan, SegmentAggregate
+from migrations_app.models import SegmentAggregate
 from migrations_app.outcomes import ingest, segment_rollup
 from migrations_app.outcomes.segment_rollup import CAPACITY
-from tests.outcomes.conftest import Everyone, outcome, split_plan
+from tests.outcomes.conftest import Everyone, outcome, segmented_plan
 
 pytestmark = pytest.mark.django_db
 
@@ -31,10 +31,7 @@ class _ClearedByAnotherThread(dict[Any, Any]):
 def test_a_full_group_stays_full_when_another_thread_clears_the_cache(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    plan = split_plan()
-    MigrationPlan.objects.filter(pk=plan.pk).update(segment_dimensions=["tenant"])
-    plan.refresh_from_db()
-    ingest._plan_cache.clear()
+    plan = segmented_plan("tenant")
     events = [outcome(plan, segments={"tenant": f"t{i:03d}"}) for i in range(CAPACITY)]
     assert ingest.outcomes_ingest(identity=Everyone(), payload={"events": events}).stored
 
