@@ -249,3 +249,18 @@ class SegmentAggregate(models.Model):
 
     def __str__(self) -> str:
         return f"{self.stage_id}/{self.arm}/{self.dimension}={self.value}"
+
+
+class PendingSegments(models.Model):
+    """What one ingest transaction adds to one stage's segments, not yet folded into its
+    SegmentAggregate rows: the segmented outcomes, feedback and metric values and their units'
+    moves, packed (outcomes/segment_rollup.py). Ingest writes one row per batch and stage
+    instead of rewriting hundreds of segment rows; a fold, at most about once a second per
+    web process and before every read of the segments, sums them into the rows and deletes
+    them in one transaction."""
+
+    stage = models.ForeignKey(PlanStage, on_delete=models.CASCADE, related_name="+")
+    data = models.BinaryField()
+
+    def __str__(self) -> str:
+        return f"{self.stage_id}/{self.pk}"

@@ -101,17 +101,16 @@ def aggregate(
     metric_windows, metric_units = metric_rollup.arm_deltas(values)
     for wkey, items in metric_windows.items():
         deltas[wkey].extend(items)
-    segments = segment_rollup.segment_deltas(
-        outcomes, feedback, metric_values, units=unit_moves, metric_units=metric_units
-    )
     window_deltas = {key: ArmAggregates.merge(items) for key, items in deltas.items()}
     _merge_windows(window_deltas)
     stage_deltas: dict[tuple[int, str], list[ArmAggregates]] = defaultdict(list)
     for (stage_id, _, arm), delta in window_deltas.items():
         stage_deltas[(stage_id, arm)].append(delta)
     _merge_stages({key: ArmAggregates.merge(items) for key, items in stage_deltas.items()})
-    # After the stage rows: one lock order (unit totals, windows, stages, segments).
-    segment_rollup.merge_segments(segments)
+    # The segments' part waits for a fold (segment_rollup.py): no segment row is locked here.
+    segment_rollup.queue(
+        outcomes, feedback, metric_values, units=unit_moves, metric_units=metric_units
+    )
 
 
 _UNIT_FIELDS = tuple(name for name, _ in aggregation.UNIT_COLUMNS)

@@ -16,23 +16,37 @@ evaluation keeps the busiest ``top_k`` of the stored values and folds the rest i
 (guardrails/segments.py), so a plan sees at most ``top_k + 1`` segments per dimension and the
 table holds at most ``CAPACITY + 1`` rows per stage, arm and dimension. Late feedback and
 values are placed as their outcome's value was: its own row when it has one, else ``other``.
+
+Folded, not written per batch: an ingest transaction adds its segmented outcomes, feedback and
+metric values and their units' moves to one ``PendingSegments`` row per stage
+(:func:`queue`); :func:`fold` computes the segments' deltas from every pending row of a stage
+at once and adds them to the rows, deleting what it folded, in one transaction under the
+stage's lock. A busy stage's segment rows are then rewritten about once a second per web
+process (:data:`FOLD_SECONDS`, after an ingest commits) instead of on every batch, and the
+work per segment is done once per fold, not once per batch. Every read of the segments folds
+first (:func:`stage_segments`), so what the guardrails test is never behind what ingest
+stored. The sums are the same either way: deltas add, and a unit's moves telescope.
 """
 
 from __future__ import annotations
 
-import zlib
+import logging
+import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields, replace
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from django.db import connection
+import orjson
+from django.db import connection, transaction
 
 from migrations_app.guardrails.segments import MAX_TOP_K, OTHER
 from migrations_app.guardrails.stats import ArmAggregates, ClusterSums, MetricSums
-from migrations_app.models import SegmentAggregate
+from migrations_app.models import PendingSegments, SegmentAggregate
 from migrations_app.outcomes import aggregation, metric_rollup
 from migrations_app.outcomes.aggregation import OutcomeFacts
 from migrations_app.outcomes.event_checks import Invalid, unstorable_char
@@ -160,27 +174,16 @@ _FEEDBACK = ("feedback_n", "feedback_sum", "feedback_sum_sq")
 
 def _placement(keys: set[Key]) -> dict[Key, Key]:
     """Where each (stage, arm, dimension, value) adds: its own row when it has one or one of
-    the :data:`CAPACITY` is free (first come, in key order), else ``other``. The stored
-    values are read only for the groups with a value this process has not seen stored while
-    the group had room (:data:`_seen`)."""
-    if len(_seen) > 10_000:
-        _seen.clear()  # bounded, whatever the number of stages
-    # This batch's own view of its groups: a web process's other threads share _seen and may
-    # clear it between two lookups (a group gone from it would be placed as if empty, past
-    # the capacity, or be a KeyError).
-    known = {key[:3]: _seen.get(key[:3]) for key in keys}
-    unknown = {key[:3] for key in keys if key[3] != OTHER and _unseen(known[key[:3]], key[3])}
-    if unknown:
-        _lock_groups(unknown)
-        found: dict[tuple[int, str, str], set[str]] = {group: set() for group in unknown}
-        for s, a, d, v in SegmentAggregate.objects.filter(
-            stage_id__in={g[0] for g in unknown}, dimension__in={g[2] for g in unknown}
-        ).values_list("stage_id", "arm", "dimension", "value"):
-            if (s, a, d) in found and v != OTHER:
-                found[(s, a, d)].add(v)
-        for group, values in found.items():
-            known[group] = _seen[group] = frozenset(values)
-    stored = {group: set(values or ()) for group, values in known.items()}
+    the :data:`CAPACITY` is free (first come, in key order), else ``other``. Called by
+    :func:`fold` only, under its stage lock: no other fold places values in these groups
+    until it commits, so a group never gets more than :data:`CAPACITY` rows of its own."""
+    groups = {key[:3] for key in keys}
+    stored: dict[tuple[int, str, str], set[str]] = {group: set() for group in groups}
+    for s, a, d, v in SegmentAggregate.objects.filter(
+        stage_id__in={g[0] for g in groups}, dimension__in={g[2] for g in groups}
+    ).values_list("stage_id", "arm", "dimension", "value"):
+        if (s, a, d) in stored and v != OTHER:
+            stored[(s, a, d)].add(v)
     place: dict[Key, Key] = {}
     for key in sorted(keys):
         group, value = key[:3], key[3]
@@ -194,37 +197,202 @@ def _placement(keys: set[Key]) -> dict[Key, Key]:
     return place
 
 
-# Per process, each (stage, arm, dimension)'s values with rows of their own, as last read
-# (``other`` aside). A row lives as long as its stage, so a value seen stored stays stored
-# and a full group (:data:`CAPACITY` values) stays full: a batch whose values were all seen
-# stored, or whose groups were seen full, is placed without reading. (The rows a batch
-# creates are read by the next batch that needs them.)
-_seen: dict[tuple[int, str, str], frozenset[str]] = {}
+# A fold after an ingest commits: at most once per this many seconds per process and stage
+# (the rows are rewritten once per fold, whatever the number of batches it folds).
+FOLD_SECONDS = 1.0
+
+log = logging.getLogger(__name__)
 
 
-def _lock_groups(groups: set[tuple[int, str, str]]) -> None:
-    """Serialise the batches that place values in the same groups with room, until they
-    commit: each reads the values the others stored, so a group never gets more than
-    :data:`CAPACITY` rows of its own whatever the number of batches in flight. A transaction
-    advisory lock per group (by a CRC of its key: two groups sharing one only wait for each
-    other), taken in key order after the unit totals and before the window rows, so every
-    ingest transaction takes its locks in the same order. Only while groups fill up: a
-    batch of values already seen stored, or of full groups, takes none. (SQLite, the embedded
-    mode, runs one writer at a time.)"""
-    if connection.vendor != "postgresql":
+def queue(
+    outcomes: Sequence[tuple[int, OutcomeFacts]],
+    feedback: Sequence[tuple[int, OutcomeFacts, float]] = (),
+    metric_values: Sequence[tuple[int, OutcomeFacts, str, float]] = (),
+    *,
+    units: UnitMoves,
+    metric_units: metric_rollup.Moves | None = None,
+) -> None:
+    """Add what :func:`segment_deltas` would take (the segmented part of it) to the stages'
+    pending rows, in the caller's transaction, and fold them soon after it commits."""
+    parts: dict[int, dict[str, list[Any]]] = {}
+
+    def part(stage_id: int, facts: OutcomeFacts) -> dict[str, list[Any]]:
+        segmented.add((stage_id, facts.arm, facts.unit))
+        found = parts.get(stage_id)
+        if found is None:
+            found = parts[stage_id] = {name: [] for name in _PARTS}
+        return found
+
+    segmented: set[tuple[int, str, str]] = set()
+    for stage_id, f in outcomes:
+        if f.segments:
+            part(stage_id, f)["o"].append(
+                (f.arm, f.unit, f.latency_ms, f.ttft_ms, f.error, f.cost_usd, f.metrics, f.segments)
+            )
+    for stage_id, f, score in feedback:
+        if f.segments:
+            part(stage_id, f)["f"].append((f.arm, f.unit, f.segments, score))
+    for stage_id, f, name, value in metric_values:
+        if f.segments:
+            part(stage_id, f)["v"].append((f.arm, f.unit, f.segments, name, value))
+    if not parts:
         return
-    keys = sorted({zlib.crc32(f"{s}\x00{a}\x00{d}".encode()) - 2**31 for s, a, d in groups})
+    # The moves of the units with segment values here: the others are booked in no segment.
+    keys, old, new = units
+    moved = [i for i, key in enumerate(keys) if key in segmented]
+    for i, before, after in zip(moved, old[moved].tolist(), new[moved].tolist(), strict=True):
+        stage_id, arm, unit = keys[i]
+        parts[stage_id]["u"].append((arm, unit, before, after))
+    if metric_units is not None:
+        keys4, old, new = metric_units
+        moved = [i for i, key in enumerate(keys4) if key[:3] in segmented]
+        for i, before, after in zip(moved, old[moved].tolist(), new[moved].tolist(), strict=True):
+            stage_id, arm, unit, metric = keys4[i]
+            parts[stage_id]["m"].append((arm, unit, metric, before, after))
+    PendingSegments.objects.bulk_create(
+        [PendingSegments(stage_id=s, data=orjson.dumps(p)) for s, p in sorted(parts.items())]
+    )
+    transaction.on_commit(partial(_fold_soon, sorted(parts)), robust=True)
+
+
+# A pending row's parts: outcomes, feedback, metric values, unit moves, metric unit moves.
+_PARTS = ("o", "f", "v", "u", "m")
+
+
+def fold(stage_ids: Iterable[int], *, wait: bool = True) -> None:
+    """Add the stages' pending rows to their segment rows and delete them, in one transaction
+    under each stage's lock (taken in stage order), so each pending row is folded once and
+    the placement sees every value another fold placed. ``wait=False``: a stage another fold
+    holds is left to it (or to the next fold)."""
+    stages = sorted(set(stage_ids))
+    if not stages:
+        return
+    with transaction.atomic():
+        stages = [stage_id for stage_id in stages if _lock_stage(stage_id, wait)]
+        if not stages:
+            return
+        table = connection.ops.quote_name(PendingSegments._meta.db_table)
+        with connection.cursor() as cursor:
+            # DELETE first: on SQLite (the embedded mode) it takes the write lock that
+            # serialises folds, before the placement reads.
+            cursor.execute(
+                f"DELETE FROM {table} WHERE stage_id IN ({', '.join(['%s'] * len(stages))}) "
+                "RETURNING id, stage_id, data",
+                stages,
+            )
+            found = sorted(cursor.fetchall())
+        if found:
+            outcomes, feedback, values, units, metric_units = _unpack(
+                (stage_id, data) for _, stage_id, data in found
+            )
+            merge_segments(
+                segment_deltas(outcomes, feedback, values, units=units, metric_units=metric_units)
+            )
+
+
+def _fold_soon(stage_ids: Sequence[int]) -> None:
+    """After an ingest commits: fold the stages this process has not folded for
+    :data:`FOLD_SECONDS`, unless another fold holds them. Never fails the ingest (what is
+    not folded now is folded by the next fold or read)."""
+    now = time.monotonic()
+    if len(_folded) > 10_000:
+        _folded.clear()  # bounded, whatever the number of stages
+    due = [s for s in stage_ids if now - _folded.get(s, -FOLD_SECONDS) >= FOLD_SECONDS]
+    if not due:
+        return
+    for stage_id in due:
+        _folded[stage_id] = now
+    try:
+        fold(due, wait=False)
+    except Exception:
+        log.exception("segment fold failed for stages %s; the next fold or read retries", due)
+
+
+_folded: dict[int, float] = {}  # per process: when it last folded each stage
+
+
+def _lock_stage(stage_id: int, wait: bool) -> bool:
+    """The stage's fold lock until the transaction ends (PostgreSQL; SQLite runs one writer
+    at a time). ``wait=False``: only if no other fold holds it. (The DELETE alone would make a
+    second fold wait for the first's deleted rows; the lock says so, and lets an ingest's fold
+    leave a busy stage at once instead of waiting.)"""
+    if connection.vendor != "postgresql":
+        return True
     with connection.cursor() as cursor:
-        for key in keys:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_SPACE, key])
+        if wait:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_SPACE, _int4(stage_id)])
+            return True
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [_LOCK_SPACE, _int4(stage_id)])
+        return bool(cursor.fetchone()[0])
 
 
-# The first key of the placement locks (pg_advisory_xact_lock's two-int form): "SEG".
+# The first key of the fold locks (pg_advisory_xact_lock's two-int form): "SEG".
 _LOCK_SPACE = 0x534547
 
 
-def _unseen(seen: frozenset[str] | None, value: str) -> bool:
-    return seen is None or (value not in seen and len(seen) < CAPACITY)
+def _int4(value: int) -> int:
+    """A stage id as the lock's second int (two stages sharing one only wait for each other)."""
+    return (value + 2**31) % 2**32 - 2**31
+
+
+# The window of the outcomes a fold rebuilds: segments have none (only their stage's sums).
+_NO_WINDOW = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _unpack(rows: Iterable[tuple[int, Any]]) -> tuple[Any, ...]:
+    """The pending rows ``(stage, data)``, in the order they were written, as
+    :func:`segment_deltas`' arguments."""
+    outcomes: list[tuple[int, OutcomeFacts]] = []
+    feedback: list[tuple[int, OutcomeFacts, float]] = []
+    values: list[tuple[int, OutcomeFacts, str, float]] = []
+    unit_keys: list[tuple[int, str, str]] = []
+    unit_old: list[list[float]] = []
+    unit_new: list[list[float]] = []
+    metric_keys: list[tuple[int, str, str, str]] = []
+    metric_old: list[list[float]] = []
+    metric_new: list[list[float]] = []
+    for stage_id, data in rows:
+        part = orjson.loads(bytes(data))
+        for arm, unit, latency, ttft, error, cost, metrics, segments in part["o"]:
+            facts = OutcomeFacts(
+                arm, unit, _NO_WINDOW, latency, ttft, error, cost,
+                tuple((n, v) for n, v in metrics), tuple((d, v) for d, v in segments),
+            )  # fmt: skip
+            outcomes.append((stage_id, facts))
+        for arm, unit, segments, score in part["f"]:
+            feedback.append((stage_id, _joined(arm, unit, segments), score))
+        for arm, unit, segments, name, value in part["v"]:
+            values.append((stage_id, _joined(arm, unit, segments), name, value))
+        for arm, unit, before, after in part["u"]:
+            unit_keys.append((stage_id, arm, unit))
+            unit_old.append(before)
+            unit_new.append(after)
+        for arm, unit, metric, before, after in part["m"]:
+            metric_keys.append((stage_id, arm, unit, metric))
+            metric_old.append(before)
+            metric_new.append(after)
+    width = len(_NO_TOTALS_ROW)
+    units = (
+        unit_keys,
+        np.array(unit_old, dtype=np.float64).reshape(-1, width),
+        np.array(unit_new, dtype=np.float64).reshape(-1, width),
+    )
+    metric_units = (
+        metric_keys,
+        np.array(metric_old, dtype=np.float64).reshape(-1, 3),
+        np.array(metric_new, dtype=np.float64).reshape(-1, 3),
+    )
+    return outcomes, feedback, values, units, metric_units
+
+
+def _joined(arm: str, unit: str, segments: Sequence[Sequence[str]]) -> OutcomeFacts:
+    """The outcome a feedback or metric value was joined to, as far as segments read it."""
+    return OutcomeFacts(
+        arm, unit, _NO_WINDOW, 0.0, None, "", None, (), tuple((d, v) for d, v in segments)
+    )
+
+
+_NO_TOTALS_ROW = aggregation.UnitTotals().values()
 
 
 def merge_segments(deltas: Mapping[Key, ArmAggregates]) -> None:
@@ -259,7 +427,9 @@ def merge_segments(deltas: Mapping[Key, ArmAggregates]) -> None:
 
 
 def stage_segments(stage_id: int) -> dict[tuple[str, str], dict[str, ArmAggregates]]:
-    """A stage's stored segments: (dimension, value) -> {arm: ArmAggregates}."""
+    """A stage's segments: (dimension, value) -> {arm: ArmAggregates}, with everything
+    ingest has committed for it (its pending rows are folded first)."""
+    fold([stage_id])
     out: dict[tuple[str, str], dict[str, ArmAggregates]] = defaultdict(dict)
     for arm, dimension, value, data in SegmentAggregate.objects.filter(
         stage_id=stage_id

@@ -38,12 +38,12 @@ def split_plan(key: str | None = None) -> MigrationPlan:
     return started_plan(key, advances=1)  # shadow -> A/B split
 
 
-def segmented_plan(*dimensions: str) -> MigrationPlan:
+def segmented_plan(*dimensions: str, key: str | None = None) -> MigrationPlan:
     """A plan in its A/B split with these segment dimensions (ingest's plan cache forgotten, so
     the next batch reads them)."""
     from migrations_app.outcomes import ingest
 
-    plan = split_plan()
+    plan = split_plan(key)
     MigrationPlan.objects.filter(pk=plan.pk).update(segment_dimensions=list(dimensions))
     plan.refresh_from_db()
     ingest._plan_cache.clear()

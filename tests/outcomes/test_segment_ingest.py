@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.db import connection
-from django.test.utils import CaptureQueriesContext
 
 from migrations_app.guardrails.segments import OTHER
 from migrations_app.guardrails.stats import ArmAggregates
@@ -25,11 +23,12 @@ from migrations_app.models import (
     MetricValue,
     MigrationPlan,
     Outcome,
+    PendingSegments,
     SegmentAggregate,
     StageAggregate,
 )
 from migrations_app.outcomes import aggregation, feedback, ingest, metric_values, store
-from migrations_app.outcomes.segment_rollup import CAPACITY, stage_segments
+from migrations_app.outcomes.segment_rollup import CAPACITY, fold, stage_segments
 from tests.outcomes import conftest
 from tests.outcomes.conftest import Everyone, outcome
 
@@ -113,6 +112,7 @@ def test_many_distinct_tenants_stay_bounded(tenants: int) -> None:
         ]
         total += ingest_events(*batch).stored
     assert total == tenants
+    fold([plan.current_stage_id])
     rows = SegmentAggregate.objects.filter(stage=plan.current_stage, dimension="tenant")
     assert rows.count() == CAPACITY + 1
     other = rows.get(value=OTHER)
@@ -123,39 +123,78 @@ def test_many_distinct_tenants_stay_bounded(tenants: int) -> None:
     assert summed.error_clusters.units == tenants
 
 
-def test_placement_reads_only_what_it_has_not_seen() -> None:
-    """A process remembers the values it has read stored and the groups it has read full, and
-    places a batch of those without reading: as a fresh read would, also after another
-    process filled a group the first one last saw with room."""
+def test_a_fold_places_values_as_the_rows_are_when_it_runs() -> None:
+    """Ingest writes no segment row: its batches wait in PendingSegments until a fold, which
+    places each value as the rows are then (its own row, a free one, or ``other`` once the
+    group is full), also when another writer filled a group since the last fold."""
     plan = segmented_plan()
+    stage = plan.current_stage
     tenants = [f"t{i:03d}" for i in range(CAPACITY)]
     assert ingest_events(*(outcome(plan, segments={"tenant": t}) for t in tenants)).stored
-    assert ingest_events(outcome(plan, segments={"tenant": "late"})).stored == 1  # reads: full
-
-    def placement_reads(*events: dict[str, Any]) -> int:
-        with CaptureQueriesContext(connection) as queries:
-            assert ingest_events(*events).stored == len(events)
-        return sum('FROM "migrations_app_segmentaggregate"' in q["sql"] for q in queries)
-
-    seen = [outcome(plan, segments={"tenant": t, "lang": "ja"}) for t in ("t001", "later")]
-    assert placement_reads(*seen) == 1  # the lang group is new to it, and has no rows yet
-    # ja's row was made by that batch: read once, then known.
-    assert placement_reads(outcome(plan, segments={"tenant": "newer", "lang": "ja"})) == 1
-    assert placement_reads(outcome(plan, segments={"tenant": "newest", "lang": "ja"})) == 0
-    # Another process fills the lang group this one last read with one value.
-    stage = plan.current_stage
+    assert ingest_events(outcome(plan, segments={"tenant": "late", "lang": "ja"})).stored == 1
+    assert not SegmentAggregate.objects.filter(stage=stage).exists()
+    assert PendingSegments.objects.filter(stage=stage).count() == 2
+    fold([stage.pk])
+    assert not PendingSegments.objects.filter(stage=stage).exists()
+    # Another writer fills the lang group but for one value.
     SegmentAggregate.objects.bulk_create(
         SegmentAggregate(stage=stage, arm="control", dimension="lang", value=f"x{i:03d}")
-        for i in range(CAPACITY - 1)
+        for i in range(CAPACITY - 2)
     )
-    assert placement_reads(outcome(plan, segments={"lang": "zz"})) == 1
+    events = [outcome(plan, segments={"tenant": "t001", "lang": lang}) for lang in ("yy", "zz")]
+    assert ingest_events(*events).stored == 2
+    fold([stage.pk])
+    fold([stage.pk])  # nothing pending: nothing changes
     rows = SegmentAggregate.objects.filter(stage=stage, arm="control")
-    assert rows.filter(dimension="lang").count() == CAPACITY + 1  # ja, x..., other (zz)
-    assert rows.get(dimension="lang", value=OTHER).requests == 1
+    lang = {r.value: r.requests for r in rows.filter(dimension="lang")}
+    assert len(lang) == CAPACITY + 1  # ja, x..., yy (the last free one), other (zz)
+    assert (lang["ja"], lang["yy"], lang[OTHER]) == (1, 1, 1)
     tenant = {r.value: r.requests for r in rows.filter(dimension="tenant")}
     assert len(tenant) == CAPACITY + 1
-    assert tenant[OTHER] == 4  # late, later, newer, newest
-    assert tenant["t001"] == 2
+    assert tenant[OTHER] == 1  # late
+    assert tenant["t001"] == 3
+
+
+def test_one_fold_of_many_batches_is_the_sum_of_a_fold_per_batch(path: None) -> None:
+    """The same events, folded after every batch for one plan and once at the end for
+    another: the same rows (counts and buckets exactly, sums to the last bits: both are sums
+    of exactly rounded parts), cluster sums included (a unit's moves telescope; a unit stays
+    in its segments, as units do: one that moves is booked where the fold first sees it)."""
+    each, once = segmented_plan(), conftest.segmented_plan("tenant", "lang", key="once")
+    batches = []
+    for b in range(6):
+        units = [(b * 7 + i) % 23 for i in range(40)]  # each unit in several batches
+        batches.append([
+            {"unit": f"u{u}", "latency_ms": 100.0 + 13 * i + b,
+             "error": "timeout" if (b + i) % 9 == 0 else None,
+             "segments": {"tenant": f"t{u % 5}", "lang": "ja" if u % 3 else "en"}}
+            for i, u in enumerate(units)
+        ])  # fmt: skip
+    for batch in batches:
+        assert ingest_events(*(outcome(each, **fields) for fields in batch)).stored == 40
+        fold([each.current_stage_id])
+    for batch in batches:
+        assert ingest_events(*(outcome(once, **fields) for fields in batch)).stored == 40
+    assert PendingSegments.objects.filter(stage_id=once.current_stage_id).count() == 6
+    a, b = stage_segments(each.current_stage_id), stage_segments(once.current_stage_id)
+    assert a.keys() == b.keys() and len(a) == 7
+    for key in a:
+        for arm in a[key]:
+            x, y = aggregation.to_json(a[key][arm]), aggregation.to_json(b[key][arm])
+            assert flat(x) == pytest.approx(flat(y), rel=1e-12), key
+            assert x["requests"] == y["requests"] and x["latency"] == y["latency"]
+            assert x["error_clusters"][0] == y["error_clusters"][0]  # units
+
+
+def flat(data: Any, path: str = "") -> dict[str, Any]:
+    """A row's storage form as {path: number}."""
+    if isinstance(data, dict):
+        return {
+            k: v for key, value in data.items() for k, v in flat(value, f"{path}/{key}").items()
+        }
+    if isinstance(data, list):
+        return {k: v for i, value in enumerate(data) for k, v in flat(value, f"{path}/{i}").items()}
+    return {path: data}
 
 
 # --- feedback and metric values count in their outcome's segments --------------------------
@@ -290,6 +329,7 @@ def test_feedback_and_metrics_beyond_the_capacity_go_to_other(path: None) -> Non
     assert ingest_events(*events).stored == CAPACITY + 50
     assert send_feedback(*(rating(e, 1) for e in events)).stored == CAPACITY + 50
     assert send_values(*(metric_value(e, 1) for e in events)).stored == CAPACITY + 50
+    fold([plan.current_stage_id])
     rows = SegmentAggregate.objects.filter(stage=plan.current_stage, dimension="tenant")
     assert rows.count() == CAPACITY + 1
     other = aggregation.from_json(rows.get(value=OTHER).data)

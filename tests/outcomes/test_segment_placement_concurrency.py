@@ -1,14 +1,14 @@
 """The segment placement (segment_rollup._placement): the bound the module
 promises, at most CAPACITY values with rows of their own per stage, arm and dimension (plus
-``other``), under two batches of the same stage in flight at once.
+``other``), under two folds of the same stage at once.
 
-Placement read the stored values before the batch took any lock, so two batches of different
-units that placed new values at the same moment each saw the group with room and each filled
-it: up to CAPACITY rows per batch in flight (measured against gunicorn, 2 workers x 4
-threads, 8 clients: 300 rows for CAPACITY 100). Batches placing values in a group with room
-now hold a lock per group until they commit (segment_rollup._lock_groups). The test overlaps two batches deterministically: the first waits after
-its placement until the second has committed or waits on a lock the first holds, whatever
-the machine's speed.
+Placement once read the stored values before any lock, so two batches of different units
+that placed new values at the same moment each saw the group with room and each filled it:
+up to CAPACITY rows per batch in flight (measured against gunicorn, 2 workers x 4 threads, 8
+clients: 300 rows for CAPACITY 100). Values are now placed by folds, each holding its
+stage's lock until it commits (segment_rollup.fold). The test overlaps two folds, each of
+its own batch, deterministically: the first waits after its placement until the second has
+finished or waits on a lock the first holds, whatever the machine's speed.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 from django.db import connection
 
 from migrations_app.guardrails.segments import OTHER
-from migrations_app.models import SegmentAggregate
+from migrations_app.models import PendingSegments, SegmentAggregate
 from migrations_app.outcomes import ingest, segment_rollup
 from migrations_app.outcomes.segment_rollup import CAPACITY
 from tests.outcomes.conftest import Everyone, outcome, segmented_plan
@@ -33,7 +33,7 @@ def _ingest(events: list[dict[str, Any]]) -> Any:
     return ingest.outcomes_ingest(identity=Everyone(), payload={"events": events})
 
 
-def test_two_batches_placing_new_values_at_once_keep_the_group_bounded(
+def test_two_folds_placing_new_values_at_once_keep_the_group_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     plan = segmented_plan("tenant")
@@ -71,16 +71,20 @@ def test_two_batches_placing_new_values_at_once_keep_the_group_bounded(
         return place
 
     monkeypatch.setattr(segment_rollup, "_placement", placement)
+    monkeypatch.setattr(segment_rollup, "_fold_soon", lambda stage_ids: None)  # folds below
+    stage_ids = [plan.current_stage_id]
 
     def run(name: str) -> None:
         try:
             if name == "first":
                 assert _ingest(first).stored == CAPACITY
+                segment_rollup.fold(stage_ids)
             else:
                 placed.wait()
+                assert _ingest(second).stored == CAPACITY  # after the first fold's delete
                 connection.ensure_connection()
                 second_pid.append(connection.connection.info.backend_pid)
-                assert _ingest(second).stored == CAPACITY
+                segment_rollup.fold(stage_ids)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -93,6 +97,7 @@ def test_two_batches_placing_new_values_at_once_keep_the_group_bounded(
     for thread in threads:
         thread.join()
     assert not errors, errors
+    assert not PendingSegments.objects.exists()  # each batch folded, once
 
     rows = SegmentAggregate.objects.filter(
         stage=plan.current_stage, arm="control", dimension="tenant"
