@@ -260,25 +260,38 @@ _PARTS = ("o", "f", "v", "u", "m")
 
 
 def fold(stage_ids: Iterable[int], *, wait: bool = True) -> None:
-    """Add the stages' pending rows to their segment rows and delete them, in one transaction
-    under each stage's lock (taken in stage order), so each pending row is folded once and
-    the placement sees every value another fold placed. ``wait=False``: a stage another fold
-    holds is left to it (or to the next fold)."""
+    """Add the stages' pending rows to their segment rows and delete them, each chunk of at
+    most :data:`FOLD_ROWS` rows in one transaction under each stage's lock (taken in stage
+    order), so each pending row is folded once and the placement sees every value another
+    fold placed. ``wait=False`` (after an ingest): one chunk, and a stage another fold holds
+    is left to it (or to the next fold)."""
     stages = sorted(set(stage_ids))
     if not stages:
         return
+    folded = _fold_chunk(stages, wait)
+    while wait and folded == FOLD_ROWS:
+        folded = _fold_chunk(stages, wait)
+
+
+# Pending rows per fold transaction (~500 outcomes each at most): what one fold holds in memory.
+FOLD_ROWS = 100
+
+
+def _fold_chunk(stages: list[int], wait: bool) -> int:
+    """One fold transaction: returns how many pending rows it folded."""
     with transaction.atomic():
         stages = [stage_id for stage_id in stages if _lock_stage(stage_id, wait)]
         if not stages:
-            return
+            return 0
         table = connection.ops.quote_name(PendingSegments._meta.db_table)
         with connection.cursor() as cursor:
             # DELETE first: on SQLite (the embedded mode) it takes the write lock that
             # serialises folds, before the placement reads.
             cursor.execute(
-                f"DELETE FROM {table} WHERE stage_id IN ({', '.join(['%s'] * len(stages))}) "
+                f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE stage_id IN "
+                f"({', '.join(['%s'] * len(stages))}) ORDER BY id LIMIT %s) "
                 "RETURNING id, stage_id, data",
-                stages,
+                [*stages, FOLD_ROWS],
             )
             found = sorted(cursor.fetchall())
         if found:
@@ -288,6 +301,7 @@ def fold(stage_ids: Iterable[int], *, wait: bool = True) -> None:
             merge_segments(
                 segment_deltas(outcomes, feedback, values, units=units, metric_units=metric_units)
             )
+        return len(found)
 
 
 def _fold_soon(stage_ids: Sequence[int]) -> None:

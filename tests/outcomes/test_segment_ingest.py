@@ -27,7 +27,14 @@ from migrations_app.models import (
     SegmentAggregate,
     StageAggregate,
 )
-from migrations_app.outcomes import aggregation, feedback, ingest, metric_values, store
+from migrations_app.outcomes import (
+    aggregation,
+    feedback,
+    ingest,
+    metric_values,
+    segment_rollup,
+    store,
+)
 from migrations_app.outcomes.segment_rollup import CAPACITY, fold, stage_segments
 from tests.outcomes import conftest
 from tests.outcomes.conftest import Everyone, outcome
@@ -184,6 +191,23 @@ def test_one_fold_of_many_batches_is_the_sum_of_a_fold_per_batch(path: None) -> 
             assert flat(x) == pytest.approx(flat(y), rel=1e-12), key
             assert x["requests"] == y["requests"] and x["latency"] == y["latency"]
             assert x["error_clusters"][0] == y["error_clusters"][0]  # units
+
+
+def test_a_fold_takes_its_pending_rows_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fold holds at most FOLD_ROWS pending rows in memory at once: a read folds chunk after
+    chunk until none is left; an ingest's fold (``wait=False``) folds one chunk."""
+    monkeypatch.setattr(segment_rollup, "FOLD_ROWS", 2)
+    plan = segmented_plan()
+    stage_id = plan.current_stage_id
+    for i in range(5):
+        assert ingest_events(outcome(plan, segments={"tenant": f"t{i}"})).stored == 1
+    pending = PendingSegments.objects.filter(stage_id=stage_id)
+    segment_rollup.fold([stage_id], wait=False)
+    assert pending.count() == 3
+    segments = stage_segments(stage_id)
+    assert not pending.exists()
+    assert sorted(segments) == [("tenant", f"t{i}") for i in range(5)]
+    assert {arms["control"].requests for arms in segments.values()} == {1}
 
 
 def flat(data: Any, path: str = "") -> dict[str, Any]:
