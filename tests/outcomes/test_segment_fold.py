@@ -1,0 +1,61 @@
+"""The fold after an ingest commits (segment_rollup._fold_soon): the first batch of a stage is
+folded at once, later ones within FOLD_SECONDS wait for the next fold or read, and a fold
+that fails never fails the ingest that triggered it (its pending rows stay for the next)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from migrations_app.models import PendingSegments, SegmentAggregate
+from migrations_app.outcomes import ingest, segment_rollup
+from tests.outcomes.conftest import Everyone, outcome, segmented_plan
+
+pytestmark = pytest.mark.django_db(transaction=True)  # on_commit runs only on a real commit
+
+
+def _ingest(*events: dict[str, Any]) -> Any:
+    return ingest.outcomes_ingest(identity=Everyone(), payload={"events": list(events)})
+
+
+@pytest.fixture(autouse=True)
+def _fresh_folds() -> None:
+    segment_rollup._folded.clear()
+
+
+def test_a_commit_folds_at_most_once_per_fold_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(segment_rollup.time, "monotonic", lambda: clock[0])
+    plan = segmented_plan("tenant")
+    stage = plan.current_stage
+    assert _ingest(outcome(plan, segments={"tenant": "acme"})).stored == 1
+    rows = SegmentAggregate.objects.filter(stage=stage, arm="control")
+    pending = PendingSegments.objects.filter(stage=stage)
+    assert [(r.value, r.requests) for r in rows] == [("acme", 1)] and not pending.exists()
+    clock[0] += segment_rollup.FOLD_SECONDS / 2
+    assert _ingest(outcome(plan, segments={"tenant": "acme"})).stored == 1
+    assert rows.get().requests == 1 and pending.count() == 1  # waits for the next fold
+    clock[0] += segment_rollup.FOLD_SECONDS / 2
+    assert _ingest(outcome(plan, segments={"tenant": "acme"})).stored == 1
+    assert rows.get().requests == 3 and not pending.exists()
+
+
+def test_a_failing_fold_fails_no_ingest_and_loses_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    plan = segmented_plan("tenant")
+    stage = plan.current_stage
+    original = segment_rollup.merge_segments
+
+    def broken(deltas: Any) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(segment_rollup, "merge_segments", broken)
+    assert _ingest(outcome(plan, segments={"tenant": "acme"})).stored == 1
+    assert "segment fold failed" in caplog.text
+    assert PendingSegments.objects.filter(stage=stage).count() == 1  # rolled back, kept
+    monkeypatch.setattr(segment_rollup, "merge_segments", original)
+    arms = segment_rollup.stage_segments(stage.pk)[("tenant", "acme")]
+    assert arms["control"].requests == 1
+    assert not PendingSegments.objects.filter(stage=stage).exists()
