@@ -261,37 +261,48 @@ _PARTS = ("o", "f", "v", "u", "m")
 
 def fold(stage_ids: Iterable[int], *, wait: bool = True) -> None:
     """Add the stages' pending rows to their segment rows and delete them, each chunk of at
-    most :data:`FOLD_ROWS` rows in one transaction under each stage's lock (taken in stage
-    order), so each pending row is folded once and the placement sees every value another
-    fold placed. ``wait=False`` (after an ingest): one chunk, and a stage another fold holds
-    is left to it (or to the next fold)."""
+    most :data:`FOLD_ROWS` rows and about :data:`FOLD_BYTES` in one transaction under each
+    stage's lock (taken in stage order), so each pending row is folded once and the
+    placement sees every value another fold placed. ``wait=False`` (after an ingest): one
+    chunk, and a stage another fold holds is left to it (or to the next fold)."""
     stages = sorted(set(stage_ids))
     if not stages:
         return
-    folded = _fold_chunk(stages, wait)
-    while wait and folded == FOLD_ROWS:
-        folded = _fold_chunk(stages, wait)
+    more = _fold_chunk(stages, wait)
+    while wait and more:
+        more = _fold_chunk(stages, wait)
 
 
-# Pending rows per fold transaction (~500 outcomes each at most): what one fold holds in memory.
+# Pending rows per fold transaction: what one fold holds in memory. A row holds one batch,
+# up to TURNOUT_INGEST_MAX_BATCH events (1,000 by default, up to 100,000), so the rows are
+# also bounded by their bytes: a chunk takes rows while those before them came to less than
+# FOLD_BYTES (so at least one). 100 rows of 1,000 outcomes with 3 segment values are ~38 MB
+# of JSON, and folding them in one ingest request took ~6 s and ~590 MB of Python heap
+# (~780 MB of RSS); 8 MB of them (~21,000 outcomes) ~130 MB.
 FOLD_ROWS = 100
+FOLD_BYTES = 8 * 2**20
 
 
-def _fold_chunk(stages: list[int], wait: bool) -> int:
-    """One fold transaction: returns how many pending rows it folded."""
+def _fold_chunk(stages: list[int], wait: bool) -> bool:
+    """One fold transaction: returns whether it may have left rows (it stopped at
+    :data:`FOLD_ROWS` or :data:`FOLD_BYTES`)."""
     with transaction.atomic():
         stages = [stage_id for stage_id in stages if _lock_stage(stage_id, wait)]
         if not stages:
-            return 0
+            return False
         table = connection.ops.quote_name(PendingSegments._meta.db_table)
         with connection.cursor() as cursor:
             # DELETE first: on SQLite (the embedded mode) it takes the write lock that
             # serialises folds, before the placement reads.
+            # The first FOLD_ROWS rows, cut where the bytes before a row reach FOLD_BYTES
+            # (LENGTH reads a row's size, not its data: PostgreSQL stores it uncompressed).
             cursor.execute(
-                f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE stage_id IN "
-                f"({', '.join(['%s'] * len(stages))}) ORDER BY id LIMIT %s) "
+                f"DELETE FROM {table} WHERE id IN (SELECT id FROM (SELECT id, SUM(size) OVER "
+                "(ORDER BY id) - size AS bytes_before FROM (SELECT id, LENGTH(data) AS size "
+                f"FROM {table} WHERE stage_id IN ({', '.join(['%s'] * len(stages))}) ORDER BY "
+                "id LIMIT %s) AS head) AS sized WHERE bytes_before < %s) "
                 "RETURNING id, stage_id, data",
-                [*stages, FOLD_ROWS],
+                [*stages, FOLD_ROWS, FOLD_BYTES],
             )
             found = sorted(cursor.fetchall())
         if found:
@@ -301,7 +312,7 @@ def _fold_chunk(stages: list[int], wait: bool) -> int:
             merge_segments(
                 segment_deltas(outcomes, feedback, values, units=units, metric_units=metric_units)
             )
-        return len(found)
+        return len(found) == FOLD_ROWS or sum(len(data) for *_, data in found) >= FOLD_BYTES
 
 
 def _fold_soon(stage_ids: Sequence[int]) -> None:
