@@ -43,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 from django.db import connection, transaction
+from django.db.models import Max
 
 from migrations_app.guardrails.segments import MAX_TOP_K, OTHER
 from migrations_app.guardrails.stats import ArmAggregates, ClusterSums, MetricSums
@@ -268,9 +269,20 @@ def fold(stage_ids: Iterable[int], *, wait: bool = True) -> None:
     stages = sorted(set(stage_ids))
     if not stages:
         return
-    more = _fold_chunk(stages, wait)
+    # A read folds the rows pending when it began (their ids up to the last one then), not
+    # on while ingest commits more: it holds the stage's lock from its first chunk to its
+    # caller's commit (the engine's evaluation), so no ingest's fold helps it meanwhile.
+    upto = _NO_BOUND
+    if wait:
+        upto = PendingSegments.objects.filter(stage_id__in=stages).aggregate(m=Max("id"))["m"]
+        if upto is None:
+            return  # nothing pending, nor being folded (a fold's deleted rows show until it commits)
+    more = _fold_chunk(stages, wait, upto)
     while wait and more:
-        more = _fold_chunk(stages, wait)
+        more = _fold_chunk(stages, wait, upto)
+
+
+_NO_BOUND = 2**63 - 1  # the largest id (an ingest's fold: its one chunk, whatever is pending)
 
 
 # Pending rows per fold transaction: what one fold holds in memory. A row holds one batch,
@@ -283,7 +295,7 @@ FOLD_ROWS = 100
 FOLD_BYTES = 8 * 2**20
 
 
-def _fold_chunk(stages: list[int], wait: bool) -> bool:
+def _fold_chunk(stages: list[int], wait: bool, upto: int) -> bool:
     """One fold transaction: returns whether it may have left rows (it stopped at
     :data:`FOLD_ROWS` or :data:`FOLD_BYTES`)."""
     with transaction.atomic():
@@ -299,10 +311,10 @@ def _fold_chunk(stages: list[int], wait: bool) -> bool:
             cursor.execute(
                 f"DELETE FROM {table} WHERE id IN (SELECT id FROM (SELECT id, SUM(size) OVER "
                 "(ORDER BY id) - size AS bytes_before FROM (SELECT id, LENGTH(data) AS size "
-                f"FROM {table} WHERE stage_id IN ({', '.join(['%s'] * len(stages))}) ORDER BY "
-                "id LIMIT %s) AS head) AS sized WHERE bytes_before < %s) "
+                f"FROM {table} WHERE stage_id IN ({', '.join(['%s'] * len(stages))}) AND id <= "
+                "%s ORDER BY id LIMIT %s) AS head) AS sized WHERE bytes_before < %s) "
                 "RETURNING id, stage_id, data",
-                [*stages, FOLD_ROWS, FOLD_BYTES],
+                [*stages, upto, FOLD_ROWS, FOLD_BYTES],
             )
             found = sorted(cursor.fetchall())
         if found:
@@ -453,7 +465,7 @@ def merge_segments(deltas: Mapping[Key, ArmAggregates]) -> None:
 
 def stage_segments(stage_id: int) -> dict[tuple[str, str], dict[str, ArmAggregates]]:
     """A stage's segments: (dimension, value) -> {arm: ArmAggregates}, with everything
-    ingest has committed for it (its pending rows are folded first)."""
+    ingest had committed for it when the read began (its pending rows are folded first)."""
     fold([stage_id])
     out: dict[tuple[str, str], dict[str, ArmAggregates]] = defaultdict(dict)
     for arm, dimension, value, data in SegmentAggregate.objects.filter(

@@ -56,3 +56,34 @@ def test_one_row_larger_than_fold_bytes_is_folded_alone(monkeypatch: pytest.Monk
     segment_rollup.fold([stage_id], wait=False)
     assert pending.count() == 2
     assert len(stage_segments(stage_id)) == 3 and not pending.exists()
+
+
+def test_a_read_folds_what_was_pending_when_it_began(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read (the engine's, inside its evaluation's transaction: it holds the stage's lock
+    from its first chunk to its commit, so every ingest's fold meanwhile leaves the stage to
+    it) folds the rows pending when it began, not on and on while ingest commits more: it
+    folded until a chunk came back short, so an ingest faster than one process folding kept
+    the evaluation (and its plan lock) from ever ending. Here each chunk of the read commits
+    a new batch before the next chunk, as a faster ingest does."""
+    monkeypatch.setattr(segment_rollup, "_fold_soon", lambda stage_ids: None)
+    monkeypatch.setattr(segment_rollup, "FOLD_ROWS", 1)
+    plan = segmented_plan("tenant")
+    stage_id = plan.current_stage_id
+    for b in range(3):
+        assert _ingest([outcome(plan, segments={"tenant": f"t{b}"})]).stored == 1
+    original = segment_rollup.merge_segments
+    merges: list[int] = []
+
+    def merge_then_ingest(deltas: Any) -> None:
+        original(deltas)
+        merges.append(len(deltas))
+        assert len(merges) <= 10, "the read folds on as long as ingest adds rows"
+        assert _ingest([outcome(plan, segments={"tenant": "late"})]).stored == 1
+
+    monkeypatch.setattr(segment_rollup, "merge_segments", merge_then_ingest)
+    segments = stage_segments(stage_id)
+    assert len(merges) == 3
+    assert sorted(segments) == [("tenant", f"t{b}") for b in range(3)]
+    assert PendingSegments.objects.filter(stage_id=stage_id).count() == 3  # the late ones
+    monkeypatch.setattr(segment_rollup, "merge_segments", original)
+    assert stage_segments(stage_id)[("tenant", "late")]["control"].requests == 3
