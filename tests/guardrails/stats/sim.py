@@ -545,7 +545,10 @@ def unit_paths(users: np.ndarray, y: np.ndarray, n: np.ndarray, per_look: int) -
     A unit's moments grow by (Y+y)^a (N+n)^b - Y^a N^b, as ingest books them."""
     rows, size = users.shape
     looks = size // per_look
-    order = np.argsort(users, axis=1, kind="stable")  # by unit, in time order within it
+    # By unit, in time order within it. Stable sorts of 16-bit integers are radix sorts (~6x
+    # faster than on the int64 indices, the same order).
+    keys = users.astype(np.int16) if users.max(initial=0) < 2**15 else users
+    order = np.argsort(keys, axis=1, kind="stable")
     pick = np.arange(rows)[:, None]
     us, ys, ns = users[pick, order], y[pick, order], n[pick, order]
     start = np.ones((rows, size), dtype=bool)
