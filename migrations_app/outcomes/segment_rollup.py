@@ -318,9 +318,7 @@ def _fold_chunk(stages: list[int], wait: bool, upto: int) -> bool:
             )
             found = sorted(cursor.fetchall())
         if found:
-            outcomes, feedback, values, units, metric_units = _unpack(
-                (stage_id, data) for _, stage_id, data in found
-            )
+            outcomes, feedback, values, units, metric_units = _unpack(found)
             merge_segments(
                 segment_deltas(outcomes, feedback, values, units=units, metric_units=metric_units)
             )
@@ -376,49 +374,76 @@ def _int4(value: int) -> int:
 _NO_WINDOW = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _unpack(rows: Iterable[tuple[int, Any]]) -> tuple[Any, ...]:
-    """The pending rows ``(stage, data)``, in the order they were written, as
-    :func:`segment_deltas`' arguments."""
+def _unpack(rows: Iterable[tuple[int, int, Any]]) -> tuple[Any, ...]:
+    """The pending rows ``(id, stage, data)``, in the order they were written, as
+    :func:`segment_deltas`' arguments. A row that cannot be read (only a bug or a damaged
+    database makes one) is logged and left out: kept, it would stop every later fold of its
+    stage, and with it the stage's segment tests."""
     outcomes: list[tuple[int, OutcomeFacts]] = []
     feedback: list[tuple[int, OutcomeFacts, float]] = []
     values: list[tuple[int, OutcomeFacts, str, float]] = []
-    unit_keys: list[tuple[int, str, str]] = []
-    unit_old: list[list[float]] = []
-    unit_new: list[list[float]] = []
-    metric_keys: list[tuple[int, str, str, str]] = []
-    metric_old: list[list[float]] = []
-    metric_new: list[list[float]] = []
-    for stage_id, data in rows:
-        part = orjson.loads(bytes(data))
-        for arm, unit, latency, ttft, error, cost, metrics, segments in part["o"]:
-            facts = OutcomeFacts(
-                arm, unit, _NO_WINDOW, latency, ttft, error, cost,
-                tuple((n, v) for n, v in metrics), tuple((d, v) for d, v in segments),
-            )  # fmt: skip
-            outcomes.append((stage_id, facts))
-        for arm, unit, segments, score in part["f"]:
-            feedback.append((stage_id, _joined(arm, unit, segments), score))
-        for arm, unit, segments, name, value in part["v"]:
-            values.append((stage_id, _joined(arm, unit, segments), name, value))
-        for arm, unit, before, after in part["u"]:
-            unit_keys.append((stage_id, arm, unit))
-            unit_old.append(before)
-            unit_new.append(after)
-        for arm, unit, metric, before, after in part["m"]:
-            metric_keys.append((stage_id, arm, unit, metric))
-            metric_old.append(before)
-            metric_new.append(after)
+    units: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+    metric_units: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+    for pk, stage_id, data in rows:
+        try:
+            row = _unpack_row(stage_id, data)
+        except (ValueError, TypeError, KeyError) as bad:  # orjson's errors are ValueErrors
+            log.error("pending segment row %s of stage %s cannot be read, left out: %r",
+                      pk, stage_id, bad)  # fmt: skip
+            continue
+        outcomes += row[0]
+        feedback += row[1]
+        values += row[2]
+        for into, part in ((units, row[3]), (metric_units, row[4])):
+            for items, found in zip(into, part, strict=True):
+                items += found
     width = len(_NO_TOTALS_ROW)
-    units = (
-        unit_keys,
-        np.array(unit_old, dtype=np.float64).reshape(-1, width),
-        np.array(unit_new, dtype=np.float64).reshape(-1, width),
+    return (
+        outcomes,
+        feedback,
+        values,
+        (units[0], *(np.array(v, dtype=np.float64).reshape(-1, width) for v in units[1:])),
+        (
+            metric_units[0],
+            *(np.array(v, dtype=np.float64).reshape(-1, 3) for v in metric_units[1:]),
+        ),
     )
-    metric_units = (
-        metric_keys,
-        np.array(metric_old, dtype=np.float64).reshape(-1, 3),
-        np.array(metric_new, dtype=np.float64).reshape(-1, 3),
-    )
+
+
+def _unpack_row(stage_id: int, data: Any) -> tuple[Any, ...]:
+    """One pending row's parts, checked as far as a fold relies on them (the shapes; the
+    values were checked at ingest)."""
+    part = orjson.loads(bytes(data))
+    outcomes = [
+        (stage_id, OutcomeFacts(
+            arm, unit, _NO_WINDOW, float(latency), ttft, error, cost,
+            tuple((n, v) for n, v in metrics), tuple((d, v) for d, v in segments),
+        ))
+        for arm, unit, latency, ttft, error, cost, metrics, segments in part["o"]
+    ]  # fmt: skip
+    feedback = [
+        (stage_id, _joined(arm, unit, segments), float(score))
+        for arm, unit, segments, score in part["f"]
+    ]
+    values = [
+        (stage_id, _joined(arm, unit, segments), name, float(value))
+        for arm, unit, segments, name, value in part["v"]
+    ]
+    width = len(_NO_TOTALS_ROW)
+    units: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+    for arm, unit, before, after in part["u"]:
+        if len(before) != width or len(after) != width:
+            raise ValueError(f"a unit's totals have {width} values")
+        units[0].append((stage_id, arm, unit))
+        units[1].append(before)
+        units[2].append(after)
+    metric_units: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+    for arm, unit, metric, before, after in part["m"]:
+        if len(before) != 3 or len(after) != 3:
+            raise ValueError("a unit's metric sums have 3 values")
+        metric_units[0].append((stage_id, arm, unit, metric))
+        metric_units[1].append(before)
+        metric_units[2].append(after)
     return outcomes, feedback, values, units, metric_units
 
 
@@ -465,8 +490,15 @@ def merge_segments(deltas: Mapping[Key, ArmAggregates]) -> None:
 
 def stage_segments(stage_id: int) -> dict[tuple[str, str], dict[str, ArmAggregates]]:
     """A stage's segments: (dimension, value) -> {arm: ArmAggregates}, with everything
-    ingest had committed for it when the read began (its pending rows are folded first)."""
-    fold([stage_id])
+    ingest had committed for it when the read began (its pending rows are folded first).
+    A fold that fails is logged and the segments read as folded so far: the segment tests
+    are one layer of the guardrails, and a failure of theirs must not stop the population's
+    (the caller's transaction goes on: the fold ran in a savepoint)."""
+    try:
+        with transaction.atomic():
+            fold([stage_id])
+    except Exception:
+        log.exception("segment fold failed for stage %s: read as folded so far", stage_id)
     out: dict[tuple[str, str], dict[str, ArmAggregates]] = defaultdict(dict)
     for arm, dimension, value, data in SegmentAggregate.objects.filter(
         stage_id=stage_id

@@ -59,3 +59,39 @@ def test_a_failing_fold_fails_no_ingest_and_loses_nothing(
     arms = segment_rollup.stage_segments(stage.pk)[("tenant", "acme")]
     assert arms["control"].requests == 1
     assert not PendingSegments.objects.filter(stage=stage).exists()
+
+
+def test_an_unreadable_pending_row_is_left_out_and_the_others_fold(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only a bug or a damaged database makes one; kept, it would stop every fold of its stage
+    and so its segment tests."""
+    plan = segmented_plan("tenant")
+    stage = plan.current_stage
+    assert _ingest(outcome(plan, segments={"tenant": "acme"})).stored == 1
+    for data in (b"{not json", b'{"o": [["control"]], "f": [], "v": [], "u": [], "m": []}'):
+        PendingSegments.objects.create(stage=stage, data=data)
+    assert _ingest(outcome(plan, segments={"tenant": "acme"})).stored == 1
+    arms = segment_rollup.stage_segments(stage.pk)[("tenant", "acme")]
+    assert arms["control"].requests == 2
+    assert caplog.text.count("cannot be read, left out") == 2
+    assert not PendingSegments.objects.filter(stage=stage).exists()
+
+
+def test_a_read_whose_fold_fails_reads_the_sums_folded_so_far(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The segment tests are one layer of the guardrails: a fold that fails on a read (inside
+    the evaluation's transaction) is logged, and the evaluation goes on with what is folded."""
+    from django.db import transaction
+
+    plan = segmented_plan("tenant")
+    stage = plan.current_stage
+    assert _ingest(outcome(plan, segments={"tenant": "acme"})).stored == 1  # folded
+    assert _ingest(outcome(plan, segments={"tenant": "acme"})).stored == 1  # pending
+    monkeypatch.setattr(segment_rollup, "merge_segments", lambda deltas: 1 / 0)
+    with transaction.atomic():
+        arms = segment_rollup.stage_segments(stage.pk)[("tenant", "acme")]
+        assert PendingSegments.objects.filter(stage=stage).count() == 1  # usable, and kept
+    assert arms["control"].requests == 1
+    assert "segment fold failed for stage" in caplog.text
