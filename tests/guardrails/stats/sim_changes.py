@@ -224,9 +224,14 @@ def mean_arm(
     seg_shift = _segment_mean(line, moved)
     mu = level + b[:, :, None] + (drift + seg_shift)[None, None, :]
     s_us = n_us * mu + np.sqrt(n_us) * noise * rng.standard_normal(n_us.shape)
-    chi = noise**2 * rng.chisquare(np.maximum(n_us - 1, 1)) * (n_us > 1)
-    ss_us = np.where(n_us > 0, s_us**2 / np.maximum(n_us, 1), 0.0) + chi
-    n_s, s_s, ss_s = n_us.sum(axis=1), s_us.sum(axis=1), ss_us.sum(axis=1)
+    # A user's sum of squares in a segment is s^2 / n plus noise^2 times a chi-square with n - 1
+    # degrees of freedom (independent of s); only the sum over users is read, and a sum of
+    # independent chi-squares is one chi-square with the summed degrees of freedom: one draw
+    # per segment instead of one per user (of which most have n <= 1), the same law.
+    df = np.maximum(n_us - 1, 0).sum(axis=1)
+    chi = noise**2 * np.where(df > 0, rng.chisquare(np.maximum(df, 1)), 0.0)
+    n_s, s_s = n_us.sum(axis=1), s_us.sum(axis=1)
+    ss_s = (s_us**2 / np.maximum(n_us, 1)).sum(axis=1) + chi  # s is 0 where n is
     counts = split(rng, line, n_s, None)
     mean_s = s_s / np.maximum(n_s, 1)
     var_s = np.maximum(ss_s / np.maximum(n_s, 1) - mean_s**2, 0.0)
