@@ -82,7 +82,7 @@ def ensure_database(url: str) -> None:
     name = database_name(url)
     with psycopg.connect(admin_url(url), autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"{_template()}')
 
 
 def recreate_database(url: str) -> None:
@@ -92,7 +92,19 @@ def recreate_database(url: str) -> None:
     name = database_name(url)
     with psycopg.connect(admin_url(url), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"{_template()}')
+
+
+def _template() -> str:
+    """``BENCH_TEMPLATE_DATABASE``: a database already migrated to this tree's schema, copied
+    instead of migrating a new one from empty (the suite's smoke runs make one for all the
+    benches: ~20 s of migrations each under load). Migrate still runs after, a no-op then."""
+    template = os.environ.get("BENCH_TEMPLATE_DATABASE", "")
+    if not template:
+        return ""
+    if not template.replace("_", "").isalnum():
+        raise ValueError(f"BENCH_TEMPLATE_DATABASE {template!r} is not a database name")
+    return f' TEMPLATE "{template}"'
 
 
 def setup_django(env: dict[str, str]) -> None:

@@ -3,7 +3,8 @@ path, as a process against the real PostgreSQL and Redis. A schema or API change
 bench (as the outcome table's ``fallback`` column once broke bench_ingest's COPY baseline) fails
 here instead of when someone next tries to reproduce a README figure.
 
-Each bench gets a database of its own, named after the suite's and dropped afterwards, and a
+Each bench gets a database of its own, named after the suite's and dropped afterwards (a copy
+of one the module migrated once, not migrated from empty each time), and a
 Redis server of this module's own (the benches' workers, queues and caches stay out of the
 suite's Redis; the suite's is the fallback where redis-server is not installed, and a bench
 never flushes a Redis it is given). The figures a smoke run prints mean nothing and are not
@@ -77,6 +78,28 @@ def bench_database(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def bench_template() -> Iterator[str]:
+    """A database migrated once for the module, that each bench's database is copied from
+    (bench/_stack.py's BENCH_TEMPLATE_DATABASE) instead of being migrated from empty."""
+    base = _postgres_url()
+    assert base is not None
+    parts = urlsplit(base)
+    name = f"{parts.path.lstrip('/')}_smoke_template"
+    admin = urlunsplit(("postgresql", parts.netloc, "/postgres", "", ""))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+        cwd=ROOT, env={**os.environ, "DATABASE_URL": url, "DEBUG": "1"}, check=True,
+    )  # fmt: skip
+    yield name
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
 def bench_redis() -> Iterator[str | None]:
     """A Redis URL for the benches: a server of the module's own, else the suite's."""
     if shutil.which("redis-server") is None:
@@ -121,6 +144,7 @@ def test_bench_smoke_run(script: str, request: pytest.FixtureRequest) -> None:
         if _postgres_url() is None:
             pytest.skip("this bench needs PostgreSQL (DATABASE_URL)")
         env["BENCH_DATABASE_URL"] = request.getfixturevalue("bench_database")
+        env["BENCH_TEMPLATE_DATABASE"] = request.getfixturevalue("bench_template")
     if "redis" in needs:
         redis_url = request.getfixturevalue("bench_redis")
         if not redis_url:
