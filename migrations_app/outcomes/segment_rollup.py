@@ -239,21 +239,17 @@ def queue(
     if not parts:
         return
     # The moves of the units with segment values here: the others are booked in no segment.
-    keys, old, new = units
-    moved = [i for i, key in enumerate(keys) if key in segmented]
-    for i, before, after in zip(moved, old[moved].tolist(), new[moved].tolist(), strict=True):
-        stage_id, arm, unit = keys[i]
-        parts[stage_id]["u"].append((arm, unit, before, after))
-    if metric_units is not None:
-        keys4, old, new = metric_units
-        moved = [i for i, key in enumerate(keys4) if key[:3] in segmented]
+    for name, moves in (("u", units), ("m", metric_units)):
+        keys, old, new = moves or ([], None, None)
+        moved = [i for i, key in enumerate(keys) if key[:3] in segmented]
         for i, before, after in zip(moved, old[moved].tolist(), new[moved].tolist(), strict=True):
-            stage_id, arm, unit, metric = keys4[i]
-            parts[stage_id]["m"].append((arm, unit, metric, before, after))
+            stage_id, *key = keys[i]  # (arm, unit) or (arm, unit, metric)
+            parts[stage_id][name].append((*key, before, after))
     PendingSegments.objects.bulk_create(
         [PendingSegments(stage_id=s, data=orjson.dumps(p)) for s, p in sorted(parts.items())]
     )
-    transaction.on_commit(partial(_fold_soon, sorted(parts)), robust=True)
+    # _fold_soon logs its own failures: a fold never fails the ingest that committed.
+    transaction.on_commit(partial(_fold_soon, sorted(parts)))
 
 
 # A pending row's parts: outcomes, feedback, metric values, unit moves, metric unit moves.
@@ -353,12 +349,11 @@ def _lock_stage(stage_id: int, wait: bool) -> bool:
     leave a busy stage at once instead of waiting.)"""
     if connection.vendor != "postgresql":
         return True
+    lock = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
     with connection.cursor() as cursor:
-        if wait:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_SPACE, _int4(stage_id)])
-            return True
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [_LOCK_SPACE, _int4(stage_id)])
-        return bool(cursor.fetchone()[0])
+        cursor.execute(f"SELECT {lock}(%s, %s)", [_LOCK_SPACE, _int4(stage_id)])
+        # pg_advisory_xact_lock returns nothing: it has the lock once it returns.
+        return wait or bool(cursor.fetchone()[0])
 
 
 # The first key of the fold locks (pg_advisory_xact_lock's two-int form): "SEG".
@@ -397,12 +392,11 @@ def _unpack(rows: Iterable[tuple[int, int, Any]]) -> tuple[Any, ...]:
         for into, part in ((units, row[3]), (metric_units, row[4])):
             for items, found in zip(into, part, strict=True):
                 items += found
-    width = len(_NO_TOTALS_ROW)
     return (
         outcomes,
         feedback,
         values,
-        (units[0], *(np.array(v, dtype=np.float64).reshape(-1, width) for v in units[1:])),
+        (units[0], *(np.array(v, dtype=np.float64).reshape(-1, _UNIT_WIDTH) for v in units[1:])),
         (
             metric_units[0],
             *(np.array(v, dtype=np.float64).reshape(-1, 3) for v in metric_units[1:]),
@@ -429,11 +423,10 @@ def _unpack_row(stage_id: int, data: Any) -> tuple[Any, ...]:
         (stage_id, _joined(arm, unit, segments), name, float(value))
         for arm, unit, segments, name, value in part["v"]
     ]
-    width = len(_NO_TOTALS_ROW)
     units: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
     for arm, unit, before, after in part["u"]:
-        if len(before) != width or len(after) != width:
-            raise ValueError(f"a unit's totals have {width} values")
+        if len(before) != _UNIT_WIDTH or len(after) != _UNIT_WIDTH:
+            raise ValueError(f"a unit's totals have {_UNIT_WIDTH} values")
         units[0].append((stage_id, arm, unit))
         units[1].append(before)
         units[2].append(after)
@@ -454,7 +447,9 @@ def _joined(arm: str, unit: str, segments: Sequence[Sequence[str]]) -> OutcomeFa
     )
 
 
-_NO_TOTALS_ROW = aggregation.UnitTotals().values()
+_UNIT_WIDTH = len(
+    aggregation.UNIT_COLUMNS
+)  # a unit's totals, as the unit totals' upsert returns them
 
 
 def merge_segments(deltas: Mapping[Key, ArmAggregates]) -> None:
