@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from django.db.models.functions import Length
 
-from migrations_app.models import PendingSegments
+from migrations_app.models import MigrationPlan, PendingSegments
 from migrations_app.outcomes import ingest, segment_rollup
 from migrations_app.outcomes.segment_rollup import stage_segments
 from tests.outcomes.conftest import Everyone, outcome, segmented_plan
 
+# Not transaction=True: the ingests' on_commit folds never run, so only the folds below do.
 pytestmark = pytest.mark.django_db
 
 
@@ -24,10 +25,17 @@ def _ingest(events: list[dict[str, Any]]) -> Any:
     return ingest.outcomes_ingest(identity=Everyone(), payload={"events": events})
 
 
+def _three_pending() -> MigrationPlan:
+    """A segmented plan whose stage has three pending rows, one outcome of its own tenant each."""
+    plan = segmented_plan("tenant")
+    for b in range(3):
+        assert _ingest([outcome(plan, segments={"tenant": f"t{b}"})]).stored == 1
+    return plan
+
+
 def test_a_chunk_stops_at_fold_bytes_and_a_read_folds_the_rest(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(segment_rollup, "_fold_soon", lambda stage_ids: None)  # folds below
     plan = segmented_plan("tenant")
     stage_id = plan.current_stage_id
     for b in range(5):
@@ -46,12 +54,8 @@ def test_a_chunk_stops_at_fold_bytes_and_a_read_folds_the_rest(
 
 
 def test_one_row_larger_than_fold_bytes_is_folded_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(segment_rollup, "_fold_soon", lambda stage_ids: None)
     monkeypatch.setattr(segment_rollup, "FOLD_BYTES", 1)
-    plan = segmented_plan("tenant")
-    stage_id = plan.current_stage_id
-    for b in range(3):
-        assert _ingest([outcome(plan, segments={"tenant": f"t{b}"})]).stored == 1
+    stage_id = _three_pending().current_stage_id
     pending = PendingSegments.objects.filter(stage_id=stage_id)
     segment_rollup.fold([stage_id], wait=False)
     assert pending.count() == 2
@@ -65,12 +69,9 @@ def test_a_read_folds_what_was_pending_when_it_began(monkeypatch: pytest.MonkeyP
     folded until a chunk came back short, so an ingest faster than one process folding kept
     the evaluation (and its plan lock) from ever ending. Here each chunk of the read commits
     a new batch before the next chunk, as a faster ingest does."""
-    monkeypatch.setattr(segment_rollup, "_fold_soon", lambda stage_ids: None)
     monkeypatch.setattr(segment_rollup, "FOLD_ROWS", 1)
-    plan = segmented_plan("tenant")
+    plan = _three_pending()
     stage_id = plan.current_stage_id
-    for b in range(3):
-        assert _ingest([outcome(plan, segments={"tenant": f"t{b}"})]).stored == 1
     original = segment_rollup.merge_segments
     merges: list[int] = []
 
