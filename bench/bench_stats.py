@@ -273,21 +273,12 @@ def change_delays(rows: int, ages: tuple[float, ...]) -> None:
     )
     rng = np.random.default_rng(5)
 
-    def hours(age: float) -> int:
-        return int(age // 60) + 1
+    hours = sim_changes.hours_for
 
     def errors(age: float) -> tuple[np.ndarray, np.ndarray]:
-        kw = dict(per_minute=1500, base=0.02, concentration=None, heavy=False,
-                  drift=sim_changes.diurnal(hours(age), 0.3))  # fmt: skip
-        a = sim_changes.error_arm(rng, rows, hours(age), **kw)
-        b = sim_changes.error_arm(rng, rows, hours(age),
-                                  ratio=lambda t: np.where(t >= age, 3.0, 1.0), **kw)  # fmt: skip
-        looks = sim_changes.error_looks(a, b, tolerance=1.5, alpha=DETECTOR_ALPHA)
-        (na, ea, _), (nb, eb, _) = a.per_look(), b.per_look()
-        cumulative = sim.error_rollbacks(
-            sim.CountPaths.independent(ea, na), sim.CountPaths.independent(eb, nb),
-            tolerance=1.5, alpha=CUMULATIVE_ALPHA, design=1_000_000,
-        )  # fmt: skip
+        looks, cumulative = sim_changes.error_regression(
+            rng, rows, age, detector_alpha=DETECTOR_ALPHA, cumulative_alpha=CUMULATIVE_ALPHA
+        )
         return looks.reshape(rows, -1) >= LOG_A, cumulative
 
     delay_row("errors 3x at 2 %, 1,500 requests/min per arm (tol 1.5x)", errors, ages, 1500)

@@ -29,6 +29,7 @@ from scipy import special
 
 from migrations_app.guardrails.stats import change_evidence, detector
 from migrations_app.guardrails.stats.inputs import RatioArm
+from tests.guardrails.stats import sim
 from tests.guardrails.stats.sim import HEAVY_SHAPE, HEAVY_USERS
 
 QUARTERS = 4
@@ -516,3 +517,35 @@ def _nested(rng: np.random.Generator, n: np.ndarray, p: np.ndarray) -> np.ndarra
         out[:, :, i] = current
         prev = p[:, i]
     return out
+
+
+def hours_for(age: float) -> int:
+    """The hours a delay scenario simulates for a regression starting at minute ``age``."""
+    return int(age // 60) + 1
+
+
+def error_regression(
+    rng: np.random.Generator,
+    rows: int,
+    age: float,
+    *,
+    detector_alpha: float,
+    cumulative_alpha: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The error-rate delay scenario (tests/guardrails/stats/test_change_delay.py and
+    bench/bench_stats.py): 3x errors at a 2 % base from minute ``age`` of a stage's life,
+    1,500 requests a minute per arm, a diurnal drift, over the hours up to it. Returns the
+    detector's statistics per rollout and look (tolerance 1.5x) and the cumulative test's
+    rollbacks (``sim.error_rollbacks``)."""
+    hours = hours_for(age)
+    kw = dict(per_minute=1500, base=0.02, concentration=None, heavy=False,
+              drift=diurnal(hours, 0.3))  # fmt: skip
+    a = error_arm(rng, rows, hours, **kw)
+    b = error_arm(rng, rows, hours, ratio=lambda t: np.where(t >= age, 3.0, 1.0), **kw)
+    looks = error_looks(a, b, tolerance=1.5, alpha=detector_alpha)
+    (na, ea, _), (nb, eb, _) = a.per_look(), b.per_look()
+    cumulative = sim.error_rollbacks(
+        sim.CountPaths.independent(ea, na), sim.CountPaths.independent(eb, nb),
+        tolerance=1.5, alpha=cumulative_alpha, design=1_000_000,
+    )  # fmt: skip
+    return looks, cumulative

@@ -53,10 +53,6 @@ def delays(run, ages=(0.0, *AGES)) -> dict[float, float]:
     return out
 
 
-def hours_for(age: float) -> int:
-    return int(age // 60) + 1
-
-
 def assert_flat(by_age: dict[float, float]) -> None:
     fresh = by_age[0.0]
     for age in by_age:
@@ -73,18 +69,9 @@ def test_error_rate_delay_does_not_grow_with_the_stages_age():
     rng = np.random.default_rng(2031)
 
     def run(age: float) -> tuple[np.ndarray, np.ndarray]:
-        hours = hours_for(age)
-        kw = dict(per_minute=1500, base=0.02, concentration=None, heavy=False,
-                  drift=sim_changes.diurnal(hours, 0.3))  # fmt: skip
-        a = sim_changes.error_arm(rng, ROWS, hours, **kw)
-        b = sim_changes.error_arm(rng, ROWS, hours, ratio=lambda t: np.where(t >= age, 3.0, 1.0),
-                                  **kw)  # fmt: skip
-        stats = sim_changes.error_looks(a, b, tolerance=1.5, alpha=BENCH_ALPHA)
-        (na, ea, _), (nb, eb, _) = a.per_look(), b.per_look()
-        cumulative = sim.error_rollbacks(
-            sim.CountPaths.independent(ea, na), sim.CountPaths.independent(eb, nb),
-            tolerance=1.5, alpha=CUMULATIVE_ALPHA, design=1_000_000,
-        )  # fmt: skip
+        stats, cumulative = sim_changes.error_regression(
+            rng, ROWS, age, detector_alpha=BENCH_ALPHA, cumulative_alpha=CUMULATIVE_ALPHA
+        )
         return detector_alarms(stats), cumulative
 
     assert_flat(delays(run))
@@ -97,7 +84,7 @@ def test_mean_metric_delay_does_not_grow_with_the_stages_age():
     rng = np.random.default_rng(2033)
 
     def run(age: float) -> tuple[np.ndarray, np.ndarray]:
-        hours = hours_for(age)
+        hours = sim_changes.hours_for(age)
         kw = dict(per_minute=100, level=0.7, spread=0.05, noise=0.3, heavy=False,
                   drift=0.05 * (sim_changes.diurnal(hours, 1.0) - 1.0))  # fmt: skip
         a = sim_changes.mean_arm(rng, ROWS, hours, **kw)
@@ -120,7 +107,7 @@ def test_p95_delay_does_not_grow_with_the_stages_age():
     rng = np.random.default_rng(2032)
 
     def run(age: float) -> tuple[np.ndarray, np.ndarray]:
-        hours = hours_for(age)
+        hours = sim_changes.hours_for(age)
         stats = sim_changes.quantile_looks(
             rng, ROWS, hours, per_minute=400, spread=0.0,
             factor=lambda t: np.where(t >= age, 2.0, 1.0), tolerance=1.3,
