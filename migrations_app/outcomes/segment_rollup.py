@@ -18,14 +18,14 @@ table holds at most ``CAPACITY + 1`` rows per stage, arm and dimension. Late fee
 values are placed as their outcome's value was: its own row when it has one, else ``other``.
 
 Folded, not written per batch: an ingest transaction adds its segmented outcomes, feedback and
-metric values and their units' moves to one ``PendingSegments`` row per stage
-(:func:`queue`); :func:`fold` computes the segments' deltas from every pending row of a stage
-at once and adds them to the rows, deleting what it folded, in one transaction under the
-stage's lock. A busy stage's segment rows are then rewritten about once a second per web
+metric values and their units' moves to one ``PendingSegments`` row per stage, with its
+windows' deltas (:func:`queue`); :func:`fold` computes the segments' deltas from every pending
+row of a stage at once and adds them to the rows, and the windows' deltas to the window and
+stage rows (window_rollup.py), deleting what it folded, in one transaction under the stage's
+lock. A busy stage's segment rows are then rewritten about once a second per web
 process (:data:`FOLD_SECONDS`, after an ingest commits) instead of on every batch, and the
-work per segment is done once per fold, not once per batch. Every read of the segments folds
-first (:func:`stage_segments`), so what the guardrails test is never behind what ingest
-stored. The sums are the same either way: deltas add, and a unit's moves telescope.
+work per segment is done once per fold, not once per batch. Every read of those rows folds
+first (:func:`catch_up`), so what the guardrails test is never behind what ingest stored. The sums are the same either way: deltas add, and a unit's moves telescope.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from django.db.models import Max
 from migrations_app.guardrails.segments import MAX_TOP_K, OTHER
 from migrations_app.guardrails.stats import ArmAggregates, ClusterSums, MetricSums
 from migrations_app.models import PendingSegments, SegmentAggregate
-from migrations_app.outcomes import aggregation, metric_rollup
+from migrations_app.outcomes import aggregation, metric_rollup, window_rollup
 from migrations_app.outcomes.aggregation import OutcomeFacts
 from migrations_app.outcomes.event_checks import Invalid, unstorable_char
 from migrations_app.outcomes.store import fast_path, lock_or_create, update_rows
@@ -212,9 +212,11 @@ def queue(
     *,
     units: UnitMoves,
     metric_units: metric_rollup.Moves | None = None,
+    windows: Mapping[window_rollup.WindowKey, ArmAggregates] | None = None,
 ) -> None:
-    """Add what :func:`segment_deltas` would take (the segmented part of it) to the stages'
-    pending rows, in the caller's transaction, and fold them soon after it commits."""
+    """Add what :func:`segment_deltas` would take (the segmented part of it) and the windows'
+    deltas to the stages' pending rows, in the caller's transaction, and fold them soon after
+    it commits."""
     parts: dict[int, dict[str, list[Any]]] = {}
 
     def part(stage_id: int, facts: OutcomeFacts) -> dict[str, list[Any]]:
@@ -236,8 +238,6 @@ def queue(
     for stage_id, f, name, value in metric_values:
         if f.segments:
             part(stage_id, f)["v"].append((f.arm, f.unit, f.segments, name, value))
-    if not parts:
-        return
     # The moves of the units with segment values here: the others are booked in no segment.
     for name, moves in (("u", units), ("m", metric_units)):
         keys, old, new = moves or ([], None, None)
@@ -245,11 +245,22 @@ def queue(
         for i, before, after in zip(moved, old[moved].tolist(), new[moved].tolist(), strict=True):
             stage_id, *key = keys[i]  # (arm, unit) or (arm, unit, metric)
             parts[stage_id][name].append((*key, before, after))
+    packed = window_rollup.pack(windows or {})
+    stages = sorted({*parts, *packed})
+    if not stages:
+        return
     PendingSegments.objects.bulk_create(
-        [PendingSegments(stage_id=s, data=orjson.dumps(p)) for s, p in sorted(parts.items())]
+        [
+            PendingSegments(
+                stage_id=s,
+                data=orjson.dumps(parts[s]) if s in parts else b"",
+                windows=orjson.dumps(packed[s]) if s in packed else None,
+            )
+            for s in stages
+        ]
     )
     # _fold_soon logs its own failures: a fold never fails the ingest that committed.
-    transaction.on_commit(partial(_fold_soon, sorted(parts)))
+    transaction.on_commit(partial(_fold_soon, stages))
 
 
 # A pending row's parts: outcomes, feedback, metric values, unit moves, metric unit moves.
@@ -257,11 +268,11 @@ _PARTS = ("o", "f", "v", "u", "m")
 
 
 def fold(stage_ids: Iterable[int], *, wait: bool = True) -> None:
-    """Add the stages' pending rows to their segment rows and delete them, each chunk of at
-    most :data:`FOLD_ROWS` rows and about :data:`FOLD_BYTES` in one transaction under each
-    stage's lock (taken in stage order), so each pending row is folded once and the
-    placement sees every value another fold placed. ``wait=False`` (after an ingest): one
-    chunk, and a stage another fold holds is left to it (or to the next fold)."""
+    """Add the stages' pending rows to their window, stage and segment rows and delete them,
+    each chunk of at most :data:`FOLD_ROWS` rows and about :data:`FOLD_BYTES` in one
+    transaction under each stage's lock (taken in stage order), so each pending row is folded
+    once and the placement sees every value another fold placed. ``wait=False`` (after an
+    ingest): one chunk, and a stage another fold holds is left to it (or to the next fold)."""
     stages = sorted(set(stage_ids))
     if not stages:
         return
@@ -306,19 +317,23 @@ def _fold_chunk(stages: list[int], wait: bool, upto: int) -> bool:
             # (LENGTH reads a row's size, not its data: PostgreSQL stores it uncompressed).
             cursor.execute(
                 f"DELETE FROM {table} WHERE id IN (SELECT id FROM (SELECT id, SUM(size) OVER "
-                "(ORDER BY id) - size AS bytes_before FROM (SELECT id, LENGTH(data) AS size "
+                "(ORDER BY id) - size AS bytes_before FROM (SELECT id, "
+                "LENGTH(data) + COALESCE(LENGTH(windows), 0) AS size "
                 f"FROM {table} WHERE stage_id IN ({', '.join(['%s'] * len(stages))}) AND id <= "
                 "%s ORDER BY id LIMIT %s) AS head) AS sized WHERE bytes_before < %s) "
-                "RETURNING id, stage_id, data",
+                "RETURNING id, stage_id, data, windows",
                 [*stages, upto, FOLD_ROWS, FOLD_BYTES],
             )
             found = sorted(cursor.fetchall())
-        if found:
-            outcomes, feedback, values, units, metric_units = _unpack(found)
+        window_rollup.merge(_unpack_windows(found))
+        segmented = [(pk, stage_id, data) for pk, stage_id, data, _ in found if data]
+        if segmented:
+            outcomes, feedback, values, units, metric_units = _unpack(segmented)
             merge_segments(
                 segment_deltas(outcomes, feedback, values, units=units, metric_units=metric_units)
             )
-        return len(found) == FOLD_ROWS or sum(len(data) for *_, data in found) >= FOLD_BYTES
+        size = sum(len(data) + len(windows or b"") for _, _, data, windows in found)
+        return len(found) == FOLD_ROWS or size >= FOLD_BYTES
 
 
 def _fold_soon(stage_ids: Sequence[int]) -> None:
@@ -367,6 +382,23 @@ def _int4(value: int) -> int:
 
 # The window of the outcomes a fold rebuilds: segments have none (only their stage's sums).
 _NO_WINDOW = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _unpack_windows(
+    rows: Iterable[tuple[int, int, Any, Any]],
+) -> list[tuple[window_rollup.WindowKey, ArmAggregates]]:
+    """The pending rows' window deltas (``(id, stage, data, windows)``); an unreadable part
+    is logged and left out, as an unreadable segments' part is (:func:`_unpack`)."""
+    out: list[tuple[window_rollup.WindowKey, ArmAggregates]] = []
+    for pk, stage_id, _, packed in rows:
+        if not packed:
+            continue
+        try:
+            out += window_rollup.unpack(stage_id, orjson.loads(bytes(packed)))
+        except (ValueError, TypeError, KeyError) as bad:  # orjson's errors are ValueErrors
+            log.error("pending window deltas %s of stage %s cannot be read, left out: %r",
+                      pk, stage_id, bad)  # fmt: skip
+    return out
 
 
 def _unpack(rows: Iterable[tuple[int, int, Any]]) -> tuple[Any, ...]:
@@ -483,17 +515,29 @@ def merge_segments(deltas: Mapping[Key, ArmAggregates]) -> None:
     )
 
 
-def stage_segments(stage_id: int) -> dict[tuple[str, str], dict[str, ArmAggregates]]:
-    """A stage's segments: (dimension, value) -> {arm: ArmAggregates}, with everything
-    ingest had committed for it when the read began (its pending rows are folded first).
-    A fold that fails is logged and the segments read as folded so far: the segment tests
-    are one layer of the guardrails, and a failure of theirs must not stop the population's
-    (the caller's transaction goes on: the fold ran in a savepoint)."""
+def catch_up(stage_ids: Iterable[int] | None = None) -> None:
+    """Before a read of window, stage or segment rows: fold what ingest had committed for
+    these stages (for every stage when ``None``). One query when nothing is pending. A fold
+    that fails is logged and the read goes on with the sums folded so far: the fold runs in
+    a savepoint, so the caller's transaction goes on (an evaluation must not stop at a
+    fold's failure; ingest's next fold or the next read retries it)."""
+    pending = PendingSegments.objects.all()
+    if stage_ids is not None:
+        pending = pending.filter(stage_id__in=list(stage_ids))
+    stages = list(pending.values_list("stage_id", flat=True).distinct())
+    if not stages:
+        return
     try:
         with transaction.atomic():
-            fold([stage_id])
+            fold(stages)
     except Exception:
-        log.exception("segment fold failed for stage %s: read as folded so far", stage_id)
+        log.exception("fold failed for stages %s: read as folded so far", stages)
+
+
+def stage_segments(stage_id: int) -> dict[tuple[str, str], dict[str, ArmAggregates]]:
+    """A stage's segments: (dimension, value) -> {arm: ArmAggregates}, with everything
+    ingest had committed for it when the read began (:func:`catch_up`)."""
+    catch_up([stage_id])
     out: dict[tuple[str, str], dict[str, ArmAggregates]] = defaultdict(dict)
     for arm, dimension, value, data in SegmentAggregate.objects.filter(
         stage_id=stage_id
