@@ -50,6 +50,7 @@ from migrations_app.guardrails.stats import ArmAggregates, ClusterSums, MetricSu
 from migrations_app.models import PendingSegments, SegmentAggregate
 from migrations_app.outcomes import aggregation, metric_rollup, window_rollup
 from migrations_app.outcomes.aggregation import OutcomeFacts
+from migrations_app.outcomes.collector import collector_paused
 from migrations_app.outcomes.event_checks import Invalid, unstorable_char
 from migrations_app.outcomes.store import fast_path, lock_or_create, update_rows
 
@@ -276,6 +277,11 @@ def fold(stage_ids: Iterable[int], *, wait: bool = True) -> None:
     stages = sorted(set(stage_ids))
     if not stages:
         return
+    with collector_paused():
+        _fold(stages, wait)
+
+
+def _fold(stages: list[int], wait: bool) -> None:
     # A read folds the rows pending when it began (their ids up to the last one then), not
     # on while ingest commits more: it holds the stage's lock from its first chunk to its
     # caller's commit (the engine's evaluation), so no ingest's fold helps it meanwhile.

@@ -141,3 +141,25 @@ def test_an_unreadable_window_part_is_left_out_and_a_row_of_the_code_before_read
     assert segment_rollup.stage_segments(stage.pk)[("tenant", "acme")]["control"].requests == 2
     assert caplog.text.count("cannot be read, left out") == 1
     assert not PendingSegments.objects.filter(stage=stage).exists()
+
+
+def test_a_fold_runs_with_the_collector_paused_and_resumes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Like a batch, a fold makes many short-lived objects and no garbage that must go sooner
+    (outcomes/collector.py); a read's fold (catch_up) outside any ingest pauses it too."""
+    import gc
+
+    seen = []
+    original = segment_rollup._fold_chunk
+
+    def spy(*args: Any) -> bool:
+        seen.append(gc.isenabled())
+        return original(*args)
+
+    monkeypatch.setattr(segment_rollup, "_fold_chunk", spy)
+    plan = segmented_plan("tenant")
+    PendingSegments.objects.create(stage=plan.current_stage, data=b"")
+    assert gc.isenabled()
+    segment_rollup.catch_up([plan.current_stage_id])
+    assert seen == [False] and gc.isenabled()
