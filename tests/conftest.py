@@ -343,6 +343,19 @@ def _cheap_passwords() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _prompt_listener() -> Iterator[None]:
+    """The follower's Redis listener checks for close() between reads of LISTEN_WAIT (0.5 s),
+    and _stop_following's close() waits for it: ~0.25 s of every test that served decisions.
+    A 0.05 s read in the tests' own process (the servers and workers they start keep 0.5 s);
+    what the listener does with a message is the same."""
+    from migrations_app.routing import changes
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(changes, "LISTEN_WAIT", 0.05)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _stop_following() -> Iterator[None]:
     """A test that served decisions in this process started the routing-change follower, whose
