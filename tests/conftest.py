@@ -323,6 +323,24 @@ def _fast_flush() -> Iterator[None]:
         DatabaseOperations.sql_flush = _truncate_flush  # type: ignore[method-assign]
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> None:
+    """The test database commits without waiting for its WAL to reach the disk
+    (synchronous_commit off, set on the database: the servers and workers the live tests
+    start connect with it too): ~2.5 ms of fsync a commit on this machine, and the live tests,
+    the transactional tests' flushes and the catalog put back after them commit thousands of
+    times. What a commit makes visible, and when, is unchanged; only a crash of PostgreSQL
+    itself could lose the last commits, and no test crashes it."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        name = connection.ops.quote_name(connection.settings_dict["NAME"])
+        cursor.execute(f"ALTER DATABASE {name} SET synchronous_commit = off")
+        cursor.execute("SET synchronous_commit = off")
+
+
 class OneIterationPBKDF2(PBKDF2PasswordHasher):
     """Django's PBKDF2-SHA256 at one iteration (see _cheap_passwords)."""
 
