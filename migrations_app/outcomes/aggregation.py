@@ -457,25 +457,33 @@ def grouped_cluster_deltas(
     same sums, with each unit's moments computed once for the batch rather than per group
     (a batch's segments or windows are many small groups of its units), and every group's
     sums in one pass (``exact_sums.group_sums``)."""
+    keys = list(groups)
+    rows, bounds = _flatten(groups, keys)
+    return dict(zip(keys, cluster_sums(old, new, rows, bounds), strict=True))
+
+
+def cluster_sums(
+    old: npt.ArrayLike, new: npt.ArrayLike, rows: npt.NDArray[np.intp], bounds: Sequence[int]
+) -> list[ArmAggregates]:
+    """:func:`cluster_deltas` of each group of units' moves: group ``g`` is
+    ``rows[bounds[g]:bounds[g + 1]]``, every group's sums in one pass."""
     before = np.asarray(old, dtype=np.float64).reshape(-1, len(UNIT_COLUMNS))
     after = np.asarray(new, dtype=np.float64).reshape(-1, len(UNIT_COLUMNS))
     columns = []  # per cluster sum: whether each unit is new, then its moments' changes
     for y, n in _CLUSTER_COLUMNS.values():
         y0, n0, y1, n1 = before[:, y], before[:, n], after[:, y], after[:, n]
         columns += [(n0 == 0) & (n1 != 0), *_moment_changes(y0, n0, y1, n1)]
-    keys = list(groups)
-    rows, bounds = _flatten(groups, keys)
     table = np.column_stack(columns).astype(np.float64, copy=False)
     sums = group_sums(table, rows, bounds).tolist()
     width = 1 + len(CLUSTER_MOMENTS)
     names = list(_CLUSTER_COLUMNS)
-    out: dict[K, ArmAggregates] = {}
-    for key, s in zip(keys, sums, strict=True):
+    out = []
+    for s in sums:
         moved: dict[str, Any] = {
             name: ClusterSums(int(s[i * width]), *s[i * width + 1 : (i + 1) * width])
             for i, name in enumerate(names)
         }
-        out[key] = ArmAggregates(**moved)
+        out.append(ArmAggregates(**moved))
     return out
 
 
@@ -503,13 +511,24 @@ def grouped_cluster_change(
     """:func:`cluster_change` of each group of units (``groups``: key -> indices), the same
     sums, with the moments computed once for all units rather than once per group (a batch's
     metric sums move in many small groups: per window and metric, per segment and metric)."""
-    if not groups:
-        return {}
     keys = list(groups)
     rows, bounds = _flatten(groups, keys)
+    return dict(zip(keys, cluster_change_sums(y0, n0, y1, n1, rows, bounds), strict=True))
+
+
+def cluster_change_sums(
+    y0: FloatArray,
+    n0: FloatArray,
+    y1: FloatArray,
+    n1: FloatArray,
+    rows: npt.NDArray[np.intp],
+    bounds: Sequence[int],
+) -> list[ClusterSums]:
+    """:func:`cluster_change` of each group of units: group ``g`` is
+    ``rows[bounds[g]:bounds[g + 1]]``, every group's sums in one pass."""
     table = np.column_stack([(n0 == 0) & (n1 != 0), *_moment_changes(y0, n0, y1, n1)])
     sums = group_sums(table.astype(np.float64, copy=False), rows, bounds).tolist()
-    return {key: ClusterSums(int(s[0]), *s[1:]) for key, s in zip(keys, sums, strict=True)}
+    return [ClusterSums(int(s[0]), *s[1:]) for s in sums]
 
 
 def _moment_changes(
