@@ -206,29 +206,26 @@ def queue(
     """Add the segmented outcomes, feedback and metric values and their units' moves to the
     stages' pending rows (segment_rows.py), in the caller's transaction, and fold them soon
     after it commits."""
-    events: dict[int, tuple[list[Any], list[Any], list[Any]]] = {}
-    for stage_id, f in outcomes:
-        if f.segments:
-            (events.get(stage_id) or events.setdefault(stage_id, ([], [], [])))[0].append(f)
-    for stage_id, f, score in feedback:
-        if f.segments:
-            (events.get(stage_id) or events.setdefault(stage_id, ([], [], [])))[1].append(
-                (f, score)
-            )
-    for stage_id, f, name, value in metric_values:
-        if f.segments:
-            (events.get(stage_id) or events.setdefault(stage_id, ([], [], [])))[2].append(
-                (f, name, value)
-            )
-    if not events:
+    # Comprehensions, not a loop of appends: this runs per batch in the ingest transaction.
+    kinds = (
+        [(s, f) for s, f in outcomes if f.segments],
+        [(s, f, score) for s, f, score in feedback if f.segments],
+        [(s, f, name, value) for s, f, name, value in metric_values if f.segments],
+    )
+    segmented = {(s, f.arm, f.unit) for kind in kinds for s, f, *_ in kind}
+    if not segmented:
         return
+    stages = {s for s, *_ in segmented}
+    events = {
+        stage: (
+            [f for s, f in kinds[0] if s == stage],
+            [(f, score) for s, f, score in kinds[1] if s == stage],
+            [(f, name, value) for s, f, name, value in kinds[2] if s == stage],
+        )
+        for stage in stages
+    }
     rows = {stage_id: segment_rows.columns(*parts) for stage_id, parts in events.items()}
     # The moves of the units with segment values here: the others are booked in no segment.
-    segmented = {
-        (stage_id, f.arm, f.unit)
-        for stage_id, (o, fb, v) in events.items()
-        for f in (*o, *(f for f, _ in fb), *(f for f, *_ in v))
-    }
     both: tuple[tuple[Any, Any], ...] = (
         (units, segment_rows.add_moves), (metric_units, segment_rows.add_metric_moves)
     )  # fmt: skip
@@ -236,12 +233,10 @@ def queue(
         if moves is None:
             continue
         keys, old, new = moves
-        picked: dict[int, list[int]] = defaultdict(list)
-        for i, key in enumerate(keys):
-            if key[:3] in segmented:
-                picked[key[0]].append(i)
-        for stage_id, moved in picked.items():
-            add(rows[stage_id], [keys[i][1:] for i in moved], old[moved], new[moved])
+        moved = [i for i, key in enumerate(keys) if key[:3] in segmented]
+        for stage_id in stages:
+            mine = [i for i in moved if keys[i][0] == stage_id] if len(stages) > 1 else moved
+            add(rows[stage_id], [keys[i][1:] for i in mine], old[mine], new[mine])
     PendingSegments.objects.bulk_create([
         PendingSegments(stage_id=s, data=segment_rows.pack(row)) for s, row in sorted(rows.items())
     ])  # fmt: skip

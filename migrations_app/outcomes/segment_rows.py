@@ -92,8 +92,8 @@ def columns(
     values: Sequence[tuple[OutcomeFacts, str, float]] = (),
 ) -> Columns:
     """A row's columns for some segmented outcomes, feedback and metric values (each with
-    the facts of its outcome), without moves (:func:`add_moves`, :func:`add_metric_moves`). One pass per column,
-    not one call per event: ingest makes one of these per batch."""
+    the facts of its outcome), without moves (:func:`add_moves`, :func:`add_metric_moves`).
+    One pass per column, not one call per event: ingest makes one of these per batch."""
     facts = [*outcomes, *(f for f, _ in feedback), *(f for f, *_ in values)]
     sizes = [len(f.segments) for f in facts]
     if sizes and max(sizes) > SLOTS:
@@ -222,22 +222,15 @@ def pack(c: Columns) -> bytes:
 # its units' totals (ten columns before and after), and fewer bytes are less of ingest's CPU
 # (the client escapes a row's bytes into its INSERT) and of PostgreSQL's.
 def _kinds(old: Floats, new: Floats) -> str:
-    kinds = []
-    for a, b in zip(old.T, new.T, strict=True):
-        signed = np.signbit(a).any() or np.signbit(b).any()  # -0.0 stays -0.0
-        if not signed and not a.any() and not b.any():
-            kinds.append("z")
-        elif np.array_equal(a, b) and np.array_equal(np.signbit(a), np.signbit(b)):
-            kinds.append("s")
-        elif not signed and _whole(a) and _whole(b):
-            kinds.append("i")
-        else:
-            kinds.append("f")
-    return "".join(kinds)
-
-
-def _whole(column: Floats) -> bool:
-    return bool(((column == np.floor(column)) & (column < 2**31)).all())
+    both = np.concatenate([old, new])
+    signed = np.signbit(both).any(axis=0)  # -0.0 stays -0.0: no "z" or "i" for it
+    zero = ~both.any(axis=0) & ~signed
+    same = ((old == new) & (np.signbit(old) == np.signbit(new))).all(axis=0)
+    whole = ((both == np.floor(both)) & (both < 2**31)).all(axis=0) & ~signed
+    return "".join(
+        "z" if z else "s" if s else "i" if w else "f"
+        for z, s, w in zip(zero.tolist(), same.tolist(), whole.tolist(), strict=True)
+    )
 
 
 def _pack_moves(kinds: str, old: Floats, new: Floats) -> list[bytes]:
@@ -348,7 +341,8 @@ def _read_tuples(part: Any) -> Columns:
 
     c = columns(
         [
-            facts(arm, unit, segments, float(latency), ttft, error, cost, [tuple(m) for m in metrics])
+            facts(arm, unit, segments, float(latency), ttft, error, cost,
+                  [tuple(m) for m in metrics])
             for arm, unit, latency, ttft, error, cost, metrics, segments in part["o"]
         ],
         [(facts(arm, unit, segments), float(score)) for arm, unit, segments, score in part["f"]],

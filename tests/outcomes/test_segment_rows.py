@@ -156,7 +156,8 @@ def test_rows_of_the_format_before_are_folded_as_the_same_rows_in_columns(
         fields = {
             "unit": unit, "segments": segments, "latency_ms": rng.lognormvariate(6, 1),
             "ttft_ms": rng.choice([None, rng.random() * 200]),
-            "error": rng.choice([None, None, "timeout"]), "arm": rng.choice(["control", "candidate"]),
+            "error": rng.choice([None, None, "timeout"]),
+            "arm": rng.choice(["control", "candidate"]),
             "metrics": rng.choice([{}, {"task_completed": rng.choice([0, 1])}]),
         }  # fmt: skip
         for i, plan in enumerate(plans):
