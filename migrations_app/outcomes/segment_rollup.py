@@ -224,7 +224,7 @@ def queue(
         )
         for stage in stages
     }
-    rows = {stage_id: segment_rows.columns(*parts) for stage_id, parts in events.items()}
+    rows = {stage_id: segment_rows.raw(*parts) for stage_id, parts in events.items()}
     # The moves of the units with segment values here: the others are booked in no segment.
     both: tuple[tuple[Any, Any], ...] = (
         (units, segment_rows.add_moves), (metric_units, segment_rows.add_metric_moves)

@@ -2,16 +2,19 @@
 transaction adds to the stage's segments, by columns, and the rows of a fold read back as one
 set of columns.
 
-A row holds its events (segmented outcomes, feedback and metric values: arm, unit and up to
-three segment values each, as indices into the row's lists of arms, units and (dimension,
-value) pairs), the outcomes' numbers, and the moves of the events' units' totals (before and
-after). The strings are JSON, the numbers raw little-endian arrays: ingest writes them without
-making a Python object per number, and a fold reads them without making one per outcome.
+A row (:class:`Raw`) holds its events (segmented outcomes, feedback and metric values: arm,
+unit and up to three (dimension, value) pairs each), the outcomes' numbers, and the moves of
+the events' units' totals (before and after). The strings are one JSON list per column, the
+numbers raw little-endian arrays: ingest lists them and writes them without a Python object
+per number or a dictionary look-up per string (it runs in the ingest transaction, after the
+aggregate rows are locked); a fold turns the strings into indices (:func:`code`,
+:class:`Columns`) and reads the numbers without an object per outcome.
 
-Layout: ``MAGIC``, the header's length (4 bytes), the header (JSON: the lists and the columns'
-lengths), zero bytes to a multiple of 8, then the float64 arrays and the int32 arrays of
-:data:`_LAYOUT`, in its order. Rows written before this format (one JSON object, a tuple per
-event: they start with ``{``) are read by :func:`read` too, into the same columns.
+Layout: ``MAGIC``, the header's length (4 bytes), the header (JSON: the string columns and
+the moves' storage kinds), zero bytes to a multiple of 8, the float64 arrays of
+:data:`_LAYOUT` in its order, then the moves' totals (:func:`_pack_moves`). Rows written
+before this format (one JSON object, a tuple per event: they start with ``{``) are read by
+:func:`read` too, into the same columns.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -68,80 +70,155 @@ class Columns:
     metric_new: Floats
 
 
-# (field, dtype, columns per item, which count): the arrays after the header, in order; then
-# the moves' totals before and after, column by column (:func:`_pack_moves`).
+@dataclass
+class Raw:
+    """A row as ingest writes it: per event (outcomes, then feedback, then metric values:
+    ``counts``) its arm, unit and segment values ((dimension, value) pairs), per outcome its
+    error ("" for none) and numbers (``ttft`` and ``cost`` NaN where unknown), the values
+    the outcomes carried (``carried``: [outcome, metric]), the metric values' names, and the
+    moves (keys, totals before and after). Strings go to the header as they are: ingest only
+    lists them, a fold turns them into indices (:func:`code`)."""
+
+    counts: tuple[int, int, int]
+    arms: list[str]
+    units: list[str]
+    segments: list[Any]
+    errors: list[str]
+    carried: list[Any]
+    value_metrics: list[str]
+    latency: Floats
+    ttft: Floats
+    cost: Floats
+    carried_value: Floats
+    score: Floats
+    value: Floats
+    moved: list[Any]  # (arm, unit)
+    moved_old: Floats  # (moves, _UNIT_WIDTH)
+    moved_new: Floats
+    metric_moved: list[Any]  # (arm, unit, metric)
+    metric_old: Floats  # (metric moves, 3)
+    metric_new: Floats
+
+
+# (field, which count): the float64 arrays after the header, in order; then the moves'
+# totals before and after, column by column (:func:`_pack_moves`).
 _LAYOUT = (
-    ("latency", "<f8", 1, "o"),
-    ("ttft", "<f8", 1, "o"),
-    ("cost", "<f8", 1, "o"),
-    ("carried_value", "<f8", 1, "c"),
-    ("score", "<f8", 1, "f"),
-    ("value", "<f8", 1, "v"),
-    ("events", "<i4", 2 + SLOTS, "e"),
-    ("error", "<i4", 1, "o"),
-    ("carried", "<i4", 2, "c"),
-    ("value_metric", "<i4", 1, "v"),
-    ("moved", "<i4", 2, "u"),
-    ("metric_moved", "<i4", 3, "m"),
+    ("latency", "o"),
+    ("ttft", "o"),
+    ("cost", "o"),
+    ("carried_value", "c"),
+    ("score", "f"),
+    ("value", "v"),
 )
 
 
-def columns(
+def raw(
     outcomes: Sequence[OutcomeFacts],
     feedback: Sequence[tuple[OutcomeFacts, float]] = (),
     values: Sequence[tuple[OutcomeFacts, str, float]] = (),
-) -> Columns:
-    """A row's columns for some segmented outcomes, feedback and metric values (each with
-    the facts of its outcome), without moves (:func:`add_moves`, :func:`add_metric_moves`).
-    One pass per column, not one call per event: ingest makes one of these per batch."""
+) -> Raw:
+    """A row of some segmented outcomes, feedback and metric values (each with the facts of
+    its outcome), without moves (:func:`add_moves`, :func:`add_metric_moves`): one list per
+    column, no call per event (ingest makes one per batch, in its transaction)."""
     facts = [*outcomes, *(f for f, _ in feedback), *(f for f, *_ in values)]
-    sizes = [len(f.segments) for f in facts]
+    carried = [(i, m) for i, f in enumerate(outcomes) for m in f.metrics]
+    none = np.zeros((0, 1))
+    return Raw(
+        counts=(len(outcomes), len(feedback), len(values)),
+        arms=[f.arm for f in facts],
+        units=[f.unit for f in facts],
+        segments=[f.segments for f in facts],
+        errors=[f.error for f in outcomes],
+        carried=[(i, name) for i, (name, _) in carried],
+        value_metrics=[name for _, name, _ in values],
+        latency=np.array([f.latency_ms for f in outcomes], dtype=np.float64),
+        ttft=np.array([f.ttft_ms for f in outcomes], dtype=np.float64),  # None: NaN
+        cost=np.array([f.cost_usd for f in outcomes], dtype=np.float64),
+        carried_value=np.array([value for _, (_, value) in carried], dtype=np.float64),
+        score=np.array([score for _, score in feedback], dtype=np.float64),
+        value=np.array([value for *_, value in values], dtype=np.float64),
+        moved=[],
+        moved_old=_floats(none, _UNIT_WIDTH),
+        moved_new=_floats(none, _UNIT_WIDTH),
+        metric_moved=[],
+        metric_old=_floats(none, _METRIC_WIDTH),
+        metric_new=_floats(none, _METRIC_WIDTH),
+    )
+
+
+def add_moves(r: Raw, keys: Sequence[Any], old: npt.ArrayLike, new: npt.ArrayLike) -> None:
+    """The moves of the row's units' totals: keys (arm, unit), totals before and after."""
+    r.moved = list(keys)
+    r.moved_old, r.moved_new = _floats(old, _UNIT_WIDTH), _floats(new, _UNIT_WIDTH)
+
+
+def add_metric_moves(r: Raw, keys: Sequence[Any], old: npt.ArrayLike, new: npt.ArrayLike) -> None:
+    """The moves of the row's units' metric sums: keys (arm, unit, metric), before, after."""
+    r.metric_moved = list(keys)
+    r.metric_old, r.metric_new = _floats(old, _METRIC_WIDTH), _floats(new, _METRIC_WIDTH)
+
+
+def code(r: Raw) -> Columns:
+    """A row's columns with its strings as indices into lists of the distinct ones, checked as
+    far as a fold relies on them. Raises ValueError, TypeError or KeyError for a row that is
+    not one."""
+    o, f, v = r.counts
+    events = o + f + v
+    if {len(r.arms), len(r.units), len(r.segments)} != {events} or len(r.errors) != o:
+        raise ValueError("a row's columns have one item per event")
+    if len(r.value_metrics) != v or len(r.carried) != len(r.carried_value):
+        raise ValueError("a row's metric values have one name each")
+    pairs = [(d, x) for s in r.segments for d, x in s]
+    sizes = [len(s) for s in r.segments]
     if sizes and max(sizes) > SLOTS:
         raise ValueError(f"an event has at most {SLOTS} segment values")
-    pairs = [p for f in facts for p in f.segments]
     segments, codes = _encode(pairs)
-    slots = np.full((len(facts), SLOTS), -1, dtype=np.int64)
+    slots = np.full((events, SLOTS), -1, dtype=np.int64)
     if len(set(sizes)) == 1:  # every event with as many values (a plan's events mostly are)
-        slots[:, : sizes[0]] = codes.reshape(len(facts), sizes[0])
-    else:
-        owner = np.repeat(np.arange(len(facts)), sizes)
+        slots[:, : sizes[0]] = codes.reshape(events, sizes[0])
+    elif pairs:
+        owner = np.repeat(np.arange(events), sizes)
         starts = np.cumsum([0, *sizes[:-1]])
         slots[owner, np.arange(len(pairs)) - starts[owner]] = codes
-    arms, arm_codes = _encode([f.arm for f in facts])
-    units, unit_codes = _encode([f.unit for f in facts])
-    events = np.column_stack([arm_codes, unit_codes, slots]).reshape(-1, 2 + SLOTS)
-    errors, error = _encode([f.error for f in outcomes], skip="")
-    carried_at = [(i, m) for i, f in enumerate(outcomes) for m in f.metrics]
-    metrics, metric_codes = _encode(
-        [name for _, (name, _) in carried_at] + [name for _, name, _ in values]
-    )
-    carried = np.column_stack(
-        [np.array([i for i, _ in carried_at], dtype=np.int64), metric_codes[: len(carried_at)]]
-    ).reshape(-1, 2)
-    none = np.zeros((0, 1))
+    arms, arm_codes = _encode(r.arms)
+    units, unit_codes = _encode(r.units)
+    errors, error = _encode(r.errors, skip="")
+    carried_at = [int(i) for i, _ in r.carried]
+    if carried_at and not 0 <= min(carried_at) <= max(carried_at) < o:
+        raise ValueError("a carried value's outcome is not in its row")
+    metrics, metric_codes = _encode([name for _, name in r.carried] + r.value_metrics)
+    arm_index = {a: i for i, a in enumerate(arms)}
+    unit_index = {u: i for i, u in enumerate(units)}
+    metric_index = {m: i for i, m in enumerate(metrics)}
+    metric_moved = [
+        (arm_index[a], unit_index[u], metric_index.setdefault(m, len(metric_index)))
+        for a, u, m in r.metric_moved
+    ]
     return Columns(
         arms=arms,
         units=units,
         segments=segments,
         errors=errors,
-        metrics=metrics,
-        counts=(len(outcomes), len(feedback), len(values)),
-        events=events,
-        latency=np.array([f.latency_ms for f in outcomes], dtype=np.float64),
-        ttft=np.array([f.ttft_ms for f in outcomes], dtype=np.float64),  # None: NaN
-        cost=np.array([f.cost_usd for f in outcomes], dtype=np.float64),
+        metrics=list(metric_index),
+        counts=(o, f, v),
+        events=np.column_stack([arm_codes, unit_codes, slots]).reshape(-1, 2 + SLOTS),
+        latency=r.latency,
+        ttft=r.ttft,
+        cost=r.cost,
         error=error,
-        carried=carried,
-        carried_value=np.array([value for _, (_, value) in carried_at], dtype=np.float64),
-        score=np.array([score for _, score in feedback], dtype=np.float64),
+        carried=np.column_stack(
+            [np.array(carried_at, dtype=np.int64), metric_codes[: len(carried_at)]]
+        ).reshape(-1, 2),
+        carried_value=r.carried_value,
+        score=r.score,
         value_metric=metric_codes[len(carried_at) :],
-        value=np.array([value for *_, value in values], dtype=np.float64),
-        moved=_ints([], 2),
-        moved_old=_floats(none, _UNIT_WIDTH),
-        moved_new=_floats(none, _UNIT_WIDTH),
-        metric_moved=_ints([], 3),
-        metric_old=_floats(none, _METRIC_WIDTH),
-        metric_new=_floats(none, _METRIC_WIDTH),
+        value=r.value,
+        moved=_ints([(arm_index[a], unit_index[u]) for a, u in r.moved], 2),
+        moved_old=r.moved_old,
+        moved_new=r.moved_new,
+        metric_moved=_ints(metric_moved, 3),
+        metric_old=r.metric_old,
+        metric_new=r.metric_new,
     )
 
 
@@ -155,30 +232,6 @@ def _encode(items: Sequence[Any], skip: Any = None) -> tuple[list[Any], Ints]:
     return distinct, np.fromiter(map(index.__getitem__, items), dtype=np.int64, count=len(items))
 
 
-def add_moves(
-    c: Columns, keys: Sequence[Sequence[str]], old: npt.ArrayLike, new: npt.ArrayLike
-) -> None:
-    """The moves of the row's units' totals: keys (arm, unit) of its events' units, totals
-    before and after."""
-    arms = {a: i for i, a in enumerate(c.arms)}
-    units = {u: i for i, u in enumerate(c.units)}
-    c.moved = _ints([(arms[arm], units[unit]) for arm, unit in keys], 2)
-    c.moved_old, c.moved_new = _floats(old, _UNIT_WIDTH), _floats(new, _UNIT_WIDTH)
-
-
-def add_metric_moves(
-    c: Columns, keys: Sequence[Sequence[str]], old: npt.ArrayLike, new: npt.ArrayLike
-) -> None:
-    """The moves of the row's units' metric sums: keys (arm, unit, metric), before, after."""
-    arms = {a: i for i, a in enumerate(c.arms)}
-    units = {u: i for i, u in enumerate(c.units)}
-    metrics = {m: i for i, m in enumerate(c.metrics)}
-    codes = [(arms[a], units[u], metrics.setdefault(m, len(metrics))) for a, u, m in keys]
-    c.metrics = list(metrics)
-    c.metric_moved = _ints(codes, 3)
-    c.metric_old, c.metric_new = _floats(old, _METRIC_WIDTH), _floats(new, _METRIC_WIDTH)
-
-
 def _ints(rows: Sequence[Sequence[int]], width: int) -> Ints:
     return np.array(rows, dtype=np.int64).reshape(-1, width)
 
@@ -189,30 +242,20 @@ def _floats(rows: npt.ArrayLike | None, width: int) -> Floats:
     return np.asarray(rows, dtype=np.float64).reshape(-1, width)
 
 
-def _lengths(c: Columns) -> dict[str, int]:
-    o, f, v = c.counts
-    return {
-        "o": o, "f": f, "v": v, "e": o + f + v, "c": len(c.carried),
-        "u": len(c.moved), "m": len(c.metric_moved),
-    }  # fmt: skip
-
-
-def pack(c: Columns) -> bytes:
-    """The row's bytes (:data:`_LAYOUT`)."""
-    lengths = _lengths(c)
-    units, metrics = _kinds(c.moved_old, c.moved_new), _kinds(c.metric_old, c.metric_new)
+def pack(r: Raw) -> bytes:
+    """The row's bytes: the header (its strings and lengths), the float arrays of
+    :data:`_LAYOUT`, then the moves' totals (:func:`_pack_moves`)."""
+    units, metrics = _kinds(r.moved_old, r.moved_new), _kinds(r.metric_old, r.metric_new)
     header = orjson.dumps({
-        "arms": c.arms, "units": c.units, "segments": c.segments, "errors": c.errors,
-        "metrics": c.metrics, "counts": c.counts, "lengths": [lengths[k] for k in "cum"],
-        "moves": [units, metrics],
+        "counts": r.counts, "arms": r.arms, "units": r.units, "segments": r.segments,
+        "errors": r.errors, "carried": r.carried, "value_metrics": r.value_metrics,
+        "moved": r.moved, "metric_moved": r.metric_moved, "moves": [units, metrics],
     })  # fmt: skip
     start = len(MAGIC) + 4 + len(header)
     parts = [MAGIC, struct.pack("<I", len(header)), header, b"\0" * (-start % 8)]
-    parts += [
-        np.ascontiguousarray(getattr(c, name), dtype=dtype).tobytes() for name, dtype, *_ in _LAYOUT
-    ]
-    parts += _pack_moves(units, c.moved_old, c.moved_new)
-    parts += _pack_moves(metrics, c.metric_old, c.metric_new)
+    parts += [np.ascontiguousarray(getattr(r, name), dtype="<f8").tobytes() for name, _ in _LAYOUT]
+    parts += _pack_moves(units, r.moved_old, r.moved_new)
+    parts += _pack_moves(metrics, r.metric_old, r.metric_new)
     return b"".join(parts)
 
 
@@ -267,89 +310,58 @@ def _read_moves(
 def read(data: bytes) -> Columns:
     """A row's columns, of either format. Raises ValueError, TypeError or KeyError for a row
     that is not one (only a bug or a damaged database makes one)."""
+    return code(read_raw(data))
+
+
+def read_raw(data: bytes) -> Raw:
+    """A row as it was written (:func:`pack`, or a row of the format before)."""
     if not data.startswith(MAGIC):
         return _read_tuples(orjson.loads(data))
     (size,) = struct.unpack_from("<I", data, len(MAGIC))
     start = len(MAGIC) + 4
     header = orjson.loads(data[start : start + size])
-    counts = tuple(int(n) for n in header["counts"])
-    if len(counts) != 3:
-        raise ValueError("a row has three kinds of events")
-    o, f, v = counts
-    c_, u, m = (int(n) for n in header["lengths"])
-    lengths = {"o": o, "f": f, "v": v, "e": o + f + v, "c": c_, "u": u, "m": m}
+    o, f, v = (int(n) for n in header["counts"])
+    carried, moved, metric_moved = header["carried"], header["moved"], header["metric_moved"]
+    lengths = {"o": o, "f": f, "v": v, "c": len(carried)}
     offset = start + size + (-(start + size) % 8)
     arrays: dict[str, Any] = {}
-    for name, dtype, width, count in _LAYOUT:
-        items = lengths[count] * width
-        array = np.frombuffer(data, dtype=dtype, count=items, offset=offset)
-        offset += array.nbytes
-        kind = np.int64 if dtype == "<i4" else np.float64
-        arrays[name] = array.astype(kind).reshape(-1, width) if width > 1 else array.astype(kind)
+    for name, count in _LAYOUT:
+        arrays[name] = np.frombuffer(data, dtype="<f8", count=lengths[count], offset=offset)
+        offset += arrays[name].nbytes
+        arrays[name] = arrays[name].astype(np.float64)
     unit_kinds, metric_kinds = header["moves"]
     arrays["moved_old"], arrays["moved_new"], offset = _read_moves(
-        data, offset, unit_kinds, u, _UNIT_WIDTH
+        data, offset, unit_kinds, len(moved), _UNIT_WIDTH
     )
     arrays["metric_old"], arrays["metric_new"], offset = _read_moves(
-        data, offset, metric_kinds, m, _METRIC_WIDTH
+        data, offset, metric_kinds, len(metric_moved), _METRIC_WIDTH
     )
     if offset != len(data):
         raise ValueError("a row's arrays do not fill it")
-    columns = Columns(
-        arms=[str(a) for a in header["arms"]],
-        units=[str(x) for x in header["units"]],
-        segments=[(str(d), str(x)) for d, x in header["segments"]],
-        errors=[str(e) for e in header["errors"]],
-        metrics=[str(x) for x in header["metrics"]],
+    return Raw(
         counts=(o, f, v),
+        arms=header["arms"],
+        units=header["units"],
+        segments=header["segments"],
+        errors=header["errors"],
+        carried=carried,
+        value_metrics=header["value_metrics"],
+        moved=moved,
+        metric_moved=metric_moved,
         **arrays,
     )
-    _check(columns)
-    return columns
 
 
-def _check(c: Columns) -> None:
-    """Every index points into its list (a fold relies on it)."""
-    for codes, size, empty in (
-        (c.events[:, 0], len(c.arms), False), (c.events[:, 1], len(c.units), False),
-        (c.events[:, 2:], len(c.segments), True), (c.error, len(c.errors), True),
-        (c.carried[:, 0], c.counts[0], False), (c.carried[:, 1], len(c.metrics), False),
-        (c.value_metric, len(c.metrics), False), (c.moved[:, 0], len(c.arms), False),
-        (c.moved[:, 1], len(c.units), False), (c.metric_moved[:, 0], len(c.arms), False),
-        (c.metric_moved[:, 1], len(c.units), False), (c.metric_moved[:, 2], len(c.metrics), False),
-    ):  # fmt: skip
-        if codes.size and (codes.max() >= size or codes.min() < (-1 if empty else 0)):
-            raise ValueError("a row's index points past its list")
-
-
-def _read_tuples(part: Any) -> Columns:
-    """A row of the format before (one JSON object of tuples, written by ingest until this
-    format): the same columns."""
-
-    def facts(
-        arm: str,
-        unit: str,
-        segments: Any,
-        latency: float = 0.0,
-        ttft: float | None = None,
-        error: str = "",
-        cost: float | None = None,
-        metrics: Any = (),
-    ) -> OutcomeFacts:
-        pairs = tuple((d, v) for d, v in segments)
-        return OutcomeFacts(arm, unit, _NO_WINDOW, latency, ttft, error, cost, metrics, pairs)
-
-    c = columns(
-        [
-            facts(arm, unit, segments, float(latency), ttft, error, cost,
-                  [tuple(m) for m in metrics])
-            for arm, unit, latency, ttft, error, cost, metrics, segments in part["o"]
-        ],
-        [(facts(arm, unit, segments), float(score)) for arm, unit, segments, score in part["f"]],
-        [(facts(arm, unit, segments), name, float(value))
-         for arm, unit, segments, name, value in part["v"]],
-    )  # fmt: skip
-    for name, width, add in (("u", _UNIT_WIDTH, add_moves), ("m", 3, add_metric_moves)):
+def _read_tuples(part: Any) -> Raw:
+    """A row of the format before (one JSON object, a tuple per event, written by ingest
+    until this format): the same row."""
+    o, f, v = part["o"], part["f"], part["v"]
+    for events, width in ((o, 8), (f, 4), (v, 5)):
+        if any(len(e) != width for e in events):
+            raise ValueError(f"an event of the format before is a tuple of {width}")
+    nan = float("nan")
+    moves = []
+    for name, width in (("u", _UNIT_WIDTH), ("m", _METRIC_WIDTH)):
         keys, old, new = [], [], []
         for *key, before, after in part[name]:
             if len(before) != width or len(after) != width:
@@ -357,12 +369,29 @@ def _read_tuples(part: Any) -> Columns:
             keys.append(key)
             old.append(before)
             new.append(after)
-        add(c, keys, _floats(old, width), _floats(new, width))
-    return c
-
-
-# The window of the outcomes a fold reads: segments have none (only their stage's sums).
-_NO_WINDOW = datetime(1970, 1, 1, tzinfo=UTC)
+        moves.append((keys, _floats(old, width), _floats(new, width)))
+    carried = [(i, m) for i, row in enumerate(o) for m in row[6]]
+    return Raw(
+        counts=(len(o), len(f), len(v)),
+        arms=[e[0] for e in o] + [e[0] for e in f] + [e[0] for e in v],
+        units=[e[1] for e in o] + [e[1] for e in f] + [e[1] for e in v],
+        segments=[e[7] for e in o] + [e[2] for e in f] + [e[2] for e in v],
+        errors=[e[4] for e in o],
+        carried=[(i, name) for i, (name, _) in carried],
+        value_metrics=[e[3] for e in v],
+        latency=np.array([float(e[2]) for e in o], dtype=np.float64),
+        ttft=np.array([nan if e[3] is None else e[3] for e in o], dtype=np.float64),
+        cost=np.array([nan if e[5] is None else e[5] for e in o], dtype=np.float64),
+        carried_value=np.array([value for _, (_, value) in carried], dtype=np.float64),
+        score=np.array([float(e[3]) for e in f], dtype=np.float64),
+        value=np.array([float(e[4]) for e in v], dtype=np.float64),
+        moved=moves[0][0],
+        moved_old=moves[0][1],
+        moved_new=moves[0][2],
+        metric_moved=moves[1][0],
+        metric_old=moves[1][1],
+        metric_new=moves[1][2],
+    )
 
 
 Key = tuple[int, str, str, str]  # stage, arm, dimension, value
