@@ -218,15 +218,16 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
 def gunicorn(
     env: dict[str, str], port: int, workers: int, threads: int
 ) -> Iterator[tuple[str, int]]:
-    """gunicorn WSGI workers serving the API; yields the base URL and the master's pid."""
+    """The API as production serves it (controlplane/gunicorn.conf.py: its worker class, one
+    listening socket per worker) with ``workers`` x ``threads``; yields the base URL and the
+    master's pid."""
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "gunicorn", "controlplane.wsgi:application",
-            "-w", str(workers), "--threads", str(threads), "-b", f"127.0.0.1:{port}",
-            "--log-level", "warning",
+            sys.executable, "-m", "gunicorn", "-c", "controlplane/gunicorn.conf.py",
+            "-b", f"127.0.0.1:{port}", "--log-level", "warning",
         ],
         cwd=ROOT,
-        env=env,
+        env={**env, "WEB_CONCURRENCY": str(workers), "WEB_THREADS": str(threads)},
     )  # fmt: skip
     try:
         wait_for_port(port, proc)

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
+from django.test.utils import override_settings
 from hypothesis import HealthCheck, settings
 
 # Property tests without a clock: no per-example deadline and no "too slow" health check (both
@@ -319,6 +321,39 @@ def _fast_flush() -> Iterator[None]:
         yield
     finally:
         DatabaseOperations.sql_flush = _truncate_flush  # type: ignore[method-assign]
+
+
+class OneIterationPBKDF2(PBKDF2PasswordHasher):
+    """Django's PBKDF2-SHA256 at one iteration (see _cheap_passwords)."""
+
+    iterations = 1
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cheap_passwords() -> Iterator[None]:
+    """Users the tests create (tests/factories.make_user, behind nearly every plan) get a
+    one-iteration PBKDF2 hash instead of Django's 1,000,000 iterations: ~0.24 s of CPU for
+    each user a test creates, the largest cost of many plain tests. Still PBKDF2-SHA256 with
+    its iteration count in the stored hash, so the servers and workers the live tests start,
+    on the default hashers, verify these passwords too (the browser tests log in)."""
+    from django.conf import settings
+
+    hashers = [f"{__name__}.OneIterationPBKDF2", *settings.PASSWORD_HASHERS]
+    with override_settings(PASSWORD_HASHERS=hashers):
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prompt_listener() -> Iterator[None]:
+    """The follower's Redis listener checks for close() between reads of LISTEN_WAIT (0.5 s),
+    and _stop_following's close() waits for it: ~0.25 s of every test that served decisions.
+    A 0.05 s read in the tests' own process (the servers and workers they start keep 0.5 s);
+    what the listener does with a message is the same."""
+    from migrations_app.routing import changes
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(changes, "LISTEN_WAIT", 0.05)
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,7 @@ from migrations_app.api.auth import ApiKeyAuthentication, has_scope
 from migrations_app.api.parsers import BodyNotJSON, parse_json
 from migrations_app.errors import DomainError
 from migrations_app.outcomes import feedback, ingest, metric_values
+from migrations_app.outcomes.collector import collector_paused
 
 
 def read_json_body(request: Request) -> Any:
@@ -60,8 +61,8 @@ class OutcomesView(APIView):
     permission_classes = [has_scope("report")]
 
     def post(self, request: Request) -> Response:
-        # The body's objects too are made with the collector paused (ingest.collector_paused).
-        with ingest.collector_paused():
+        # The body's objects too are made with the collector paused (outcomes/collector.py).
+        with collector_paused():
             payload = read_json_body(request)
             result = ingest.outcomes_ingest(identity=request.user, payload=payload)
         return Response(result.to_dict())

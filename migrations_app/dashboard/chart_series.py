@@ -25,6 +25,7 @@ from migrations_app.models import (
     PlanRun,
     WindowAggregate,
 )
+from migrations_app.outcomes.segment_rollup import catch_up
 
 # Chart points per series at most: a week of minutes is binned into ~200 points.
 MAX_POINTS = 200
@@ -136,8 +137,10 @@ def window_series(
 
     On PostgreSQL through ``dashboard.window_cache`` (a stage's rows parsed once per clock hour,
     kept in the process and read again when the hour changes), elsewhere
-    :func:`window_series_portable`; the same figures, one query either way."""
+    :func:`window_series_portable`; the same figures, one query either way, after the one of
+    the fold of what ingest left pending (``segment_rollup.catch_up``)."""
     if connection.vendor == "postgresql":
+        catch_up(stage_ids)
         series: dict[str, list[tuple[datetime, ArmAggregates]]] = {arm: [] for arm in ARMS}
         series.update(
             window_cache.window_series(
@@ -152,7 +155,8 @@ def window_series_portable(
     stage_ids: Sequence[int], *, since: datetime, until: datetime, step_minutes: int
 ) -> dict[str, list[tuple[datetime, ArmAggregates]]]:
     """:func:`window_series` row by row in Python, on any database: every row's JSON parts
-    read and summed into its bin. One query."""
+    read and summed into its bin. One query (after the fold's, ``segment_rollup.catch_up``)."""
+    catch_up(stage_ids)
     step = timedelta(minutes=step_minutes)
     bins: dict[tuple[str, int], _Bin] = {}
     for window, arm, requests, errors, cost_n, cost_sum, fb_n, fb_sum, parts in _window_rows(

@@ -15,6 +15,7 @@ from migrations_app.models import (
     PlanStage,
     WindowAggregate,
 )
+from migrations_app.outcomes.segment_rollup import catch_up
 from migrations_app.plans.preview import MINUTES_PER_MONTH
 
 PROJECTION_WINDOW = timedelta(hours=1)
@@ -53,6 +54,7 @@ def cost_projection(
     """Each arm's monthly cost at the last hour's traffic: at the current split, and if all
     traffic went to it. Cost per request is what ingest priced from the catalog. One query."""
     since = now - PROJECTION_WINDOW
+    catch_up(stages)
     rows = (
         WindowAggregate.objects.filter(stage_id__in=list(stages), window__gte=since)
         .values("stage_id", "arm")

@@ -38,9 +38,12 @@ def cost_per_request(agg: ArmAggregates) -> float | None:
 def arm_totals(stage_ids: Iterable[int]) -> dict[str, ArmAggregates]:
     """Each arm's aggregates summed over several stages (two rows per stage)."""
     from migrations_app.outcomes.aggregation import from_json
+    from migrations_app.outcomes.segment_rollup import catch_up
 
+    stage_ids = list(stage_ids)
+    catch_up(stage_ids)
     parts: dict[str, list[ArmAggregates]] = {arm: [] for arm in ARMS}
-    for arm, data in StageAggregate.objects.filter(stage_id__in=list(stage_ids)).values_list(
+    for arm, data in StageAggregate.objects.filter(stage_id__in=stage_ids).values_list(
         "arm", "data"
     ):
         parts.setdefault(arm, []).append(from_json(data))

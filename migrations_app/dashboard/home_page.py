@@ -28,6 +28,7 @@ from migrations_app.models import (
     PlanStatus,
     StageAggregate,
 )
+from migrations_app.outcomes.segment_rollup import catch_up
 from migrations_app.plans.phases import phase_weights
 from migrations_app.plans.preview import duration_text
 from migrations_app.plans.selectors import phase_rules_of, plan_position
@@ -239,6 +240,7 @@ def home_data(*, now: datetime) -> HomeData:
         [p.latest_event_id for p in plans if p.latest_event_id]  # type: ignore[attr-defined]
     )
     running = [p.current_stage_id for p in plans if p.status == PlanStatus.RUNNING]
+    catch_up([s for s in running if s])
     requests = dict(
         StageAggregate.objects.filter(stage_id__in=[s for s in running if s])
         .values("stage_id")

@@ -27,6 +27,7 @@ from migrations_app.models import (
     StageAggregate,
 )
 from migrations_app.outcomes.aggregation import from_json
+from migrations_app.outcomes.segment_rollup import catch_up
 from migrations_app.plans.metrics import plan_metric_specs
 from migrations_app.replay import selectors as replay_selectors
 
@@ -292,6 +293,7 @@ def plan_report(plan: MigrationPlan, *, now: datetime) -> Report | None:
     totals: dict[int, dict[str, ArmAggregates]] = {
         s.pk: {arm: ArmAggregates() for arm in figures.ARMS} for s in stages
     }
+    catch_up(totals)
     for stage_id, arm, data in StageAggregate.objects.filter(stage__plan=plan).values_list(
         "stage_id", "arm", "data"
     ):

@@ -36,6 +36,7 @@ from migrations_app.models import (
     StageAggregate,
     StageKind,
 )
+from migrations_app.outcomes.segment_rollup import catch_up
 from migrations_app.plans.phases import HOLDOUT, Position, next_position, position
 from migrations_app.plans.selectors import phase_rules_of, plan_position, stage_criteria
 
@@ -238,6 +239,7 @@ def dashboard_data(
     stage = plan.current_stage
     stage_requests = dict.fromkeys(ARMS, 0)
     if stage is not None:
+        catch_up([stage.pk])
         stage_requests.update(
             StageAggregate.objects.filter(stage=stage).values_list("arm", "requests")
         )

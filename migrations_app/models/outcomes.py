@@ -252,15 +252,17 @@ class SegmentAggregate(models.Model):
 
 
 class PendingSegments(models.Model):
-    """What one ingest transaction adds to one stage's segments, not yet folded into its
-    SegmentAggregate rows: the segmented outcomes, feedback and metric values and their units'
-    moves, packed (outcomes/segment_rollup.py). Ingest writes one row per batch and stage
-    instead of rewriting hundreds of segment rows; a fold, at most about once a second per
-    web process and before every read of the segments, sums them into the rows and deletes
-    them in one transaction."""
+    """What one ingest transaction adds to one stage's aggregates, not yet folded into its
+    rows: ``data``, the segmented outcomes, feedback and metric values and their units' moves,
+    packed (outcomes/segment_rollup.py; empty when the batch had no segment values);
+    ``windows``, its windows' deltas (outcomes/window_rollup.py). Ingest writes one row per
+    batch and stage instead of rewriting the stage's window, stage and segment rows; a fold,
+    at most about once a second per web process and before every read of those rows, adds
+    them to the rows and deletes them in one transaction."""
 
     stage = models.ForeignKey(PlanStage, on_delete=models.CASCADE, related_name="+")
     data = models.BinaryField()
+    windows = models.BinaryField(null=True)  # NULL: none (also a row of the code before 0025)
 
     def __str__(self) -> str:
         return f"{self.stage_id}/{self.pk}"

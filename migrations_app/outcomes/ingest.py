@@ -16,11 +16,8 @@ An outcome picks up the feedback held for its decision (``feedback``) in its tra
 
 from __future__ import annotations
 
-import gc
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -49,6 +46,7 @@ from migrations_app.models import (
 )
 from migrations_app.outcomes import aggregation, metrics
 from migrations_app.outcomes.aggregation import OutcomeFacts
+from migrations_app.outcomes.collector import collector_paused
 from migrations_app.outcomes.event_checks import (
     IngestResult,
     Invalid,
@@ -226,35 +224,6 @@ def _targeting(event: Mapping[str, Any], stage_id: int | None, info: PlanInfo) -
     if not uncounted and stage_id is not None and info.stage_cohorts.get(stage_id, "") != cohort:
         uncounted = Uncounted.OTHER_COHORT
     return cohort, str(uncounted)
-
-
-_gc_paused = False  # whether an ingest paused the collector and has not resumed it yet
-_gc_lock = threading.Lock()
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """No automatic garbage collection while a batch is processed. A batch makes tens of
-    thousands of short-lived tuples (a few per event and per row), each allocation counting
-    towards a young-generation collection that walks them all again: ~10 ms of a batch's
-    ~55 ms with segments (in-process, bench/bench_ingest.py's events). Nothing the batch makes
-    is cyclic garbage that must go sooner. The ingest that paused it resumes it; one that
-    finds it already paused (another ingest in the same process, or someone else's pause)
-    leaves it alone. Once resumed, the next allocation collects the young generation as
-    usual, so garbage from other work is still collected between batches."""
-    global _gc_paused
-    with _gc_lock:
-        mine = not _gc_paused and gc.isenabled()
-        if mine:
-            _gc_paused = True
-            gc.disable()
-    try:
-        yield
-    finally:
-        if mine:
-            with _gc_lock:
-                _gc_paused = False
-                gc.enable()
 
 
 def outcomes_ingest(*, identity: Any, payload: Any) -> IngestResult:

@@ -1,5 +1,7 @@
-"""Roll new outcomes and feedback up into the aggregates the statistics read: each unit's running
-totals, the minute windows and the stages' running totals, in the caller's transaction.
+"""Roll new outcomes and feedback up into the aggregates the statistics read, in the caller's
+transaction: each unit's running totals are upserted here; the minute windows', the stages'
+and the segments' deltas are left in the stage's pending row for a fold to add
+(window_rollup.py, segment_rollup.py).
 
 The deltas come from ``aggregation`` (pure); the rows are upserted and merged by addition, so
 batches may arrive in any order. Shadow results come in here too, as the candidate's outcomes
@@ -15,22 +17,12 @@ from datetime import datetime
 
 import numpy as np
 import numpy.typing as npt
-from django.utils import timezone
 
 from migrations_app.guardrails.stats import ArmAggregates
-from migrations_app.models import (
-    StageAggregate,
-    WindowAggregate,
-)
 from migrations_app.models import UnitTotals as UnitTotalsRow
 from migrations_app.outcomes import aggregation, metric_rollup, segment_rollup
 from migrations_app.outcomes.aggregation import OutcomeFacts, UnitTotals
-from migrations_app.outcomes.store import (
-    fast_path,
-    lock_or_create,
-    update_rows,
-    upsert_adding,
-)
+from migrations_app.outcomes.store import upsert_adding
 
 
 def aggregate(
@@ -102,14 +94,15 @@ def aggregate(
     for wkey, items in metric_windows.items():
         deltas[wkey].extend(items)
     window_deltas = {key: ArmAggregates.merge(items) for key, items in deltas.items()}
-    _merge_windows(window_deltas)
-    stage_deltas: dict[tuple[int, str], list[ArmAggregates]] = defaultdict(list)
-    for (stage_id, _, arm), delta in window_deltas.items():
-        stage_deltas[(stage_id, arm)].append(delta)
-    _merge_stages({key: ArmAggregates.merge(items) for key, items in stage_deltas.items()})
-    # The segments' part waits for a fold (segment_rollup.py): no segment row is locked here.
+    # The windows', stages' and segments' parts wait for a fold (segment_rollup.py,
+    # window_rollup.py): no window, stage or segment row is locked here.
     segment_rollup.queue(
-        outcomes, feedback, metric_values, units=unit_moves, metric_units=metric_units
+        outcomes,
+        feedback,
+        metric_values,
+        units=unit_moves,
+        metric_units=metric_units,
+        windows=window_deltas,
     )
 
 
@@ -133,82 +126,3 @@ def _upsert_unit_totals(
     new = np.array([row[3:] for row in rows], dtype=np.float64).reshape(-1, len(_UNIT_FIELDS))
     added = np.array([deltas[key] for key in found], dtype=np.float64)
     return found, new - added.reshape(new.shape), new
-
-
-def _merge_windows(deltas: Mapping[tuple[int, datetime, str], ArmAggregates]) -> None:
-    keys = sorted(deltas)
-    if fast_path():
-        rows = lock_or_create(
-            WindowAggregate, ("stage_id", "window", "arm"), ("bigint", "timestamptz", "text"),
-            keys, _WINDOW_BLANK,
-        )  # fmt: skip
-    else:
-        WindowAggregate.objects.bulk_create(
-            [WindowAggregate(stage_id=s, window=w, arm=a) for s, w, a in keys],
-            ignore_conflicts=True,
-        )
-        rows = {
-            (row.stage_id, row.window, row.arm): row
-            for row in WindowAggregate.objects.select_for_update()
-            .filter(stage_id__in={k[0] for k in keys}, window__in={k[1] for k in keys})
-            .order_by("stage_id", "window", "arm")
-        }
-    changed = []
-    for key in keys:
-        row = rows[key]
-        row.data = data = aggregation.merge_json(row.data, deltas[key])
-        for column in _WINDOW_COLUMNS:  # the columns charts group by copy the data
-            setattr(row, column, data[column])
-        changed.append(row)
-    update_rows(WindowAggregate, changed, [*_WINDOW_COLUMNS, "data"], _WINDOW_TYPES)
-
-
-_WINDOW_COLUMNS = (
-    "requests",
-    "errors",
-    "latency_sum",
-    "cost_n",
-    "cost_sum",
-    "feedback_n",
-    "feedback_sum",
-)
-
-
-_WINDOW_TYPES = ("integer", "integer", "float8", "integer", "float8", "integer", "float8", "jsonb")
-
-
-# A new row's columns, as SQL (the models' defaults live in Python, not in the database).
-_WINDOW_BLANK = {**{c: "0" for c in _WINDOW_COLUMNS}, "data": "'{}'::jsonb"}
-
-
-_STAGE_BLANK = {"requests": "0", "data": "'{}'::jsonb", "updated_at": "now()"}
-
-
-def _merge_stages(deltas: Mapping[tuple[int, str], ArmAggregates]) -> None:
-    keys = sorted(deltas)
-    if fast_path():
-        rows = lock_or_create(
-            StageAggregate, ("stage_id", "arm"), ("bigint", "text"), keys, _STAGE_BLANK
-        )
-    else:
-        StageAggregate.objects.bulk_create(
-            [StageAggregate(stage_id=s, arm=a) for s, a in keys], ignore_conflicts=True
-        )
-        rows = {
-            (row.stage_id, row.arm): row
-            for row in StageAggregate.objects.select_for_update()
-            .filter(stage_id__in={k[0] for k in keys})
-            .order_by("stage_id", "arm")
-        }
-    now = timezone.now()
-    for key in keys:
-        row = rows[key]
-        row.data = aggregation.merge_json(row.data, deltas[key])
-        row.requests = row.data["requests"]
-        row.updated_at = now  # neither path's write applies auto_now
-    update_rows(
-        StageAggregate,
-        [rows[key] for key in keys],
-        ["data", "requests", "updated_at"],
-        ("jsonb", "integer", "timestamptz"),
-    )

@@ -18,14 +18,14 @@ table holds at most ``CAPACITY + 1`` rows per stage, arm and dimension. Late fee
 values are placed as their outcome's value was: its own row when it has one, else ``other``.
 
 Folded, not written per batch: an ingest transaction adds its segmented outcomes, feedback and
-metric values and their units' moves to one ``PendingSegments`` row per stage
-(:func:`queue`); :func:`fold` computes the segments' deltas from every pending row of a stage
-at once and adds them to the rows, deleting what it folded, in one transaction under the
-stage's lock. A busy stage's segment rows are then rewritten about once a second per web
+metric values and their units' moves to one ``PendingSegments`` row per stage, with its
+windows' deltas (:func:`queue`); :func:`fold` computes the segments' deltas from every pending
+row of a stage at once and adds them to the rows, and the windows' deltas to the window and
+stage rows (window_rollup.py), deleting what it folded, in one transaction under the stage's
+lock. A busy stage's segment rows are then rewritten about once a second per web
 process (:data:`FOLD_SECONDS`, after an ingest commits) instead of on every batch, and the
-work per segment is done once per fold, not once per batch. Every read of the segments folds
-first (:func:`stage_segments`), so what the guardrails test is never behind what ingest
-stored. The sums are the same either way: deltas add, and a unit's moves telescope.
+work per segment is done once per fold, not once per batch. Every read of those rows folds
+first (:func:`catch_up`), so what the guardrails test is never behind what ingest stored. The sums are the same either way: deltas add, and a unit's moves telescope.
 """
 
 from __future__ import annotations
@@ -40,14 +40,16 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 from django.db import connection, transaction
 from django.db.models import Max
 
 from migrations_app.guardrails.segments import MAX_TOP_K, OTHER
 from migrations_app.guardrails.stats import ArmAggregates, MetricSums
 from migrations_app.models import PendingSegments, SegmentAggregate
-from migrations_app.outcomes import aggregation, metric_rollup, segment_rows
+from migrations_app.outcomes import aggregation, metric_rollup, segment_rows, window_rollup
 from migrations_app.outcomes.aggregation import OutcomeFacts
+from migrations_app.outcomes.collector import collector_paused
 from migrations_app.outcomes.event_checks import Invalid, unstorable_char
 from migrations_app.outcomes.exact_sums import group_sums
 from migrations_app.outcomes.store import fast_path, lock_or_create, update_rows
@@ -202,10 +204,11 @@ def queue(
     *,
     units: UnitMoves,
     metric_units: metric_rollup.Moves | None = None,
+    windows: Mapping[window_rollup.WindowKey, ArmAggregates] | None = None,
 ) -> None:
-    """Add the segmented outcomes, feedback and metric values and their units' moves to the
-    stages' pending rows (segment_rows.py), in the caller's transaction, and fold them soon
-    after it commits."""
+    """Add the segmented outcomes, feedback and metric values and their units' moves
+    (segment_rows.py) and the windows' deltas to the stages' pending rows, in the caller's
+    transaction, and fold them soon after it commits."""
     # Comprehensions, not a loop of appends: this runs per batch in the ingest transaction.
     kinds = (
         [(s, f) for s, f in outcomes if f.segments],
@@ -213,16 +216,14 @@ def queue(
         [(s, f, name, value) for s, f, name, value in metric_values if f.segments],
     )
     segmented = {(s, f.arm, f.unit) for kind in kinds for s, f, *_ in kind}
-    if not segmented:
-        return
-    stages = {s for s, *_ in segmented}
+    segment_stages = {s for s, *_ in segmented}
     events = {
         stage: (
             [f for s, f in kinds[0] if s == stage],
             [(f, score) for s, f, score in kinds[1] if s == stage],
             [(f, name, value) for s, f, name, value in kinds[2] if s == stage],
         )
-        for stage in stages
+        for stage in segment_stages
     }
     rows = {stage_id: segment_rows.raw(*parts) for stage_id, parts in events.items()}
     # The moves of the units with segment values here: the others are booked in no segment.
@@ -230,29 +231,43 @@ def queue(
         (units, segment_rows.add_moves), (metric_units, segment_rows.add_metric_moves)
     )  # fmt: skip
     for moves, add in both:
-        if moves is None:
+        if moves is None or not segmented:
             continue
         keys, old, new = moves
         moved = [i for i, key in enumerate(keys) if key[:3] in segmented]
-        for stage_id in stages:
-            mine = [i for i in moved if keys[i][0] == stage_id] if len(stages) > 1 else moved
+        for stage_id in segment_stages:
+            mine = [i for i in moved if keys[i][0] == stage_id] if len(rows) > 1 else moved
             add(rows[stage_id], [keys[i][1:] for i in mine], old[mine], new[mine])
+    packed = window_rollup.pack(windows or {})
+    stages = sorted({*rows, *packed})
+    if not stages:
+        return
     PendingSegments.objects.bulk_create([
-        PendingSegments(stage_id=s, data=segment_rows.pack(row)) for s, row in sorted(rows.items())
+        PendingSegments(
+            stage_id=s,
+            data=segment_rows.pack(rows[s]) if s in rows else b"",
+            windows=orjson.dumps(packed[s]) if s in packed else None,
+        )
+        for s in stages
     ])  # fmt: skip
     # _fold_soon logs its own failures: a fold never fails the ingest that committed.
-    transaction.on_commit(partial(_fold_soon, sorted(rows)))
+    transaction.on_commit(partial(_fold_soon, stages))
 
 
 def fold(stage_ids: Iterable[int], *, wait: bool = True) -> None:
-    """Add the stages' pending rows to their segment rows and delete them, each chunk of at
-    most :data:`FOLD_ROWS` rows and about :data:`FOLD_BYTES` in one transaction under each
-    stage's lock (taken in stage order), so each pending row is folded once and the
-    placement sees every value another fold placed. ``wait=False`` (after an ingest): one
-    chunk, and a stage another fold holds is left to it (or to the next fold)."""
+    """Add the stages' pending rows to their window, stage and segment rows and delete them,
+    each chunk of at most :data:`FOLD_ROWS` rows and about :data:`FOLD_BYTES` in one
+    transaction under each stage's lock (taken in stage order), so each pending row is folded
+    once and the placement sees every value another fold placed. ``wait=False`` (after an
+    ingest): one chunk, and a stage another fold holds is left to it (or to the next fold)."""
     stages = sorted(set(stage_ids))
     if not stages:
         return
+    with collector_paused():
+        _fold(stages, wait)
+
+
+def _fold(stages: list[int], wait: bool) -> None:
     # A read folds the rows pending when it began (their ids up to the last one then), not
     # on while ingest commits more: it holds the stage's lock from its first chunk to its
     # caller's commit (the engine's evaluation), so no ingest's fold helps it meanwhile.
@@ -294,16 +309,20 @@ def _fold_chunk(stages: list[int], wait: bool, upto: int) -> bool:
             # (LENGTH reads a row's size, not its data: PostgreSQL stores it uncompressed).
             cursor.execute(
                 f"DELETE FROM {table} WHERE id IN (SELECT id FROM (SELECT id, SUM(size) OVER "
-                "(ORDER BY id) - size AS bytes_before FROM (SELECT id, LENGTH(data) AS size "
+                "(ORDER BY id) - size AS bytes_before FROM (SELECT id, "
+                "LENGTH(data) + COALESCE(LENGTH(windows), 0) AS size "
                 f"FROM {table} WHERE stage_id IN ({', '.join(['%s'] * len(stages))}) AND id <= "
                 "%s ORDER BY id LIMIT %s) AS head) AS sized WHERE bytes_before < %s) "
-                "RETURNING id, stage_id, data",
+                "RETURNING id, stage_id, data, windows",
                 [*stages, upto, FOLD_ROWS, FOLD_BYTES],
             )
             found = sorted(cursor.fetchall())
-        if found:
-            merge_segments(segment_deltas(_unpack(found)))
-        return len(found) == FOLD_ROWS or sum(len(data) for *_, data in found) >= FOLD_BYTES
+        window_rollup.merge(_unpack_windows(found))
+        segmented = [(pk, stage_id, data) for pk, stage_id, data, _ in found if data]
+        if segmented:
+            merge_segments(segment_deltas(_unpack(segmented)))
+        size = sum(len(data) + len(windows or b"") for _, _, data, windows in found)
+        return len(found) == FOLD_ROWS or size >= FOLD_BYTES
 
 
 def _fold_soon(stage_ids: Sequence[int]) -> None:
@@ -348,6 +367,23 @@ _LOCK_SPACE = 0x534547
 def _int4(value: int) -> int:
     """A stage id as the lock's second int (two stages sharing one only wait for each other)."""
     return (value + 2**31) % 2**32 - 2**31
+
+
+def _unpack_windows(
+    rows: Iterable[tuple[int, int, Any, Any]],
+) -> list[tuple[window_rollup.WindowKey, ArmAggregates]]:
+    """The pending rows' window deltas (``(id, stage, data, windows)``); an unreadable part
+    is logged and left out, as an unreadable segments' part is (:func:`_unpack`)."""
+    out: list[tuple[window_rollup.WindowKey, ArmAggregates]] = []
+    for pk, stage_id, _, packed in rows:
+        if not packed:
+            continue
+        try:
+            out += window_rollup.unpack(stage_id, orjson.loads(bytes(packed)))
+        except (ValueError, TypeError, KeyError) as bad:  # orjson's errors are ValueErrors
+            log.error("pending window deltas %s of stage %s cannot be read, left out: %r",
+                      pk, stage_id, bad)  # fmt: skip
+    return out
 
 
 def _unpack(rows: Iterable[tuple[int, int, Any]]) -> segment_rows.Pending:
@@ -403,17 +439,29 @@ def merge_segments(deltas: Mapping[Key, ArmAggregates]) -> None:
     )
 
 
-def stage_segments(stage_id: int) -> dict[tuple[str, str], dict[str, ArmAggregates]]:
-    """A stage's segments: (dimension, value) -> {arm: ArmAggregates}, with everything
-    ingest had committed for it when the read began (its pending rows are folded first).
-    A fold that fails is logged and the segments read as folded so far: the segment tests
-    are one layer of the guardrails, and a failure of theirs must not stop the population's
-    (the caller's transaction goes on: the fold ran in a savepoint)."""
+def catch_up(stage_ids: Iterable[int] | None = None) -> None:
+    """Before a read of window, stage or segment rows: fold what ingest had committed for
+    these stages (for every stage when ``None``). One query when nothing is pending. A fold
+    that fails is logged and the read goes on with the sums folded so far: the fold runs in
+    a savepoint, so the caller's transaction goes on (an evaluation must not stop at a
+    fold's failure; ingest's next fold or the next read retries it)."""
+    pending = PendingSegments.objects.all()
+    if stage_ids is not None:
+        pending = pending.filter(stage_id__in=list(stage_ids))
+    stages = list(pending.values_list("stage_id", flat=True).distinct())
+    if not stages:
+        return
     try:
         with transaction.atomic():
-            fold([stage_id])
+            fold(stages)
     except Exception:
-        log.exception("segment fold failed for stage %s: read as folded so far", stage_id)
+        log.exception("fold failed for stages %s: read as folded so far", stages)
+
+
+def stage_segments(stage_id: int) -> dict[tuple[str, str], dict[str, ArmAggregates]]:
+    """A stage's segments: (dimension, value) -> {arm: ArmAggregates}, with everything
+    ingest had committed for it when the read began (:func:`catch_up`)."""
+    catch_up([stage_id])
     out: dict[tuple[str, str], dict[str, ArmAggregates]] = defaultdict(dict)
     for arm, dimension, value, data in SegmentAggregate.objects.filter(
         stage_id=stage_id

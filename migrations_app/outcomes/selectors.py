@@ -1,4 +1,5 @@
-"""Reads of the outcome aggregates: a stage's running totals, and one arm's windows since a time."""
+"""Reads of the outcome aggregates: a stage's running totals, and one arm's windows since a time.
+Each folds what ingest left pending for the stage first (segment_rollup.catch_up)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ from migrations_app.models import (
     WindowAggregate,
 )
 from migrations_app.outcomes import aggregation
+from migrations_app.outcomes.segment_rollup import catch_up
+
+
+def _pk(stage: PlanStage | int) -> int:
+    return stage if isinstance(stage, int) else stage.pk
 
 
 def stage_totals(stage: PlanStage | int) -> dict[str, ArmAggregates]:
     """Each arm's aggregates over a whole stage (two rows, whatever the stage's length)."""
+    catch_up([_pk(stage)])
     rows = StageAggregate.objects.filter(stage=stage).values_list("arm", "data")
     totals = {"control": ArmAggregates(), "candidate": ArmAggregates()}
     totals.update({arm: aggregation.from_json(data) for arm, data in rows})
@@ -23,6 +30,7 @@ def stage_totals(stage: PlanStage | int) -> dict[str, ArmAggregates]:
 
 def window_totals(stage: PlanStage | int, arm: str, *, since: datetime) -> ArmAggregates:
     """One arm's aggregates over a stage's windows from ``since`` on."""
+    catch_up([_pk(stage)])
     return ArmAggregates.merge(
         aggregation.from_json(data)
         for data in WindowAggregate.objects.filter(

@@ -12,6 +12,7 @@ from django.utils import timezone
 from migrations_app.models import MigrationPlan, PlanRun, PlanStage
 from migrations_app.outcomes import rollup
 from migrations_app.outcomes.aggregation import OutcomeFacts, window_start
+from migrations_app.outcomes.segment_rollup import catch_up
 from tests.factories import started_plan
 
 SPLIT_PHASES: list[dict[str, Any]] = [
@@ -66,4 +67,5 @@ def feed(
             if feedback is not None and i % 5 == 0:
                 scored.append((stage.pk, facts, 1.0 if rng.random() < feedback else 0.0))
     rollup.aggregate(outcomes, scored)
+    catch_up()  # folded, as a read would fold it
     return len(outcomes)

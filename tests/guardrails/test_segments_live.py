@@ -30,6 +30,7 @@ from migrations_app.models import (
     StageAggregate,
 )
 from migrations_app.outcomes import aggregation
+from migrations_app.outcomes.segment_rollup import catch_up
 from migrations_app.plans import targeting as plan_targeting
 from tests.alerts.conftest import Receiver
 from tests.factories import person, started_plan
@@ -134,6 +135,7 @@ def test_a_cohort_first_plan_walks_internal_beta_everyone_with_sdk_traffic(
         Outcome.objects.filter(stage_id=beta_stage, uncounted="").values_list("cohort", flat=True)
     )
     assert set(counted) == {"beta"}
+    catch_up()
     rows = {r.arm: r.requests for r in StageAggregate.objects.filter(stage_id=beta_stage)}
     assert rows["control"] + rows["candidate"] == counted["beta"]
 
@@ -305,6 +307,7 @@ def test_overrides_and_exclusions_are_served_and_counted_in_neither_arm(
         "": sum(n for (who, _, _), n in served.items() if who == "user"),
     }
     plan = MigrationPlan.objects.get(key="live-qa")
+    catch_up()
     arms = {
         r.arm: aggregation.from_json(r.data)
         for r in StageAggregate.objects.filter(stage_id=plan.current_stage_id)

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from migrations_app.guardrails.stats import CLUSTER_MOMENTS, ArmAggregates, Buckets, ClusterSums
 from migrations_app.models import Feedback, Outcome, StageAggregate, UnitTotals, WindowAggregate
 from migrations_app.outcomes import aggregation, feedback, ingest, store
+from migrations_app.outcomes.segment_rollup import catch_up
 from tests.outcomes.conftest import Everyone, outcome, split_plan
 
 pytestmark = pytest.mark.django_db
@@ -178,6 +179,7 @@ def assert_clusters(stored: ClusterSums, expected: ClusterSums) -> None:
 
 
 def check(plan: Any) -> None:
+    catch_up()
     per_window, per_stage = recompute(plan)
     stored_windows = {
         (w.stage_id, w.window, w.arm): w for w in WindowAggregate.objects.filter(stage__plan=plan)

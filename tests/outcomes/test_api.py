@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from migrations_app.api.keys import apikey_create
 from migrations_app.models import Feedback, Outcome, StageAggregate
 from migrations_app.outcomes import store
+from migrations_app.outcomes.segment_rollup import catch_up
 from tests.outcomes.conftest import outcome, split_plan
 
 pytestmark = pytest.mark.django_db
@@ -77,6 +78,7 @@ def test_a_batch_is_stored_from_a_plain_or_gzip_body(reporter: Client, gzipped: 
     assert Outcome.objects.filter(plan=plan).count() == 3
     again = post(reporter, "/api/v1/outcomes", {"events": events}, gzipped=gzipped)
     assert again.json() == {"stored": 0, "duplicates": 3, "rejected": []}
+    catch_up()
     rows = dict(StageAggregate.objects.filter(stage__plan=plan).values_list("arm", "requests"))
     assert rows == {"control": 2, "candidate": 1}
 
@@ -198,6 +200,7 @@ def test_feedback_counts_only_on_the_plans_its_key_may_write(both_paths: None) -
     assert feedback.apply_held_feedback() == 0  # nothing left for the sweeper either
 
     def feedback_n(plan: Any) -> int:
+        catch_up()
         rows = StageAggregate.objects.filter(stage=plan.current_stage)
         return sum(r.data.get("feedback_n", 0) for r in rows)
 

@@ -12,6 +12,7 @@ from ddsketch import DDSketch
 from migrations_app.guardrails import stats
 from migrations_app.models import StageAggregate
 from migrations_app.outcomes import aggregation, ingest
+from migrations_app.outcomes.segment_rollup import catch_up
 from tests.outcomes.conftest import Everyone, outcome, split_plan
 
 pytestmark = pytest.mark.django_db
@@ -32,6 +33,7 @@ def test_stored_quantiles_are_within_one_percent_of_the_exact_quantiles(seed: in
         batch = {"events": events[start : start + 500]}
         assert ingest.outcomes_ingest(identity=Everyone(), payload=batch).stored == 500
 
+    catch_up()
     row = StageAggregate.objects.get(stage=plan.current_stage, arm="control")
     stored = aggregation.from_json(row.data)
     assert stored.latency.total == len(latencies)

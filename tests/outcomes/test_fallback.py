@@ -13,6 +13,7 @@ import pytest
 
 from migrations_app.models import Feedback, MigrationPlan, Outcome, StageAggregate, UnitTotals
 from migrations_app.outcomes import aggregation, feedback, ingest, store
+from migrations_app.outcomes.segment_rollup import catch_up
 from tests.outcomes.conftest import Everyone, outcome, split_plan
 
 pytestmark = pytest.mark.django_db
@@ -25,6 +26,7 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
 
 
 def stage_totals(plan: MigrationPlan, arm: str) -> Any:
+    catch_up()
     row = StageAggregate.objects.filter(stage=plan.current_stage, arm=arm).first()
     return aggregation.from_json(row.data) if row is not None else None
 

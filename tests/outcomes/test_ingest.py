@@ -16,6 +16,7 @@ from migrations_app.models import (
     WindowAggregate,
 )
 from migrations_app.outcomes import aggregation, feedback, ingest, retention
+from migrations_app.outcomes.segment_rollup import catch_up
 from migrations_app.plans import lifecycle
 from tests.factories import make_plan, person
 from tests.outcomes.conftest import Everyone, outcome, split_plan
@@ -24,11 +25,13 @@ pytestmark = pytest.mark.django_db
 
 
 def totals(plan, arm: str):
+    catch_up()
     row = StageAggregate.objects.get(stage=plan.current_stage, arm=arm)
     return aggregation.from_json(row.data)
 
 
 def snapshot_of_tables():
+    catch_up()
     return (
         sorted(Outcome.objects.values_list("pk", "latency_ms")),
         sorted(StageAggregate.objects.values_list("pk", "requests")),
@@ -127,6 +130,7 @@ def test_outcomes_of_a_paused_plan_are_stored_but_in_no_stage():
     assert result.stored == 1
     stored = Outcome.objects.get(pk=event["id"])
     assert stored.stage_id is None and stored.run_id == plan.current_run_id
+    catch_up()
     assert not StageAggregate.objects.filter(stage__plan=plan).exists()
 
 
@@ -168,6 +172,7 @@ def test_feedback_before_its_outcome_is_held_then_counted_once_in_the_outcome_wi
 
     agg = totals(plan, "control")
     assert (agg.feedback_n, agg.feedback_sum) == (1, 0.75)
+    catch_up()
     window = WindowAggregate.objects.get(stage=plan.current_stage, arm="control")
     assert window.window == aggregation.window_start(Outcome.objects.get(pk=event["id"]).ts)
     assert (window.feedback_n, window.feedback_sum) == (1, 0.75)

@@ -23,6 +23,7 @@ from migrations_app.models import (
     StageAggregate,
 )
 from migrations_app.outcomes import aggregation, ingest, metric_values
+from migrations_app.outcomes.segment_rollup import catch_up
 from tests.outcomes.conftest import Everyone, outcome, split_plan
 
 pytestmark = pytest.mark.django_db
@@ -43,6 +44,7 @@ def declare(plan, name="task_completed", **fields):
 
 
 def metric_sums(plan, arm: str, name: str) -> MetricSums:
+    catch_up()
     row = StageAggregate.objects.get(stage=plan.current_stage, arm=arm)
     return aggregation.from_json(row.data).metrics.get(name, MetricSums())
 

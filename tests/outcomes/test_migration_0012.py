@@ -12,6 +12,7 @@ from django.apps import apps
 from migrations_app.guardrails.stats import CLUSTER_MOMENTS, ClusterSums
 from migrations_app.models import StageAggregate, UnitTotals
 from migrations_app.outcomes import aggregation, ingest
+from migrations_app.outcomes.segment_rollup import catch_up
 from tests.outcomes.conftest import Everyone, outcome, split_plan
 
 pytestmark = pytest.mark.django_db
@@ -25,6 +26,7 @@ def test_third_moments_of_old_stage_totals_are_rebuilt_from_unit_totals() -> Non
         outcome(plan, unit=f"u{i % 7}", error="timeout" if i % 5 == 0 else None) for i in range(60)
     ]
     assert not ingest.outcomes_ingest(identity=Everyone(), payload={"events": events}).rejected
+    catch_up()
     row = StageAggregate.objects.get(stage=plan.current_run.stages.last(), arm="control")
     fresh = aggregation.from_json(row.data)
     # As a row written before the moments existed: four values per cluster sum.

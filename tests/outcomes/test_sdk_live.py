@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from migrations_app.api.keys import apikey_create
 from migrations_app.models import Outcome, StageAggregate
+from migrations_app.outcomes.segment_rollup import catch_up
 from tests.conftest import eventually, free_port
 from tests.outcomes.conftest import split_plan
 
@@ -148,6 +149,7 @@ def counter(server: str, name: str, **labels: str) -> float:
 
 
 def stage_requests(plan: Any) -> int:
+    catch_up()
     return sum(StageAggregate.objects.filter(stage__plan=plan).values_list("requests", flat=True))
 
 

@@ -94,4 +94,72 @@ def test_a_read_whose_fold_fails_reads_the_sums_folded_so_far(
         arms = segment_rollup.stage_segments(stage.pk)[("tenant", "acme")]
         assert PendingSegments.objects.filter(stage=stage).count() == 1  # usable, and kept
     assert arms["control"].requests == 1
-    assert "segment fold failed for stage" in caplog.text
+    assert "fold failed for stages" in caplog.text
+
+
+def test_windows_and_stage_totals_wait_for_the_fold_and_a_read_folds_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ingest transaction leaves its windows' deltas pending (no window or stage row is
+    written, so none is locked); the fold after a commit adds them, and a read of the totals
+    folds what is still pending first."""
+    from migrations_app.models import StageAggregate, WindowAggregate
+    from migrations_app.outcomes import selectors
+
+    clock = [1000.0]
+    monkeypatch.setattr(segment_rollup.time, "monotonic", lambda: clock[0])
+    plan = segmented_plan("tenant")
+    stage = plan.current_stage
+    assert _ingest(outcome(plan), outcome(plan, arm="candidate")).stored == 2  # folded at once
+    stored = StageAggregate.objects.filter(stage=stage)
+    assert dict(stored.values_list("arm", "requests")) == {"control": 1, "candidate": 1}
+    assert _ingest(outcome(plan), outcome(plan)).stored == 2  # within FOLD_SECONDS: pending
+    assert PendingSegments.objects.filter(stage=stage).count() == 1
+    assert dict(stored.values_list("arm", "requests")) == {"control": 1, "candidate": 1}
+    assert sum(WindowAggregate.objects.filter(stage=stage).values_list("requests", flat=True)) == 2
+    totals = selectors.stage_totals(stage)  # folds first
+    assert (totals["control"].requests, totals["candidate"].requests) == (3, 1)
+    assert sum(WindowAggregate.objects.filter(stage=stage).values_list("requests", flat=True)) == 4
+    assert not PendingSegments.objects.filter(stage=stage).exists()
+
+
+def test_an_unreadable_window_part_is_left_out_and_a_row_of_the_code_before_reads(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A pending row written before migration 0025 has no window part (NULL), and an empty
+    segment part when its batch had no segment values; a window part that cannot be read is
+    logged and left out like an unreadable segment part, and the rest of the row still folds."""
+    from migrations_app.outcomes import selectors
+
+    plan = segmented_plan("tenant")
+    stage = plan.current_stage
+    assert _ingest(outcome(plan, segments={"tenant": "acme"})).stored == 1
+    PendingSegments.objects.create(stage=stage, data=b"", windows=None)
+    PendingSegments.objects.create(stage=stage, data=b"", windows=b'[[1, "control", {"requests"')
+    assert _ingest(outcome(plan, segments={"tenant": "acme"})).stored == 1
+    assert selectors.stage_totals(stage)["control"].requests == 2
+    assert segment_rollup.stage_segments(stage.pk)[("tenant", "acme")]["control"].requests == 2
+    assert caplog.text.count("cannot be read, left out") == 1
+    assert not PendingSegments.objects.filter(stage=stage).exists()
+
+
+def test_a_fold_runs_with_the_collector_paused_and_resumes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Like a batch, a fold makes many short-lived objects and no garbage that must go sooner
+    (outcomes/collector.py); a read's fold (catch_up) outside any ingest pauses it too."""
+    import gc
+
+    seen = []
+    original = segment_rollup._fold_chunk
+
+    def spy(*args: Any) -> bool:
+        seen.append(gc.isenabled())
+        return original(*args)
+
+    monkeypatch.setattr(segment_rollup, "_fold_chunk", spy)
+    plan = segmented_plan("tenant")
+    PendingSegments.objects.create(stage=plan.current_stage, data=b"")
+    assert gc.isenabled()
+    segment_rollup.catch_up([plan.current_stage_id])
+    assert seen == [False] and gc.isenabled()

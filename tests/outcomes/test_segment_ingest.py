@@ -35,7 +35,7 @@ from migrations_app.outcomes import (
     segment_rollup,
     store,
 )
-from migrations_app.outcomes.segment_rollup import CAPACITY, fold, stage_segments
+from migrations_app.outcomes.segment_rollup import CAPACITY, catch_up, fold, stage_segments
 from tests.outcomes import conftest
 from tests.outcomes.conftest import Everyone, outcome
 
@@ -124,6 +124,7 @@ def test_many_distinct_tenants_stay_bounded(tenants: int) -> None:
     assert rows.count() == CAPACITY + 1
     other = rows.get(value=OTHER)
     assert other.requests == tenants - CAPACITY
+    catch_up()
     population = StageAggregate.objects.get(stage=plan.current_stage, arm="control")
     summed = ArmAggregates.merge(aggregation.from_json(r.data) for r in rows)
     assert summed.requests == population.requests == tenants
@@ -243,6 +244,7 @@ def send_values(*events: dict[str, Any]) -> Any:
 
 
 def population(plan: MigrationPlan, arm: str) -> ArmAggregates:
+    catch_up()
     return aggregation.from_json(
         StageAggregate.objects.get(stage_id=plan.current_stage_id, arm=arm).data
     )

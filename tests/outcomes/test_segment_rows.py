@@ -169,6 +169,7 @@ def test_rows_of_the_format_before_are_folded_as_the_same_rows_in_columns(
              "value": j % 2, "ts": time.time() - 1} for j, e in enumerate(events[i][1::4])
         ]})  # fmt: skip
     rewritten = PendingSegments.objects.filter(stage_id=plans[1].current_stage_id)
+    rewritten = rewritten.exclude(data=b"")  # a row of window deltas only
     assert rewritten.count() == 4
     for row in rewritten:
         row.data = tuple_row(segment_rows.read_raw(bytes(row.data)))

@@ -14,6 +14,7 @@ import pytest
 
 from migrations_app.models import Feedback, MigrationPlan, Outcome, StageAggregate, UnitTotals
 from migrations_app.outcomes import aggregation, feedback, ingest, store
+from migrations_app.outcomes.segment_rollup import catch_up
 from migrations_app.plans import lifecycle
 from migrations_app.plans import targeting as plan_targeting
 from tests.factories import person, started_plan
@@ -30,6 +31,7 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
 
 def requests(plan: MigrationPlan, arm: str) -> int:
     plan = MigrationPlan.objects.select_related("current_stage").get(pk=plan.pk)
+    catch_up()
     row = StageAggregate.objects.filter(stage=plan.current_stage, arm=arm).first()
     return aggregation.from_json(row.data).requests if row is not None else 0
 
@@ -84,6 +86,7 @@ def test_feedback_on_an_uncounted_decision_is_linked_not_counted() -> None:
         late_outcome["id"],
     }
     for arm in ("control", "candidate"):
+        catch_up()
         row = StageAggregate.objects.filter(arm=arm).first()
         assert row is None or aggregation.from_json(row.data).feedback_n == 0
 

@@ -22,6 +22,7 @@ from migrations_app.models import (
     StageAggregate,
 )
 from migrations_app.outcomes import aggregation
+from migrations_app.outcomes.segment_rollup import catch_up
 from migrations_app.plans import lifecycle
 from migrations_app.simulator import Simulator
 from tests.conftest import eventually
@@ -46,6 +47,7 @@ def sim() -> Iterator[Simulator]:
 
 
 def _totals(stage: Any, arm: str) -> Any:
+    catch_up()
     row = StageAggregate.objects.filter(stage=stage, arm=arm).first()
     return aggregation.from_json(row.data) if row is not None else None
 

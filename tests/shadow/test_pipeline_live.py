@@ -22,6 +22,7 @@ from migrations_app.models import (
     ShadowStatus,
     StageAggregate,
 )
+from migrations_app.outcomes.segment_rollup import catch_up
 from migrations_app.plans import lifecycle
 from migrations_app.shadow.pipeline import SCORE_KEYS
 from migrations_app.shadow.tasks import sweep_shadow
@@ -126,5 +127,6 @@ def test_500_samples_compared_once_each_through_a_worker_killed_mid_run(
         values = [float(s.comparison[name]) for s in samples if s.comparison.get(name) is not None]
         assert data.get(f"{name}_n", 0) == len(values), name
         assert data.get(f"{name}_sum", 0.0) == pytest.approx(sum(values)), name
+    catch_up()
     assert StageAggregate.objects.get(stage=stage, arm="candidate").requests == SAMPLES
     assert MigrationPlan.objects.get(pk=plan.pk).status == "running"
