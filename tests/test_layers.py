@@ -31,6 +31,7 @@ PURE = (
     "migrations_app.plans.holdout",
     "migrations_app.plans.preview",
     "migrations_app.outcomes.aggregation",
+    "migrations_app.outcomes.exact_sums",
     "migrations_app.alerts.message",
     "migrations_app.alerts.oncall",
     "migrations_app.judge.calibration",

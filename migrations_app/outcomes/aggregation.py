@@ -28,10 +28,12 @@ from migrations_app.guardrails.stats import (
     MetricSums,
     bucket_keys,
 )
+from migrations_app.outcomes.exact_sums import group_sums
 
 WINDOW_SECONDS = 60
 
 K = TypeVar("K")
+FloatArray = npt.NDArray[np.float64]
 
 
 class OutcomeFacts(NamedTuple):
@@ -150,8 +152,103 @@ def grouped_outcome_deltas(
     """:func:`outcome_delta` of each group of ``facts`` (``groups``: key -> indices), with
     each outcome's logs, squares and sketch keys computed once for the batch rather than
     once per group it is in (a batch's segments: each outcome is in one per dimension).
-    Every sum is exactly rounded (``math.fsum``), so a group's delta does not depend on
-    which other groups there are or on the order of its outcomes."""
+    Every sum is exactly rounded (``math.fsum``'s, by ``exact_sums.group_sums``), so a
+    group's delta does not depend on which other groups there are or on the order of its
+    outcomes."""
+    if len(facts) < _FEW_OUTCOMES:
+        return _row_deltas(facts, groups)
+    keys = list(groups)
+    rows, bounds = _flatten(groups, keys)
+    names: dict[str, int] = {}
+    nan = math.nan
+    deltas = outcome_sums(
+        np.array([r.latency_ms for r in facts], dtype=np.float64),
+        np.array([nan if r.ttft_ms is None else r.ttft_ms for r in facts], dtype=np.float64),
+        np.array([nan if r.cost_usd is None else r.cost_usd for r in facts], dtype=np.float64),
+        np.array([names.setdefault(r.error, len(names)) if r.error else -1 for r in facts]),
+        list(names),
+        rows,
+        bounds,
+    )
+    return dict(zip(keys, deltas, strict=True))
+
+
+def outcome_sums(
+    latency: FloatArray,
+    ttft: FloatArray,
+    cost: FloatArray,
+    errors: npt.NDArray[np.int64],
+    kinds: Sequence[str],
+    rows: npt.NDArray[np.intp],
+    bounds: Sequence[int],
+) -> list[ArmAggregates]:
+    """:func:`outcome_delta` of each group of outcomes given by columns (``ttft`` and
+    ``cost`` NaN where unknown, ``errors`` an index into ``kinds`` or -1): group ``g`` is
+    ``rows[bounds[g]:bounds[g + 1]]``. Each outcome's logs, squares and sketch keys are
+    computed once, however many groups it is in, and every group's sums in one pass."""
+    groups = len(bounds) - 1
+    # The logs are math's, one outcome at a time: numpy's may differ in the last bit.
+    log, log1p = math.log, math.log1p
+    values = latency.tolist()
+    timed = ~np.isnan(ttft)
+    costed = ~np.isnan(cost)
+    ttfts = np.zeros(len(ttft))
+    ttfts[timed] = ttft[timed]
+    ttft_logs = np.zeros(len(ttft))
+    ttft_log1p = np.zeros(len(ttft))
+    present = ttfts[timed].tolist()
+    ttft_logs[timed] = [log(v) if v > 0 else 0.0 for v in present]
+    ttft_log1p[timed] = [log1p(v) if v > 0 else 0.0 for v in present]
+    latency_log1p = np.array([log1p(v) if v > 0 else 0.0 for v in values])
+    costs = np.where(costed, cost, 0.0)
+    table = np.column_stack([
+        latency, [log(v) if v > 0 else 0.0 for v in values], latency_log1p,
+        latency_log1p * latency_log1p, ttfts, ttft_logs, ttft_log1p, ttft_log1p * ttft_log1p,
+        costs, costs * costs, timed, costed,
+    ]).astype(np.float64, copy=False)  # fmt: skip
+    sums = group_sums(table, rows, bounds).tolist()
+    edges = np.asarray(bounds, dtype=np.intp)
+    sizes = edges[1:] - edges[:-1]
+    member = np.repeat(np.arange(groups), sizes)  # each row's group, in rows' order
+    latency_buckets = _grouped_buckets(latency, member, rows, groups)
+    in_timed = timed[rows]
+    ttft_buckets = _grouped_buckets(ttfts, member[in_timed], rows[in_timed], groups, timed)
+    by_kind = _grouped_kinds(errors, kinds, member, rows, groups)
+    out = []
+    for g, (size, s) in enumerate(zip(sizes.tolist(), sums, strict=True)):
+        found = by_kind[g]
+        out.append(ArmAggregates(
+            requests=size,
+            errors=sum(found.values()),
+            errors_by_kind=found,
+            latency=latency_buckets[g],
+            latency_sum=s[0],
+            latency_log_sum=s[1],
+            ttft=ttft_buckets[g],
+            ttft_sum=s[4],
+            ttft_log_sum=s[5],
+            latency_log1p_n=size,
+            latency_log1p_sum=s[2],
+            latency_log1p_sum_sq=s[3],
+            ttft_log1p_n=int(s[10]),
+            ttft_log1p_sum=s[6],
+            ttft_log1p_sum_sq=s[7],
+            cost_n=int(s[11]),
+            cost_sum=s[8],
+            cost_sum_sq=s[9],
+        ))  # fmt: skip
+    return out
+
+
+# Fewer outcomes than this: :func:`_row_deltas` (numpy's calls cost more than they save).
+_FEW_OUTCOMES = 256
+
+
+def _row_deltas(
+    facts: Sequence[OutcomeFacts], groups: Mapping[K, Sequence[int]]
+) -> dict[K, ArmAggregates]:
+    """:func:`grouped_outcome_deltas` outcome by outcome: faster than numpy's calls for the
+    few outcomes of a window (ingest's :func:`outcome_delta`, per window and batch)."""
     latency = [r.latency_ms for r in facts]
     log1p = [_log1p(v) for v in latency]
     per: list[tuple[Any, ...]] = []  # (latency, log, log1p, log1p^2, bucket key | None)
@@ -254,6 +351,73 @@ def _buckets(rows: Sequence[tuple[Any, ...]]) -> Buckets:
     return Buckets(counts=dict(sorted(counts.items())), zero_count=zero) if rows else Buckets()
 
 
+def _flatten(
+    groups: Mapping[Any, Sequence[int]], keys: Sequence[Any]
+) -> tuple[npt.NDArray[np.intp], list[int]]:
+    """The groups' indices, group after group, and where each group starts (and the end)."""
+    sizes = [len(groups[key]) for key in keys]
+    rows = np.fromiter((i for key in keys for i in groups[key]), dtype=np.intp, count=sum(sizes))
+    return rows, [0, *np.cumsum(sizes, dtype=np.intp).tolist()]
+
+
+def _grouped_buckets(
+    values: npt.ArrayLike,
+    member: npt.NDArray[np.intp],
+    rows: npt.NDArray[np.intp],
+    groups: int,
+    counted: npt.NDArray[np.bool_] | None = None,
+) -> list[Buckets]:
+    """Per group, the sketch buckets of its rows' ``values`` (``member``: each row's group),
+    as ``Buckets.from_values`` places them; a group with no row gets ``Buckets()``."""
+    out = [Buckets()] * groups
+    if not len(rows):
+        return out
+    arr = np.asarray(values, dtype=np.float64)
+    positive = arr > MAPPING.min_possible
+    if counted is not None:
+        positive &= counted
+    keys = np.zeros(len(arr), dtype=np.int64)
+    keys[positive] = bucket_keys(arr[positive])
+    inside = positive[rows]
+    zeros = np.bincount(member[~inside], minlength=groups).tolist()
+    found = keys[rows[inside]]
+    low = int(found.min()) if len(found) else 0
+    span = (int(found.max()) - low + 1) if len(found) else 1
+    codes, counts = np.unique(member[inside] * span + (found - low), return_counts=True)
+    group_of = codes // span
+    edges = np.searchsorted(group_of, np.arange(groups + 1)).tolist()
+    bucket = (codes % span + low).tolist()
+    count = counts.tolist()
+    sizes = np.bincount(member, minlength=groups).tolist()
+    for g in range(groups):
+        a, b = edges[g], edges[g + 1]
+        if sizes[g]:
+            out[g] = Buckets(
+                counts=dict(zip(bucket[a:b], count[a:b], strict=True)), zero_count=zeros[g]
+            )
+    return out
+
+
+def _grouped_kinds(
+    codes: npt.NDArray[np.int64],
+    kinds: Sequence[str],
+    member: npt.NDArray[np.intp],
+    rows: npt.NDArray[np.intp],
+    groups: int,
+) -> list[dict[str, int]]:
+    """Per group, its rows' errors by kind (``codes``: an index into ``kinds``, -1 none)."""
+    out: list[dict[str, int]] = [{} for _ in range(groups)]
+    if not kinds or not len(rows):
+        return out
+    found = codes[rows]
+    erred = found >= 0
+    width = len(kinds)
+    pairs, counts = np.unique(member[erred] * width + found[erred], return_counts=True)
+    for pair, count in zip(pairs.tolist(), counts.tolist(), strict=True):
+        out[pair // width][kinds[pair % width]] = count
+    return out
+
+
 def feedback_delta(scores: Iterable[float]) -> ArmAggregates:
     """Feedback counts and sums (scores already normalised to [0, 1])."""
     values = list(scores)
@@ -291,38 +455,35 @@ def grouped_cluster_deltas(
 ) -> dict[K, ArmAggregates]:
     """:func:`cluster_deltas` of each group of rows (``groups``: key -> row indices), the
     same sums, with each unit's moments computed once for the batch rather than per group
-    (a batch's segments or windows are many small groups of its units)."""
+    (a batch's segments or windows are many small groups of its units), and every group's
+    sums in one pass (``exact_sums.group_sums``)."""
+    keys = list(groups)
+    rows, bounds = _flatten(groups, keys)
+    return dict(zip(keys, cluster_sums(old, new, rows, bounds), strict=True))
+
+
+def cluster_sums(
+    old: npt.ArrayLike, new: npt.ArrayLike, rows: npt.NDArray[np.intp], bounds: Sequence[int]
+) -> list[ArmAggregates]:
+    """:func:`cluster_deltas` of each group of units' moves: group ``g`` is
+    ``rows[bounds[g]:bounds[g + 1]]``, every group's sums in one pass."""
     before = np.asarray(old, dtype=np.float64).reshape(-1, len(UNIT_COLUMNS))
     after = np.asarray(new, dtype=np.float64).reshape(-1, len(UNIT_COLUMNS))
-    per_sum = []
-    for name, (y, n) in _CLUSTER_COLUMNS.items():
+    columns = []  # per cluster sum: whether each unit is new, then its moments' changes
+    for y, n in _CLUSTER_COLUMNS.values():
         y0, n0, y1, n1 = before[:, y], before[:, n], after[:, y], after[:, n]
-        per_sum.append((name, (n0 == 0) & (n1 != 0), _moment_changes(y0, n0, y1, n1)))
-    # Every group's rows side by side: each column is gathered into a list once, and a group
-    # sums its slice of it (exactly rounded, so the same sums as gathering per group).
-    keys = list(groups)
-    sizes = [len(groups[key]) for key in keys]
-    ends = np.cumsum(sizes).tolist()
-    order = np.asarray([i for key in keys for i in groups[key]], dtype=np.intp)
-    spans = list(zip([0, *ends[:-1]], ends, strict=True))
-    columns = [
-        (name, first[order].tolist(), [change[order].tolist() for change in changes])
-        for name, first, changes in per_sum
-    ]
-    out: dict[K, ArmAggregates] = {}
-    fsum = math.fsum
-    for key, (a, b) in zip(keys, spans, strict=True):
-        if b - a == 1:  # a unit alone in its group (most segments): fsum([x]) is x + 0.0
-            sums: dict[str, Any] = {
-                name: ClusterSums(int(first[a]), *(c[a] + 0.0 for c in changes))
-                for name, first, changes in columns
-            }
-        else:
-            sums = {
-                name: ClusterSums(sum(first[a:b]), *(fsum(c[a:b]) for c in changes))
-                for name, first, changes in columns
-            }
-        out[key] = ArmAggregates(**sums)
+        columns += [(n0 == 0) & (n1 != 0), *_moment_changes(y0, n0, y1, n1)]
+    table = np.column_stack(columns).astype(np.float64, copy=False)
+    sums = group_sums(table, rows, bounds).tolist()
+    width = 1 + len(CLUSTER_MOMENTS)
+    names = list(_CLUSTER_COLUMNS)
+    out = []
+    for s in sums:
+        moved: dict[str, Any] = {
+            name: ClusterSums(int(s[i * width]), *s[i * width + 1 : (i + 1) * width])
+            for i, name in enumerate(names)
+        }
+        out.append(ArmAggregates(**moved))
     return out
 
 
@@ -350,18 +511,24 @@ def grouped_cluster_change(
     """:func:`cluster_change` of each group of units (``groups``: key -> indices), the same
     sums, with the moments computed once for all units rather than once per group (a batch's
     metric sums move in many small groups: per window and metric, per segment and metric)."""
-    if not groups:
-        return {}
     keys = list(groups)
-    ends = np.cumsum([len(groups[key]) for key in keys]).tolist()
-    order = np.asarray([i for key in keys for i in groups[key]], dtype=np.intp)
-    first = ((n0 == 0) & (n1 != 0))[order].tolist()
-    changes = [change[order].tolist() for change in _moment_changes(y0, n0, y1, n1)]
-    fsum = math.fsum
-    return {
-        key: ClusterSums(sum(first[a:b]), *(fsum(c[a:b]) for c in changes))
-        for key, a, b in zip(keys, [0, *ends[:-1]], ends, strict=True)
-    }
+    rows, bounds = _flatten(groups, keys)
+    return dict(zip(keys, cluster_change_sums(y0, n0, y1, n1, rows, bounds), strict=True))
+
+
+def cluster_change_sums(
+    y0: FloatArray,
+    n0: FloatArray,
+    y1: FloatArray,
+    n1: FloatArray,
+    rows: npt.NDArray[np.intp],
+    bounds: Sequence[int],
+) -> list[ClusterSums]:
+    """:func:`cluster_change` of each group of units: group ``g`` is
+    ``rows[bounds[g]:bounds[g + 1]]``, every group's sums in one pass."""
+    table = np.column_stack([(n0 == 0) & (n1 != 0), *_moment_changes(y0, n0, y1, n1)])
+    sums = group_sums(table.astype(np.float64, copy=False), rows, bounds).tolist()
+    return [ClusterSums(int(s[0]), *s[1:]) for s in sums]
 
 
 def _moment_changes(

@@ -35,7 +35,6 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields, replace
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -46,12 +45,13 @@ from django.db import connection, transaction
 from django.db.models import Max
 
 from migrations_app.guardrails.segments import MAX_TOP_K, OTHER
-from migrations_app.guardrails.stats import ArmAggregates, ClusterSums, MetricSums
+from migrations_app.guardrails.stats import ArmAggregates, MetricSums
 from migrations_app.models import PendingSegments, SegmentAggregate
-from migrations_app.outcomes import aggregation, metric_rollup, window_rollup
+from migrations_app.outcomes import aggregation, metric_rollup, segment_rows, window_rollup
 from migrations_app.outcomes.aggregation import OutcomeFacts
 from migrations_app.outcomes.collector import collector_paused
 from migrations_app.outcomes.event_checks import Invalid, unstorable_char
+from migrations_app.outcomes.exact_sums import group_sums
 from migrations_app.outcomes.store import fast_path, lock_or_create, update_rows
 
 # Values per (stage, arm, dimension) with rows of their own: twice the largest top_k, so the
@@ -61,111 +61,102 @@ CAPACITY = 2 * MAX_TOP_K
 Key = tuple[int, str, str, str]  # stage, arm, dimension, value
 
 
-def segment_deltas(
-    outcomes: Sequence[tuple[int, OutcomeFacts]],
-    feedback: Sequence[tuple[int, OutcomeFacts, float]] = (),
-    metric_values: Sequence[tuple[int, OutcomeFacts, str, float]] = (),
-    *,
-    units: UnitMoves,
-    metric_units: metric_rollup.Moves | None = None,
-) -> dict[Key, ArmAggregates]:
-    """Per stored segment, what the batch adds: its outcomes' sums, its feedback's and
-    metric values' sums (the segments of the outcome each was joined to, or came with), and
-    its units' cluster-sum changes: ``units`` as the unit totals' upsert returned them,
-    ``metric_units`` as the metric sums' (``metric_rollup.arm_deltas``). Values are placed
-    first (their own row, or ``other`` once :data:`CAPACITY` are taken), so the work is per
-    stored row, not per distinct value."""
-    events = [*outcomes, *((s, f) for s, f, _ in feedback), *((s, f) for s, f, *_ in metric_values)]
-    raw = {
-        (stage_id, facts.arm, dimension, value)
-        for stage_id, facts in events
-        for dimension, value in facts.segments
-    }
-    if not raw:
+def segment_deltas(pending: segment_rows.Pending) -> dict[Key, ArmAggregates]:
+    """Per stored segment, what the pending rows add: their outcomes' sums, their feedback's
+    and metric values' sums (the segments of the outcome each was joined to, or came with),
+    and their units' cluster-sum changes (a unit's moves in the segments of its first event
+    here: its first outcome, else feedback, else metric value). Values are placed first
+    (their own row, or ``other`` once :data:`CAPACITY` are taken), so the work is per stored
+    row, not per distinct value; each part is summed for every segment in one pass."""
+    if not pending.keys:
         return {}
-    place = _placement(raw)
-    unit_segments: dict[tuple[int, str, str], list[Key]] = {}
+    place = _placement(set(pending.keys))
+    placed = sorted(set(place.values()))
+    index = {key: i for i, key in enumerate(placed)}
+    count = len(placed)
+    # Each event's segments as placed rows (-1: none; the last entry maps -1 to -1).
+    to_placed = np.array([index[place[key]] for key in pending.keys] + [-1], dtype=np.int64)
+    event_keys = to_placed[pending.event_keys]
+    outcomes, feedback, _ = pending.counts
+    # A unit's segments: those of its first event here (np.unique's index is the first).
+    units, first = np.unique(pending.event_units, return_index=True)
 
-    def placed(stage_id: int, facts: OutcomeFacts) -> list[Key]:
-        keys = [place[(stage_id, facts.arm, d, v)] for d, v in facts.segments]
-        unit_segments.setdefault((stage_id, facts.arm, facts.unit), keys)
-        return keys
+    def unit_keys(unit_ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        if not len(units):
+            return np.full((len(unit_ids), segment_rows.SLOTS), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(units, unit_ids), len(units) - 1)
+        found: npt.NDArray[np.int64] = event_keys[first[at]]
+        return np.where((units[at] == unit_ids)[:, None], found, -1)
 
-    rows: dict[Key, list[int]] = defaultdict(list)
-    values: dict[Key, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for i, (stage_id, facts) in enumerate(outcomes):
-        if facts.segments:
-            for key in placed(stage_id, facts):
-                rows[key].append(i)
-                for name, value in facts.metrics:
-                    values[key][name].append(value)
-    scores: dict[Key, list[float]] = defaultdict(list)
-    for stage_id, facts, score in feedback:
-        if facts.segments:
-            for key in placed(stage_id, facts):
-                scores[key].append(score)
-    for stage_id, facts, name, value in metric_values:
-        if facts.segments:
-            for key in placed(stage_id, facts):
-                values[key][name].append(value)
-    keys, old, new = units
-    moves: dict[Key, list[int]] = defaultdict(list)
-    for i, ukey in enumerate(keys):
-        for key in unit_segments.get(ukey, ()):
-            moves[key].append(i)
-    clusters = aggregation.grouped_cluster_deltas(old, new, moves) if moves else {}
-    # Each outcome is in one row per dimension: its logs and sketch keys are taken once.
-    outcome_deltas = aggregation.grouped_outcome_deltas([f for _, f in outcomes], rows)
-    metric_clusters = _metric_clusters(metric_units, unit_segments)
+    rows, bounds = _members(event_keys[:outcomes], count)
+    base = aggregation.outcome_sums(
+        pending.latency, pending.ttft, pending.cost, pending.error, pending.errors, rows, bounds
+    )
+    rows, bounds = _members(unit_keys(pending.moved_units), count)
+    moved = aggregation.cluster_sums(pending.moved_old, pending.moved_new, rows, bounds)
+    moved_n = np.diff(bounds).tolist()
+    rows, bounds = _members(event_keys[outcomes : outcomes + feedback], count)
+    scores = pending.score
+    rated = group_sums(np.column_stack([scores, scores * scores]), rows, bounds).tolist()
+    rated_n = np.diff(bounds).tolist()
+    # Metric values per (segment, metric): those the outcomes carried and those sent alone.
+    width = max(len(pending.metrics), 1)
+    carried = pending.carried
+    value_segments = np.concatenate([event_keys[carried[:, 0]], event_keys[outcomes + feedback :]])
+    value_metrics = np.concatenate([carried[:, 1], pending.value_metric])
+    value_keys = np.where(value_segments >= 0, value_segments * width + value_metrics[:, None], -1)
+    values = np.concatenate([pending.carried_value, pending.value])
+    rows, bounds = _members(value_keys, count * width)
+    named = group_sums(np.column_stack([values, values * values]), rows, bounds).tolist()
+    named_n = np.diff(bounds).tolist()
+    move_keys = unit_keys(pending.metric_units)
+    metric_keys = np.where(move_keys >= 0, move_keys * width + pending.metric_moved[:, None], -1)
+    rows, bounds = _members(metric_keys, count * width)
+    old, new = pending.metric_old, pending.metric_new
+    named_moves = aggregation.cluster_change_sums(
+        old[:, 1], old[:, 0], new[:, 1], new[:, 0], rows, bounds
+    )
+    named_moved = np.diff(bounds).tolist()
     # The parts are disjoint (an outcome delta has no cluster sums, feedback or metrics; a
     # unit's move has cluster sums only; feedback and metric values their own fields): each
     # is set into the segment's delta, not summed field by field with the others.
     deltas: dict[Key, ArmAggregates] = {}
-    for key in {*outcome_deltas, *clusters, *scores, *values, *metric_clusters}:
+    for k, key in enumerate(placed):
         parts: dict[str, Any] = {}  # one ArmAggregates made per segment, not one per part
-        moved = clusters.get(key)
-        if moved is not None:
-            parts.update((name, getattr(moved, name)) for name in _CLUSTERS)
-        if key in scores:
-            rated = aggregation.feedback_delta(scores[key])
-            parts.update((name, getattr(rated, name)) for name in _FEEDBACK)
-        named = {
-            name: metric_rollup.value_sums(found) for name, found in values.get(key, {}).items()
-        }
-        for name, cluster in metric_clusters.get(key, {}).items():
-            named[name] = replace(named.get(name, MetricSums()), clusters=cluster)
-        if named:
-            parts["metrics"] = named
-        base = outcome_deltas.get(key)
-        if base is None:
-            deltas[key] = ArmAggregates(**parts)
-        else:
-            deltas[key] = replace(base, **parts) if parts else base
+        if moved_n[k]:
+            parts.update((name, getattr(moved[k], name)) for name in _CLUSTERS)
+        if rated_n[k]:
+            parts.update(zip(_FEEDBACK, (rated_n[k], *rated[k]), strict=True))
+        metrics: dict[str, MetricSums] = {}
+        for m, name in enumerate(pending.metrics):
+            at = k * width + m
+            if named_n[at]:
+                metrics[name] = MetricSums(named_n[at], *named[at])
+            if named_moved[at]:
+                metrics[name] = replace(metrics.get(name, MetricSums()), clusters=named_moves[at])
+        if metrics:
+            parts["metrics"] = metrics
+        deltas[key] = replace(base[k], **parts) if parts else base[k]
     return deltas
+
+
+def _members(keys: npt.NDArray[np.int64], count: int) -> tuple[npt.NDArray[np.intp], list[int]]:
+    """Items with groups (``keys``: a row of groups per item, -1 where none) as the groups
+    ``0..count - 1``: each group's items, group after group, and where each group starts
+    (and the end)."""
+    flat = keys if keys.ndim == 2 else keys[:, None]
+    items = np.repeat(np.arange(len(flat)), flat.shape[1])
+    codes = flat.ravel()
+    kept = codes >= 0
+    items, codes = items[kept], codes[kept]
+    order = np.argsort(codes, kind="stable")
+    sizes = np.bincount(codes, minlength=count)
+    return items[order], [0, *np.cumsum(sizes).tolist()]
 
 
 # The units' totals a batch moved: their keys (stage, arm, unit), and the totals before and
 # after (one row each, columns as ``aggregation.UnitTotals.values()``).
 UnitMoves = tuple[Sequence[tuple[int, str, str]], npt.NDArray[np.float64], npt.NDArray[np.float64]]
-
-
-def _metric_clusters(
-    moves: metric_rollup.Moves | None, unit_segments: Mapping[tuple[int, str, str], list[Key]]
-) -> dict[Key, dict[str, ClusterSums]]:
-    """Per segment and metric, the cluster-sum change of its units' metric sums (a unit is
-    in the segments of its first event in the batch, as for the built-in sums)."""
-    if moves is None:
-        return {}
-    keys, old, new = moves
-    groups: dict[tuple[Key, str], list[int]] = defaultdict(list)
-    for i, (stage_id, arm, unit, metric) in enumerate(keys):
-        for key in unit_segments.get((stage_id, arm, unit), ()):
-            groups[(key, metric)].append(i)
-    out: dict[Key, dict[str, ClusterSums]] = defaultdict(dict)
-    moved = aggregation.grouped_cluster_change(old[:, 1], old[:, 0], new[:, 1], new[:, 0], groups)
-    for (key, metric), clusters in moved.items():
-        out[key][metric] = clusters
-    return out
 
 
 # The cluster sums a unit's move adds (aggregation.cluster_deltas sets these and no other).
@@ -215,57 +206,52 @@ def queue(
     metric_units: metric_rollup.Moves | None = None,
     windows: Mapping[window_rollup.WindowKey, ArmAggregates] | None = None,
 ) -> None:
-    """Add what :func:`segment_deltas` would take (the segmented part of it) and the windows'
-    deltas to the stages' pending rows, in the caller's transaction, and fold them soon after
-    it commits."""
-    parts: dict[int, dict[str, list[Any]]] = {}
-
-    def part(stage_id: int, facts: OutcomeFacts) -> dict[str, list[Any]]:
-        segmented.add((stage_id, facts.arm, facts.unit))
-        found = parts.get(stage_id)
-        if found is None:
-            found = parts[stage_id] = {name: [] for name in _PARTS}
-        return found
-
-    segmented: set[tuple[int, str, str]] = set()
-    for stage_id, f in outcomes:
-        if f.segments:
-            part(stage_id, f)["o"].append(
-                (f.arm, f.unit, f.latency_ms, f.ttft_ms, f.error, f.cost_usd, f.metrics, f.segments)
-            )
-    for stage_id, f, score in feedback:
-        if f.segments:
-            part(stage_id, f)["f"].append((f.arm, f.unit, f.segments, score))
-    for stage_id, f, name, value in metric_values:
-        if f.segments:
-            part(stage_id, f)["v"].append((f.arm, f.unit, f.segments, name, value))
+    """Add the segmented outcomes, feedback and metric values and their units' moves
+    (segment_rows.py) and the windows' deltas to the stages' pending rows, in the caller's
+    transaction, and fold them soon after it commits."""
+    # Comprehensions, not a loop of appends: this runs per batch in the ingest transaction.
+    kinds = (
+        [(s, f) for s, f in outcomes if f.segments],
+        [(s, f, score) for s, f, score in feedback if f.segments],
+        [(s, f, name, value) for s, f, name, value in metric_values if f.segments],
+    )
+    segmented = {(s, f.arm, f.unit) for kind in kinds for s, f, *_ in kind}
+    segment_stages = {s for s, *_ in segmented}
+    events = {
+        stage: (
+            [f for s, f in kinds[0] if s == stage],
+            [(f, score) for s, f, score in kinds[1] if s == stage],
+            [(f, name, value) for s, f, name, value in kinds[2] if s == stage],
+        )
+        for stage in segment_stages
+    }
+    rows = {stage_id: segment_rows.raw(*parts) for stage_id, parts in events.items()}
     # The moves of the units with segment values here: the others are booked in no segment.
-    for name, moves in (("u", units), ("m", metric_units)):
-        keys, old, new = moves or ([], None, None)
+    both: tuple[tuple[Any, Any], ...] = (
+        (units, segment_rows.add_moves), (metric_units, segment_rows.add_metric_moves)
+    )  # fmt: skip
+    for moves, add in both:
+        if moves is None or not segmented:
+            continue
+        keys, old, new = moves
         moved = [i for i, key in enumerate(keys) if key[:3] in segmented]
-        for i, before, after in zip(moved, old[moved].tolist(), new[moved].tolist(), strict=True):
-            stage_id, *key = keys[i]  # (arm, unit) or (arm, unit, metric)
-            parts[stage_id][name].append((*key, before, after))
+        for stage_id in segment_stages:
+            mine = [i for i in moved if keys[i][0] == stage_id] if len(rows) > 1 else moved
+            add(rows[stage_id], [keys[i][1:] for i in mine], old[mine], new[mine])
     packed = window_rollup.pack(windows or {})
-    stages = sorted({*parts, *packed})
+    stages = sorted({*rows, *packed})
     if not stages:
         return
-    PendingSegments.objects.bulk_create(
-        [
-            PendingSegments(
-                stage_id=s,
-                data=orjson.dumps(parts[s]) if s in parts else b"",
-                windows=orjson.dumps(packed[s]) if s in packed else None,
-            )
-            for s in stages
-        ]
-    )
+    PendingSegments.objects.bulk_create([
+        PendingSegments(
+            stage_id=s,
+            data=segment_rows.pack(rows[s]) if s in rows else b"",
+            windows=orjson.dumps(packed[s]) if s in packed else None,
+        )
+        for s in stages
+    ])  # fmt: skip
     # _fold_soon logs its own failures: a fold never fails the ingest that committed.
     transaction.on_commit(partial(_fold_soon, stages))
-
-
-# A pending row's parts: outcomes, feedback, metric values, unit moves, metric unit moves.
-_PARTS = ("o", "f", "v", "u", "m")
 
 
 def fold(stage_ids: Iterable[int], *, wait: bool = True) -> None:
@@ -334,10 +320,7 @@ def _fold_chunk(stages: list[int], wait: bool, upto: int) -> bool:
         window_rollup.merge(_unpack_windows(found))
         segmented = [(pk, stage_id, data) for pk, stage_id, data, _ in found if data]
         if segmented:
-            outcomes, feedback, values, units, metric_units = _unpack(segmented)
-            merge_segments(
-                segment_deltas(outcomes, feedback, values, units=units, metric_units=metric_units)
-            )
+            merge_segments(segment_deltas(_unpack(segmented)))
         size = sum(len(data) + len(windows or b"") for _, _, data, windows in found)
         return len(found) == FOLD_ROWS or size >= FOLD_BYTES
 
@@ -386,10 +369,6 @@ def _int4(value: int) -> int:
     return (value + 2**31) % 2**32 - 2**31
 
 
-# The window of the outcomes a fold rebuilds: segments have none (only their stage's sums).
-_NO_WINDOW = datetime(1970, 1, 1, tzinfo=UTC)
-
-
 def _unpack_windows(
     rows: Iterable[tuple[int, int, Any, Any]],
 ) -> list[tuple[window_rollup.WindowKey, ArmAggregates]]:
@@ -407,87 +386,26 @@ def _unpack_windows(
     return out
 
 
-def _unpack(rows: Iterable[tuple[int, int, Any]]) -> tuple[Any, ...]:
+def _unpack(rows: Iterable[tuple[int, int, Any]]) -> segment_rows.Pending:
     """The pending rows ``(id, stage, data)``, in the order they were written, as
-    :func:`segment_deltas`' arguments. A row that cannot be read (only a bug or a damaged
+    :func:`segment_deltas`' argument. A row that cannot be read (only a bug or a damaged
     database makes one) is logged and left out: kept, it would stop every later fold of its
     stage, and with it the stage's segment tests."""
-    outcomes: list[tuple[int, OutcomeFacts]] = []
-    feedback: list[tuple[int, OutcomeFacts, float]] = []
-    values: list[tuple[int, OutcomeFacts, str, float]] = []
-    units: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
-    metric_units: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+    found = []
     for pk, stage_id, data in rows:
         try:
-            row = _unpack_row(stage_id, data)
+            found.append((stage_id, _unpack_row(stage_id, data)))
         except (ValueError, TypeError, KeyError) as bad:  # orjson's errors are ValueErrors
             log.error("pending segment row %s of stage %s cannot be read, left out: %r",
                       pk, stage_id, bad)  # fmt: skip
-            continue
-        outcomes += row[0]
-        feedback += row[1]
-        values += row[2]
-        for into, part in ((units, row[3]), (metric_units, row[4])):
-            for items, found in zip(into, part, strict=True):
-                items += found
-    return (
-        outcomes,
-        feedback,
-        values,
-        (units[0], *(np.array(v, dtype=np.float64).reshape(-1, _UNIT_WIDTH) for v in units[1:])),
-        (
-            metric_units[0],
-            *(np.array(v, dtype=np.float64).reshape(-1, 3) for v in metric_units[1:]),
-        ),
-    )
+    return segment_rows.gather(found)
 
 
-def _unpack_row(stage_id: int, data: Any) -> tuple[Any, ...]:
-    """One pending row's parts, checked as far as a fold relies on them (the shapes; the
-    values were checked at ingest)."""
-    part = orjson.loads(bytes(data))
-    outcomes = [
-        (stage_id, OutcomeFacts(
-            arm, unit, _NO_WINDOW, float(latency), ttft, error, cost,
-            tuple((n, v) for n, v in metrics), tuple((d, v) for d, v in segments),
-        ))
-        for arm, unit, latency, ttft, error, cost, metrics, segments in part["o"]
-    ]  # fmt: skip
-    feedback = [
-        (stage_id, _joined(arm, unit, segments), float(score))
-        for arm, unit, segments, score in part["f"]
-    ]
-    values = [
-        (stage_id, _joined(arm, unit, segments), name, float(value))
-        for arm, unit, segments, name, value in part["v"]
-    ]
-    units: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
-    for arm, unit, before, after in part["u"]:
-        if len(before) != _UNIT_WIDTH or len(after) != _UNIT_WIDTH:
-            raise ValueError(f"a unit's totals have {_UNIT_WIDTH} values")
-        units[0].append((stage_id, arm, unit))
-        units[1].append(before)
-        units[2].append(after)
-    metric_units: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
-    for arm, unit, metric, before, after in part["m"]:
-        if len(before) != 3 or len(after) != 3:
-            raise ValueError("a unit's metric sums have 3 values")
-        metric_units[0].append((stage_id, arm, unit, metric))
-        metric_units[1].append(before)
-        metric_units[2].append(after)
-    return outcomes, feedback, values, units, metric_units
-
-
-def _joined(arm: str, unit: str, segments: Sequence[Sequence[str]]) -> OutcomeFacts:
-    """The outcome a feedback or metric value was joined to, as far as segments read it."""
-    return OutcomeFacts(
-        arm, unit, _NO_WINDOW, 0.0, None, "", None, (), tuple((d, v) for d, v in segments)
-    )
-
-
-_UNIT_WIDTH = len(
-    aggregation.UNIT_COLUMNS
-)  # a unit's totals, as the unit totals' upsert returns them
+def _unpack_row(stage_id: int, data: Any) -> segment_rows.Columns:
+    """One pending row's columns, checked as far as a fold relies on them (the shapes and
+    indices; the values were checked at ingest). Rows written before the columns (a tuple per
+    event) may be pending when this code starts: they are read into the same columns."""
+    return segment_rows.read(bytes(data))
 
 
 def merge_segments(deltas: Mapping[Key, ArmAggregates]) -> None:

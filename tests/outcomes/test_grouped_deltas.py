@@ -7,9 +7,18 @@ import math
 import random
 from datetime import UTC, datetime
 
+import pytest
+
 from migrations_app.guardrails.stats import ArmAggregates, Buckets
 from migrations_app.outcomes import aggregation
 from migrations_app.outcomes.aggregation import OutcomeFacts
+
+
+@pytest.fixture(autouse=True, params=["columns", "rows"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both ways of grouped_outcome_deltas: by columns (numpy) and outcome by outcome (what
+    a window's few outcomes take)."""
+    monkeypatch.setattr(aggregation, "_FEW_OUTCOMES", 0 if request.param == "columns" else 10**9)
 
 
 def reference_delta(facts: list[OutcomeFacts]) -> ArmAggregates:
