@@ -140,7 +140,7 @@ def window_series(
     :func:`window_series_portable`; the same figures, one query either way, after the one of
     the fold of what ingest left pending (``segment_rollup.catch_up``)."""
     if connection.vendor == "postgresql":
-        catch_up(stage_ids)
+        catch_up(stage_ids, wait=False)
         series: dict[str, list[tuple[datetime, ArmAggregates]]] = {arm: [] for arm in ARMS}
         series.update(
             window_cache.window_series(
@@ -156,7 +156,7 @@ def window_series_portable(
 ) -> dict[str, list[tuple[datetime, ArmAggregates]]]:
     """:func:`window_series` row by row in Python, on any database: every row's JSON parts
     read and summed into its bin. One query (after the fold's, ``segment_rollup.catch_up``)."""
-    catch_up(stage_ids)
+    catch_up(stage_ids, wait=False)
     step = timedelta(minutes=step_minutes)
     bins: dict[tuple[str, int], _Bin] = {}
     for window, arm, requests, errors, cost_n, cost_sum, fb_n, fb_sum, parts in _window_rows(

@@ -54,7 +54,7 @@ def cost_projection(
     """Each arm's monthly cost at the last hour's traffic: at the current split, and if all
     traffic went to it. Cost per request is what ingest priced from the catalog. One query."""
     since = now - PROJECTION_WINDOW
-    catch_up(stages)
+    catch_up(stages, wait=False)
     rows = (
         WindowAggregate.objects.filter(stage_id__in=list(stages), window__gte=since)
         .values("stage_id", "arm")

@@ -41,7 +41,7 @@ def arm_totals(stage_ids: Iterable[int]) -> dict[str, ArmAggregates]:
     from migrations_app.outcomes.segment_rollup import catch_up
 
     stage_ids = list(stage_ids)
-    catch_up(stage_ids)
+    catch_up(stage_ids, wait=False)
     parts: dict[str, list[ArmAggregates]] = {arm: [] for arm in ARMS}
     for arm, data in StageAggregate.objects.filter(stage_id__in=stage_ids).values_list(
         "arm", "data"

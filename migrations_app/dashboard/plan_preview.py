@@ -16,7 +16,6 @@ from typing import Any
 from django.db.models import Min, Q, Sum
 
 from migrations_app.models import ModelSpec, Outcome, WindowAggregate
-from migrations_app.outcomes.segment_rollup import catch_up
 from migrations_app.plans.preview import Preview, Prices, Traffic, plan_preview
 
 TRAFFIC_WINDOW = timedelta(hours=1)
@@ -43,7 +42,9 @@ def measured_traffic(model: ModelSpec, *, now: datetime) -> MeasuredTraffic | No
     """The last hour's requests a minute on ``model`` and a request's mean tokens; None when
     Turnout saw none. Two queries: the window aggregates, and the newest outcomes' tokens."""
     since = now - TRAFFIC_WINDOW
-    catch_up()  # every stage's pending rows: the windows below are any plan's
+    # Not folded first (segment_rollup.catch_up): an hour's average is the same without the
+    # last second of traffic a web process may hold pending, and a form must not fold every
+    # running plan's stages.
     windows = (
         WindowAggregate.objects.filter(window__gte=since)
         .filter(_served_by(model, "stage__plan__"))

@@ -293,7 +293,7 @@ def plan_report(plan: MigrationPlan, *, now: datetime) -> Report | None:
     totals: dict[int, dict[str, ArmAggregates]] = {
         s.pk: {arm: ArmAggregates() for arm in figures.ARMS} for s in stages
     }
-    catch_up(totals)
+    catch_up(totals, wait=False)
     for stage_id, arm, data in StageAggregate.objects.filter(stage__plan=plan).values_list(
         "stage_id", "arm", "data"
     ):

@@ -239,7 +239,7 @@ def dashboard_data(
     stage = plan.current_stage
     stage_requests = dict.fromkeys(ARMS, 0)
     if stage is not None:
-        catch_up([stage.pk])
+        catch_up([stage.pk], wait=False)
         stage_requests.update(
             StageAggregate.objects.filter(stage=stage).values_list("arm", "requests")
         )

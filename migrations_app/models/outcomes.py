@@ -5,6 +5,7 @@ aggregates built from them at ingest: per-unit totals, minute windows, stage run
 from __future__ import annotations
 
 from django.db import models
+from django.db.models.functions import Now
 
 from migrations_app.models.plans import MigrationPlan, PlanRun, PlanStage
 
@@ -251,18 +252,33 @@ class SegmentAggregate(models.Model):
         return f"{self.stage_id}/{self.arm}/{self.dimension}={self.value}"
 
 
-class PendingSegments(models.Model):
+class PendingRollup(models.Model):
     """What one ingest transaction adds to one stage's aggregates, not yet folded into its
-    rows: ``data``, the segmented outcomes, feedback and metric values and their units' moves,
-    packed (outcomes/segment_rollup.py; empty when the batch had no segment values);
+    rows: ``segments``, its segmented outcomes, feedback and metric values and their units'
+    moves (outcomes/segment_rows.py; empty when the batch had no segment values), and
     ``windows``, its windows' deltas (outcomes/window_rollup.py). Ingest writes one row per
     batch and stage instead of rewriting the stage's window, stage and segment rows; a fold,
     at most about once a second per web process and before every read of those rows, adds
-    them to the rows and deletes them in one transaction."""
+    them to the rows and deletes them in one transaction (outcomes/segment_rollup.py)."""
+
+    stage = models.ForeignKey(PlanStage, on_delete=models.CASCADE, related_name="+")
+    segments = models.BinaryField()
+    windows = models.BinaryField()
+    # How long the oldest row has waited (``/metrics``: a fold that keeps failing shows here).
+    created_at = models.DateTimeField(db_default=Now())
+
+    def __str__(self) -> str:
+        return f"{self.stage_id}/{self.pk}"
+
+
+class PendingSegments(models.Model):
+    """The pending segment rows of the code before migration 0026, in their own format: that
+    code folds this table and reads no window part, so the rows of the code after are in
+    ``PendingRollup``, which it never touches (a rolling deploy or a rollback loses nothing
+    that way). The fold moves any row left here into ``PendingRollup`` and folds it there."""
 
     stage = models.ForeignKey(PlanStage, on_delete=models.CASCADE, related_name="+")
     data = models.BinaryField()
-    windows = models.BinaryField(null=True)  # NULL: none (also a row of the code before 0025)
 
     def __str__(self) -> str:
         return f"{self.stage_id}/{self.pk}"

@@ -38,6 +38,11 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "Alert delivery attempts by channel kind and outcome (delivered, retry, failed).",
         ("kind", "outcome"),
     ),
+    "turnout_fold_failures": (
+        "Folds of pending rows into the window, stage and segment aggregates that failed "
+        "(their rows stay pending; outcomes/segment_rollup.py).",
+        (),
+    ),
 }
 
 _local: dict[str, float] = {}
@@ -118,6 +123,10 @@ def count_ingest(kind: str, result: IngestResult, *, dropped: int = 0) -> None:
     incr(counts)
 
 
+def count_fold_failure() -> None:
+    incr({_field("turnout_fold_failures", ()): 1})
+
+
 def read_counters() -> dict[str, float]:
     if settings.REDIS_URL:
         _send_pending(force=True)  # a scrape shows what this process counted meanwhile
@@ -131,7 +140,10 @@ class TurnoutCollector(Collector):
     """Reads the shared counters and the current gauges at scrape time."""
 
     def collect(self) -> Iterator[Any]:
-        from migrations_app.models import Feedback
+        from django.db.models import Min
+        from django.utils import timezone
+
+        from migrations_app.models import Feedback, PendingRollup, PendingSegments
 
         try:
             values: dict[str, float] | None = read_counters()
@@ -158,6 +170,21 @@ class TurnoutCollector(Collector):
         )
         held.add_metric([], Feedback.objects.filter(outcome__isnull=True, refused="").count())
         yield held
+        # Ingest's pending rows, folded about once a second per web process and before every
+        # read: a count or an age that keeps growing is a fold that keeps failing.
+        pending = GaugeMetricFamily(
+            "turnout_pending_rollup_rows",
+            "Batches' parts waiting to be folded into the window, stage and segment aggregates.",
+        )
+        pending.add_metric([], PendingRollup.objects.count() + PendingSegments.objects.count())
+        yield pending
+        oldest = PendingRollup.objects.aggregate(at=Min("created_at"))["at"]
+        age = GaugeMetricFamily(
+            "turnout_pending_rollup_oldest_seconds",
+            "Age of the oldest batch part waiting to be folded (0 when none waits).",
+        )
+        age.add_metric([], max(0.0, (timezone.now() - oldest).total_seconds()) if oldest else 0.0)
+        yield age
         if settings.REDIS_URL:
             depth = GaugeMetricFamily(
                 "turnout_queue_depth", "Tasks waiting in a Celery queue.", labels=["queue"]

@@ -18,14 +18,15 @@ table holds at most ``CAPACITY + 1`` rows per stage, arm and dimension. Late fee
 values are placed as their outcome's value was: its own row when it has one, else ``other``.
 
 Folded, not written per batch: an ingest transaction adds its segmented outcomes, feedback and
-metric values and their units' moves to one ``PendingSegments`` row per stage, with its
+metric values and their units' moves to one ``PendingRollup`` row per stage, with its
 windows' deltas (:func:`queue`); :func:`fold` computes the segments' deltas from every pending
 row of a stage at once and adds them to the rows, and the windows' deltas to the window and
 stage rows (window_rollup.py), deleting what it folded, in one transaction under the stage's
 lock. A busy stage's segment rows are then rewritten about once a second per web
 process (:data:`FOLD_SECONDS`, after an ingest commits) instead of on every batch, and the
 work per segment is done once per fold, not once per batch. Every read of those rows folds
-first (:func:`catch_up`), so what the guardrails test is never behind what ingest stored. The sums are the same either way: deltas add, and a unit's moves telescope.
+first (:func:`catch_up`), so what the guardrails test is never behind what ingest stored.
+The sums are the same either way: deltas add, and a unit's moves telescope.
 """
 
 from __future__ import annotations
@@ -46,12 +47,13 @@ from django.db.models import Max
 
 from migrations_app.guardrails.segments import MAX_TOP_K, OTHER
 from migrations_app.guardrails.stats import ArmAggregates, MetricSums
-from migrations_app.models import PendingSegments, SegmentAggregate
+from migrations_app.models import PendingRollup, PendingSegments, SegmentAggregate
 from migrations_app.outcomes import aggregation, metric_rollup, segment_rows, window_rollup
 from migrations_app.outcomes.aggregation import OutcomeFacts
 from migrations_app.outcomes.collector import collector_paused
 from migrations_app.outcomes.event_checks import Invalid, unstorable_char
 from migrations_app.outcomes.exact_sums import group_sums
+from migrations_app.outcomes.metrics import count_fold_failure
 from migrations_app.outcomes.store import fast_path, lock_or_create, update_rows
 
 # Values per (stage, arm, dimension) with rows of their own: twice the largest top_k, so the
@@ -242,11 +244,11 @@ def queue(
     stages = sorted({*rows, *packed})
     if not stages:
         return
-    PendingSegments.objects.bulk_create([
-        PendingSegments(
+    PendingRollup.objects.bulk_create([
+        PendingRollup(
             stage_id=s,
-            data=segment_rows.pack(rows[s]) if s in rows else b"",
-            windows=orjson.dumps(packed[s]) if s in packed else None,
+            segments=segment_rows.pack(rows[s]) if s in rows else b"",
+            windows=orjson.dumps(packed[s]) if s in packed else b"",
         )
         for s in stages
     ])  # fmt: skip
@@ -273,8 +275,10 @@ def _fold(stages: list[int], wait: bool) -> None:
     # caller's commit (the engine's evaluation), so no ingest's fold helps it meanwhile.
     upto = _NO_BOUND
     if wait:
-        upto = PendingSegments.objects.filter(stage_id__in=stages).aggregate(m=Max("id"))["m"]
-        if upto is None:
+        upto = PendingRollup.objects.filter(stage_id__in=stages).aggregate(m=Max("id"))["m"]
+        if PendingSegments.objects.filter(stage_id__in=stages).exists():
+            upto = _NO_BOUND  # rows of the code before (a rolling deploy): folded on to the end
+        elif upto is None:
             return  # nothing pending, nor being folded (a fold's deleted rows show until it commits)
     more = _fold_chunk(stages, wait, upto)
     while wait and more:
@@ -301,7 +305,8 @@ def _fold_chunk(stages: list[int], wait: bool, upto: int) -> bool:
         stages = [stage_id for stage_id in stages if _lock_stage(stage_id, wait)]
         if not stages:
             return False
-        table = connection.ops.quote_name(PendingSegments._meta.db_table)
+        _adopt_rows_of_the_code_before(stages)
+        table = connection.ops.quote_name(PendingRollup._meta.db_table)
         with connection.cursor() as cursor:
             # DELETE first: on SQLite (the embedded mode) it takes the write lock that
             # serialises folds, before the placement reads.
@@ -310,10 +315,10 @@ def _fold_chunk(stages: list[int], wait: bool, upto: int) -> bool:
             cursor.execute(
                 f"DELETE FROM {table} WHERE id IN (SELECT id FROM (SELECT id, SUM(size) OVER "
                 "(ORDER BY id) - size AS bytes_before FROM (SELECT id, "
-                "LENGTH(data) + COALESCE(LENGTH(windows), 0) AS size "
+                "LENGTH(segments) + LENGTH(windows) AS size "
                 f"FROM {table} WHERE stage_id IN ({', '.join(['%s'] * len(stages))}) AND id <= "
                 "%s ORDER BY id LIMIT %s) AS head) AS sized WHERE bytes_before < %s) "
-                "RETURNING id, stage_id, data, windows",
+                "RETURNING id, stage_id, segments, windows",
                 [*stages, upto, FOLD_ROWS, FOLD_BYTES],
             )
             found = sorted(cursor.fetchall())
@@ -321,8 +326,23 @@ def _fold_chunk(stages: list[int], wait: bool, upto: int) -> bool:
         segmented = [(pk, stage_id, data) for pk, stage_id, data, _ in found if data]
         if segmented:
             merge_segments(segment_deltas(_unpack(segmented)))
-        size = sum(len(data) + len(windows or b"") for _, _, data, windows in found)
+        size = sum(len(data) + len(windows) for _, _, data, windows in found)
         return len(found) == FOLD_ROWS or size >= FOLD_BYTES
+
+
+def _adopt_rows_of_the_code_before(stages: list[int]) -> None:
+    """Move the stages' rows of the code before migration 0026 (``PendingSegments``: a segment
+    part in its format, no window part) into ``PendingRollup``, to be folded with the rest, in
+    the fold's transaction under the stages' locks (the code before, folding that table too,
+    then finds them gone, or has folded them already)."""
+    legacy = PendingSegments.objects.filter(stage_id__in=stages).order_by("pk")[:FOLD_ROWS]
+    found = list(legacy.values_list("pk", "stage_id", "data"))
+    if not found:
+        return
+    PendingSegments.objects.filter(pk__in=[pk for pk, _, _ in found]).delete()
+    PendingRollup.objects.bulk_create(
+        [PendingRollup(stage_id=s, segments=bytes(data), windows=b"") for _, s, data in found]
+    )
 
 
 def _fold_soon(stage_ids: Sequence[int]) -> None:
@@ -340,7 +360,8 @@ def _fold_soon(stage_ids: Sequence[int]) -> None:
     try:
         fold(due, wait=False)
     except Exception:
-        log.exception("segment fold failed for stages %s; the next fold or read retries", due)
+        log.exception("fold failed for stages %s; the next fold or read retries", due)
+        count_fold_failure()
 
 
 _folded: dict[int, float] = {}  # per process: when it last folded each stage
@@ -372,7 +393,7 @@ def _int4(value: int) -> int:
 def _unpack_windows(
     rows: Iterable[tuple[int, int, Any, Any]],
 ) -> list[tuple[window_rollup.WindowKey, ArmAggregates]]:
-    """The pending rows' window deltas (``(id, stage, data, windows)``); an unreadable part
+    """The pending rows' window deltas (``(id, stage, segments, windows)``); an unreadable part
     is logged and left out, as an unreadable segments' part is (:func:`_unpack`)."""
     out: list[tuple[window_rollup.WindowKey, ArmAggregates]] = []
     for pk, stage_id, _, packed in rows:
@@ -439,23 +460,36 @@ def merge_segments(deltas: Mapping[Key, ArmAggregates]) -> None:
     )
 
 
-def catch_up(stage_ids: Iterable[int] | None = None) -> None:
+def catch_up(stage_ids: Iterable[int] | None = None, *, wait: bool = True) -> bool:
     """Before a read of window, stage or segment rows: fold what ingest had committed for
-    these stages (for every stage when ``None``). One query when nothing is pending. A fold
-    that fails is logged and the read goes on with the sums folded so far: the fold runs in
-    a savepoint, so the caller's transaction goes on (an evaluation must not stop at a
-    fold's failure; ingest's next fold or the next read retries it)."""
-    pending = PendingSegments.objects.all()
+    these stages (for every stage when ``None``). One query when nothing is pending.
+    ``wait=False`` (the dashboard's pages): one chunk per stage, and a stage whose fold another
+    holds (an evaluation, an ingest) is read as folded so far instead of waited for.
+
+    Returns whether the fold succeeded. One that fails is logged and counted
+    (``turnout_fold_failures_total`` in ``/metrics``, beside the pending rows' count and the
+    oldest's age), and the read goes on with the sums folded so far: inside a transaction
+    the fold runs in a savepoint, so the caller's transaction goes on; outside one each chunk
+    commits on its own. Nothing is lost either way: the rows stay pending for the next fold."""
+    pending = [PendingRollup.objects.all(), PendingSegments.objects.all()]
     if stage_ids is not None:
-        pending = pending.filter(stage_id__in=list(stage_ids))
-    stages = list(pending.values_list("stage_id", flat=True).distinct())
+        ids = list(stage_ids)
+        pending = [rows.filter(stage_id__in=ids) for rows in pending]
+    rollup, legacy = (rows.values_list("stage_id", flat=True) for rows in pending)
+    stages = sorted(set(rollup.union(legacy)))  # one query (UNION: each stage once)
     if not stages:
-        return
+        return True
     try:
-        with transaction.atomic():
-            fold(stages)
+        if connection.in_atomic_block:
+            with transaction.atomic():
+                fold(stages, wait=wait)
+        else:
+            fold(stages, wait=wait)
     except Exception:
         log.exception("fold failed for stages %s: read as folded so far", stages)
+        count_fold_failure()
+        return False
+    return True
 
 
 def stage_segments(stage_id: int) -> dict[tuple[str, str], dict[str, ArmAggregates]]:

@@ -44,6 +44,7 @@ def stage_windows(
 ) -> list[tuple[datetime, str, ArmAggregates]]:
     """A stage's windows from ``since`` on (all of them without it), in time order: (window,
     arm, aggregates) per stored row. The change detectors read them (guardrails.engine)."""
+    catch_up([_pk(stage)])
     rows = WindowAggregate.objects.filter(stage=stage)
     if since is not None:
         rows = rows.filter(window__gte=since)

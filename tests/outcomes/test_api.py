@@ -389,3 +389,29 @@ def test_metrics_are_refused_to_strangers() -> None:
         response = right.get("/metrics")
         assert response.status_code == 200
         assert b"turnout_ingest_events_total" in response.content
+
+
+def test_metrics_show_the_pending_rows_and_the_folds_that_failed(
+    reporter: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ingest answers 200 whether or not the fold after it succeeds (its rows wait): a fold that
+    keeps failing shows as a growing pending count and age, and as failures counted."""
+    from migrations_app.outcomes import segment_rollup, window_rollup
+
+    plan = split_plan()
+    post(reporter, "/api/v1/outcomes", {"events": [outcome(plan), outcome(plan)]})
+    before = counters()
+    assert before[("turnout_pending_rollup_rows", ())] == 1  # this test's transaction: no fold yet
+    assert before[("turnout_pending_rollup_oldest_seconds", ())] >= 0.0
+
+    def broken(deltas: Any) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(window_rollup, "merge", broken)
+    assert not segment_rollup.catch_up([plan.current_stage_id])
+    after = counters()
+    assert delta(before, after, "turnout_fold_failures_total") == 1
+    assert after[("turnout_pending_rollup_rows", ())] == 1  # kept for the next fold
+    monkeypatch.undo()
+    assert segment_rollup.catch_up([plan.current_stage_id])
+    assert counters()[("turnout_pending_rollup_rows", ())] == 0

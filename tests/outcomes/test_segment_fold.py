@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from migrations_app.models import PendingSegments, SegmentAggregate
+from migrations_app.models import PendingRollup, PendingSegments, SegmentAggregate
 from migrations_app.outcomes import ingest, segment_rollup
 from tests.outcomes.conftest import Everyone, outcome, segmented_plan
 
@@ -31,7 +31,7 @@ def test_a_commit_folds_at_most_once_per_fold_seconds(monkeypatch: pytest.Monkey
     stage = plan.current_stage
     assert _ingest(outcome(plan, segments={"tenant": "acme"})).stored == 1
     rows = SegmentAggregate.objects.filter(stage=stage, arm="control")
-    pending = PendingSegments.objects.filter(stage=stage)
+    pending = PendingRollup.objects.filter(stage=stage)
     assert [(r.value, r.requests) for r in rows] == [("acme", 1)] and not pending.exists()
     clock[0] += segment_rollup.FOLD_SECONDS / 2
     assert _ingest(outcome(plan, segments={"tenant": "acme"})).stored == 1
@@ -53,12 +53,12 @@ def test_a_failing_fold_fails_no_ingest_and_loses_nothing(
 
     monkeypatch.setattr(segment_rollup, "merge_segments", broken)
     assert _ingest(outcome(plan, segments={"tenant": "acme"})).stored == 1
-    assert "segment fold failed" in caplog.text
-    assert PendingSegments.objects.filter(stage=stage).count() == 1  # rolled back, kept
+    assert "fold failed for stages" in caplog.text
+    assert PendingRollup.objects.filter(stage=stage).count() == 1  # rolled back, kept
     monkeypatch.setattr(segment_rollup, "merge_segments", original)
     arms = segment_rollup.stage_segments(stage.pk)[("tenant", "acme")]
     assert arms["control"].requests == 1
-    assert not PendingSegments.objects.filter(stage=stage).exists()
+    assert not PendingRollup.objects.filter(stage=stage).exists()
 
 
 def test_an_unreadable_pending_row_is_left_out_and_the_others_fold(
@@ -70,12 +70,12 @@ def test_an_unreadable_pending_row_is_left_out_and_the_others_fold(
     stage = plan.current_stage
     assert _ingest(outcome(plan, segments={"tenant": "acme"})).stored == 1
     for data in (b"{not json", b'{"o": [["control"]], "f": [], "v": [], "u": [], "m": []}'):
-        PendingSegments.objects.create(stage=stage, data=data)
+        PendingRollup.objects.create(stage=stage, segments=data, windows=b"")
     assert _ingest(outcome(plan, segments={"tenant": "acme"})).stored == 1
     arms = segment_rollup.stage_segments(stage.pk)[("tenant", "acme")]
     assert arms["control"].requests == 2
     assert caplog.text.count("cannot be read, left out") == 2
-    assert not PendingSegments.objects.filter(stage=stage).exists()
+    assert not PendingRollup.objects.filter(stage=stage).exists()
 
 
 def test_a_read_whose_fold_fails_reads_the_sums_folded_so_far(
@@ -92,7 +92,7 @@ def test_a_read_whose_fold_fails_reads_the_sums_folded_so_far(
     monkeypatch.setattr(segment_rollup, "merge_segments", lambda deltas: 1 / 0)
     with transaction.atomic():
         arms = segment_rollup.stage_segments(stage.pk)[("tenant", "acme")]
-        assert PendingSegments.objects.filter(stage=stage).count() == 1  # usable, and kept
+        assert PendingRollup.objects.filter(stage=stage).count() == 1  # usable, and kept
     assert arms["control"].requests == 1
     assert "fold failed for stages" in caplog.text
 
@@ -114,32 +114,37 @@ def test_windows_and_stage_totals_wait_for_the_fold_and_a_read_folds_first(
     stored = StageAggregate.objects.filter(stage=stage)
     assert dict(stored.values_list("arm", "requests")) == {"control": 1, "candidate": 1}
     assert _ingest(outcome(plan), outcome(plan)).stored == 2  # within FOLD_SECONDS: pending
-    assert PendingSegments.objects.filter(stage=stage).count() == 1
+    assert PendingRollup.objects.filter(stage=stage).count() == 1
     assert dict(stored.values_list("arm", "requests")) == {"control": 1, "candidate": 1}
     assert sum(WindowAggregate.objects.filter(stage=stage).values_list("requests", flat=True)) == 2
     totals = selectors.stage_totals(stage)  # folds first
     assert (totals["control"].requests, totals["candidate"].requests) == (3, 1)
     assert sum(WindowAggregate.objects.filter(stage=stage).values_list("requests", flat=True)) == 4
-    assert not PendingSegments.objects.filter(stage=stage).exists()
+    assert not PendingRollup.objects.filter(stage=stage).exists()
 
 
-def test_an_unreadable_window_part_is_left_out_and_a_row_of_the_code_before_reads(
+def test_an_unreadable_window_part_is_left_out_and_a_row_of_the_code_before_folds(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A pending row written before migration 0025 has no window part (NULL), and an empty
-    segment part when its batch had no segment values; a window part that cannot be read is
-    logged and left out like an unreadable segment part, and the rest of the row still folds."""
+    """The code before migration 0026 left its segment part, in its format, in PendingSegments
+    (its windows it wrote at once): the fold takes such a row over and folds it. A window part
+    that cannot be read is logged and left out like an unreadable segment part."""
+    import orjson
+
     from migrations_app.outcomes import selectors
 
     plan = segmented_plan("tenant")
     stage = plan.current_stage
     assert _ingest(outcome(plan, segments={"tenant": "acme"})).stored == 1
-    PendingSegments.objects.create(stage=stage, data=b"", windows=None)
-    PendingSegments.objects.create(stage=stage, data=b"", windows=b'[[1, "control", {"requests"')
+    legacy = {"o": [["control", "u-before", 500.0, None, "", None, [], [["tenant", "acme"]]]],
+              "f": [], "v": [], "u": [], "m": []}  # fmt: skip
+    PendingSegments.objects.create(stage=stage, data=orjson.dumps(legacy))
+    PendingRollup.objects.create(stage=stage, segments=b"", windows=b'[[1, "control", {"requests"')
     assert _ingest(outcome(plan, segments={"tenant": "acme"})).stored == 1
     assert selectors.stage_totals(stage)["control"].requests == 2
-    assert segment_rollup.stage_segments(stage.pk)[("tenant", "acme")]["control"].requests == 2
+    assert segment_rollup.stage_segments(stage.pk)[("tenant", "acme")]["control"].requests == 3
     assert caplog.text.count("cannot be read, left out") == 1
+    assert not PendingRollup.objects.filter(stage=stage).exists()
     assert not PendingSegments.objects.filter(stage=stage).exists()
 
 
@@ -159,7 +164,7 @@ def test_a_fold_runs_with_the_collector_paused_and_resumes_it(
 
     monkeypatch.setattr(segment_rollup, "_fold_chunk", spy)
     plan = segmented_plan("tenant")
-    PendingSegments.objects.create(stage=plan.current_stage, data=b"")
+    PendingRollup.objects.create(stage=plan.current_stage, segments=b"", windows=b"")
     assert gc.isenabled()
     segment_rollup.catch_up([plan.current_stage_id])
     assert seen == [False] and gc.isenabled()

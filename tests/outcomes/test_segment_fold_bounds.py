@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from django.db.models.functions import Length
 
-from migrations_app.models import MigrationPlan, PendingSegments
+from migrations_app.models import MigrationPlan, PendingRollup
 from migrations_app.outcomes import ingest, segment_rollup
 from migrations_app.outcomes.segment_rollup import stage_segments
 from tests.outcomes.conftest import Everyone, outcome, segmented_plan
@@ -41,8 +41,10 @@ def test_a_chunk_stops_at_fold_bytes_and_a_read_folds_the_rest(
     for b in range(5):
         batch = [outcome(plan, segments={"tenant": f"t{b}"}) for _ in range(20)]
         assert _ingest(batch).stored == 20
-    pending = PendingSegments.objects.filter(stage_id=stage_id).order_by("id")
-    sizes = list(pending.annotate(size=Length("data")).values_list("size", flat=True))
+    pending = PendingRollup.objects.filter(stage_id=stage_id).order_by("id")
+    sizes = list(
+        pending.annotate(size=Length("segments") + Length("windows")).values_list("size", flat=True)
+    )
     assert len(sizes) == 5
     # Room for the first two rows: the third starts at FOLD_BYTES and waits.
     monkeypatch.setattr(segment_rollup, "FOLD_BYTES", sizes[0] + sizes[1])
@@ -56,7 +58,7 @@ def test_a_chunk_stops_at_fold_bytes_and_a_read_folds_the_rest(
 def test_one_row_larger_than_fold_bytes_is_folded_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(segment_rollup, "FOLD_BYTES", 1)
     stage_id = _three_pending().current_stage_id
-    pending = PendingSegments.objects.filter(stage_id=stage_id)
+    pending = PendingRollup.objects.filter(stage_id=stage_id)
     segment_rollup.fold([stage_id], wait=False)
     assert pending.count() == 2
     assert len(stage_segments(stage_id)) == 3 and not pending.exists()
@@ -85,6 +87,6 @@ def test_a_read_folds_what_was_pending_when_it_began(monkeypatch: pytest.MonkeyP
     segments = stage_segments(stage_id)
     assert len(merges) == 3
     assert sorted(segments) == [("tenant", f"t{b}") for b in range(3)]
-    assert PendingSegments.objects.filter(stage_id=stage_id).count() == 3  # the late ones
+    assert PendingRollup.objects.filter(stage_id=stage_id).count() == 3  # the late ones
     monkeypatch.setattr(segment_rollup, "merge_segments", original)
     assert stage_segments(stage_id)[("tenant", "late")]["control"].requests == 3

@@ -23,7 +23,7 @@ from migrations_app.models import (
     MetricValue,
     MigrationPlan,
     Outcome,
-    PendingSegments,
+    PendingRollup,
     SegmentAggregate,
     StageAggregate,
 )
@@ -132,7 +132,7 @@ def test_many_distinct_tenants_stay_bounded(tenants: int) -> None:
 
 
 def test_a_fold_places_values_as_the_rows_are_when_it_runs() -> None:
-    """Ingest writes no segment row: its batches wait in PendingSegments until a fold, which
+    """Ingest writes no segment row: its batches wait in PendingRollup until a fold, which
     places each value as the rows are then (its own row, a free one, or ``other`` once the
     group is full), also when another writer filled a group since the last fold."""
     plan = segmented_plan()
@@ -141,9 +141,9 @@ def test_a_fold_places_values_as_the_rows_are_when_it_runs() -> None:
     assert ingest_events(*(outcome(plan, segments={"tenant": t}) for t in tenants)).stored
     assert ingest_events(outcome(plan, segments={"tenant": "late", "lang": "ja"})).stored == 1
     assert not SegmentAggregate.objects.filter(stage=stage).exists()
-    assert PendingSegments.objects.filter(stage=stage).count() == 2
+    assert PendingRollup.objects.filter(stage=stage).count() == 2
     fold([stage.pk])
-    assert not PendingSegments.objects.filter(stage=stage).exists()
+    assert not PendingRollup.objects.filter(stage=stage).exists()
     # Another writer fills the lang group but for one value.
     SegmentAggregate.objects.bulk_create(
         SegmentAggregate(stage=stage, arm="control", dimension="lang", value=f"x{i:03d}")
@@ -183,7 +183,7 @@ def test_one_fold_of_many_batches_is_the_sum_of_a_fold_per_batch(path: None) -> 
         fold([each.current_stage_id])
     for batch in batches:
         assert ingest_events(*(outcome(once, **fields) for fields in batch)).stored == 40
-    assert PendingSegments.objects.filter(stage_id=once.current_stage_id).count() == 6
+    assert PendingRollup.objects.filter(stage_id=once.current_stage_id).count() == 6
     a, b = stage_segments(each.current_stage_id), stage_segments(once.current_stage_id)
     assert a.keys() == b.keys() and len(a) == 7
     for key in a:
@@ -202,7 +202,7 @@ def test_a_fold_takes_its_pending_rows_in_chunks(monkeypatch: pytest.MonkeyPatch
     stage_id = plan.current_stage_id
     for i in range(5):
         assert ingest_events(outcome(plan, segments={"tenant": f"t{i}"})).stored == 1
-    pending = PendingSegments.objects.filter(stage_id=stage_id)
+    pending = PendingRollup.objects.filter(stage_id=stage_id)
     segment_rollup.fold([stage_id], wait=False)
     assert pending.count() == 3
     segments = stage_segments(stage_id)

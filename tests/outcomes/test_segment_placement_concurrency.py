@@ -21,7 +21,7 @@ import pytest
 from django.db import connection
 
 from migrations_app.guardrails.segments import OTHER
-from migrations_app.models import PendingSegments, SegmentAggregate
+from migrations_app.models import PendingRollup, SegmentAggregate
 from migrations_app.outcomes import ingest, segment_rollup
 from migrations_app.outcomes.segment_rollup import CAPACITY
 from tests.outcomes.conftest import Everyone, outcome, segmented_plan
@@ -97,7 +97,7 @@ def test_two_folds_placing_new_values_at_once_keep_the_group_bounded(
     for thread in threads:
         thread.join()
     assert not errors, errors
-    assert not PendingSegments.objects.exists()  # each batch folded, once
+    assert not PendingRollup.objects.exists()  # each batch folded, once
 
     rows = SegmentAggregate.objects.filter(
         stage=plan.current_stage, arm="control", dimension="tenant"
