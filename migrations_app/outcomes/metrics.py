@@ -164,6 +164,11 @@ class TurnoutCollector(Collector):
                 parts = key.split("|")
                 if parts[0] == name and len(parts) == len(label_names) + 1:
                     family.add_metric(parts[1:], value)
+            if not label_names and not family.samples:
+                # A counter with no labels shows 0 before its first count: an alert on its
+                # increase (turnout_fold_failures_total) sees the first one, which a series
+                # appearing at 1 would not show.
+                family.add_metric([], 0.0)
             yield family
         held = GaugeMetricFamily(
             "turnout_feedback_held", "Feedback stored before its outcome arrived."

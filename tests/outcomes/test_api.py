@@ -391,6 +391,20 @@ def test_metrics_are_refused_to_strangers() -> None:
         assert b"turnout_ingest_events_total" in response.content
 
 
+def test_counters_without_labels_show_zero_before_their_first_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An alert on turnout_fold_failures_total's increase must see the first failure: the
+    series is there at 0 before it, not appearing at 1 (which an increase() does not count)."""
+    from migrations_app.outcomes import metrics
+
+    monkeypatch.setattr(metrics, "read_counters", dict)  # nothing counted yet
+    values = counters()
+    assert values[("turnout_fold_failures_total", ())] == 0
+    assert values[("turnout_sdk_dropped_events_total", ())] == 0
+    assert not any(name == "turnout_ingest_events_total" for name, _ in values)
+
+
 def test_metrics_show_the_pending_rows_and_the_folds_that_failed(
     reporter: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
