@@ -18,6 +18,7 @@ from typing import Any
 
 from django import forms
 
+from migrations_app.api.plan_serializers import MAX_GUARDRAILS, MAX_PHASES
 from migrations_app.models import (
     AlertChannel,
     GuardrailAction,
@@ -321,8 +322,16 @@ class GuardrailForm(forms.Form):
         return {name: self.cleaned_data[name] for name in self.fields}
 
 
-PhaseFormSet = forms.formset_factory(PhaseForm, extra=0, can_delete=True)
-GuardrailFormSet = forms.formset_factory(GuardrailForm, extra=0, can_delete=True)
+# As many rows as the plans API takes, and no more forms built than that whatever a post's
+# TOTAL_FORMS says (Django's own cap is 1,000 forms: seconds of CPU for one hostile post).
+PhaseFormSet = forms.formset_factory(
+    PhaseForm, extra=0, can_delete=True, max_num=MAX_PHASES, absolute_max=MAX_PHASES,
+    validate_max=True,
+)  # fmt: skip
+GuardrailFormSet = forms.formset_factory(
+    GuardrailForm, extra=0, can_delete=True, max_num=MAX_GUARDRAILS, absolute_max=MAX_GUARDRAILS,
+    validate_max=True,
+)  # fmt: skip
 
 
 def phase_initial(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

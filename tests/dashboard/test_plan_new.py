@@ -7,13 +7,16 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.contrib.auth.models import Permission
 from django.test import Client
 from django.utils import timezone
 
+from migrations_app.api.plan_serializers import MAX_PHASES
 from migrations_app.dashboard import plan_forms
+from migrations_app.dashboard.plan_forms import PhaseForm
 from migrations_app.models import AuditEvent, MigrationPlan, ModelSpec, Outcome
 from migrations_app.plans.preview import MINUTES_PER_MONTH
 from migrations_app.plans.validation import plan_check
@@ -322,8 +325,19 @@ def test_choosing_another_template_replaces_the_rows_and_keeps_the_rest() -> Non
 def test_hostile_row_counts_get_a_clear_error_not_a_500() -> None:
     data = post_data(create="1")
     data["phases-TOTAL_FORMS"] = "100000"
-    response = maker().post("/plans/new", data)
+    built = []
+    original = PhaseForm.__init__
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> None:
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    with mock.patch.object(PhaseForm, "__init__", counted):
+        response = maker().post("/plans/new", data)
     assert response.status_code == 400 and not MigrationPlan.objects.exists()
+    # No more forms built than the API takes phases (Django's own cap: 1,000, ~7 s of CPU),
+    # and the page's empty form (the template of a new row).
+    assert 0 < len(built) <= MAX_PHASES + 1
     data = post_data(create="1", control_temperature="nan", candidate_top_p="1e400")
     page = maker("mia2").post("/plans/new", data).content.decode()
     assert errors_of(page, "id_control_temperature") == ["Enter a number."]
