@@ -302,6 +302,12 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": 60.0,
         "options": {"expires": 55.0},
     },
+    # What traffic left pending after its last fold (outcomes/segment_rollup.py).
+    "fold-pending": {
+        "task": "turnout.fold_pending",
+        "schedule": 10.0,
+        "options": {"expires": 9.0},
+    },
 }
 # A mounted copy of the community price map (model_prices_and_context_window.json), refreshed daily.
 TURNOUT_PRICE_MAP_PATH = env_str("TURNOUT_PRICE_MAP_PATH")
