@@ -411,22 +411,17 @@ def _unpack(rows: Iterable[tuple[int, int, Any]]) -> segment_rows.Pending:
     """The pending rows ``(id, stage, data)``, in the order they were written, as
     :func:`segment_deltas`' argument. A row that cannot be read (only a bug or a damaged
     database makes one) is logged and left out: kept, it would stop every later fold of its
-    stage, and with it the stage's segment tests."""
+    stage, and with it the stage's segment tests. Rows written before the columns (a tuple per
+    event) may be pending when this code starts: segment_rows.read reads them into the same
+    columns."""
     found = []
     for pk, stage_id, data in rows:
         try:
-            found.append((stage_id, _unpack_row(stage_id, data)))
+            found.append((stage_id, segment_rows.read(bytes(data))))
         except (ValueError, TypeError, KeyError) as bad:  # orjson's errors are ValueErrors
             log.error("pending segment row %s of stage %s cannot be read, left out: %r",
                       pk, stage_id, bad)  # fmt: skip
     return segment_rows.gather(found)
-
-
-def _unpack_row(stage_id: int, data: Any) -> segment_rows.Columns:
-    """One pending row's columns, checked as far as a fold relies on them (the shapes and
-    indices; the values were checked at ingest). Rows written before the columns (a tuple per
-    event) may be pending when this code starts: they are read into the same columns."""
-    return segment_rows.read(bytes(data))
 
 
 def merge_segments(deltas: Mapping[Key, ArmAggregates]) -> None:
