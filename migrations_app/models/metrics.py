@@ -1,5 +1,6 @@
 """Per-request metrics: the ones a plan (or the catalog) declares for the application to report,
-late values held until their outcome arrives, and each unit's running sums per metric.
+late values held until their outcome arrives (each unit's running sums per metric are in
+``UnitTotals.metrics``), and the legacy table those sums were kept in before.
 
 The answer checks (``turnout.contract.ANSWER_CHECKS``) are built in: they need no declaration
 and their names are reserved.
@@ -142,10 +143,11 @@ class MetricValue(models.Model):
 
 
 class MetricUnitTotals(models.Model):
-    """A unit's running sums of one metric in a stage, for the unit-level variance (see
-    ``UnitTotals``). ``arm`` is control or candidate for the arms' values, or ``paired`` for
-    a shadow stage's pairs: then ``total`` is the candidate's sum and ``control_total``
-    control's, over the same ``n`` requests."""
+    """Legacy: a unit's running sums of one metric in a stage, as releases before 0027 kept
+    them (now ``UnitTotals.metrics``). Nothing reads it: migration 0027 moved its rows, and
+    it stays for one release so that a process of the release before, still serving during
+    a rolling deploy, can write; the next release drops it. ``arm`` was control, candidate
+    or ``paired`` (then ``total`` the candidate's sum, ``control_total`` control's)."""
 
     # No index of its own: the unique constraint below starts with the stage.
     stage = models.ForeignKey(PlanStage, on_delete=models.CASCADE, related_name="+", db_index=False)

@@ -156,6 +156,10 @@ class UnitTotals(models.Model):
     latency_log1p = models.FloatField(default=0.0, db_default=0.0)
     ttft_n = models.PositiveIntegerField(default=0, db_default=0)
     ttft_log1p = models.FloatField(default=0.0, db_default=0.0)
+    # The unit's per-request metric sums, ``{metric: [n, sum]}``; in a shadow stage's
+    # ``paired`` arm (no other field moves there) ``[n, candidate's sum, control's sum]``
+    # over the unit's pairs. Added key by key (outcomes/unit_rows.py).
+    metrics = models.JSONField(default=dict, db_default={})
 
     class Meta:
         constraints = [

@@ -1,5 +1,6 @@
-"""Per-request metrics rolled up, in the caller's transaction: each unit's running sums per metric
-(``MetricUnitTotals``) and what they add to the windows' and stages' ``ArmAggregates.metrics``.
+"""Per-request metrics rolled up, in the caller's transaction: what they add to each unit's
+running sums per metric (``UnitTotals.metrics``, upserted with the unit's other totals by
+unit_rows.py) and to the windows' and stages' ``ArmAggregates.metrics``.
 
 A unit's change becomes a cluster-sum delta as for the built-in metrics ((Y+y)^2 - Y^2 and so
 on, Y the unit's sum of values and N its count), so the sums stay additive and the
@@ -15,23 +16,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import numpy as np
-
 from migrations_app.guardrails.stats import ArmAggregates, ClusterSums, MetricSums, PairedSums
-from migrations_app.models import MetricUnitTotals
+from migrations_app.outcomes import unit_rows
 from migrations_app.outcomes.aggregation import cluster_change, grouped_cluster_change
-from migrations_app.outcomes.store import upsert_adding
 
 WindowKey = tuple[int, datetime, str]  # stage, window, arm
-UnitKey = tuple[int, str, str, str]  # stage, arm, unit, metric
-# A unit's change in one metric: values, their sum, (paired only) control's sum.
-Change = tuple[int, float, float]
-# The units' sums a batch moved: their keys, and each one's (n, total, control_total) before
-# and after (:func:`upsert_units`).
-Moves = tuple[list[UnitKey], np.ndarray, np.ndarray]
-
-_COLUMNS = ("stage_id", "arm", "unit", "metric", "n", "total", "control_total")
-_TYPES = ("bigint", "text", "text", "text", "integer", "float8", "float8")
 
 
 def value_sums(values: Sequence[float]) -> MetricSums:
@@ -39,49 +28,44 @@ def value_sums(values: Sequence[float]) -> MetricSums:
     return MetricSums(len(values), math.fsum(values), math.fsum(v * v for v in values))
 
 
-def upsert_units(changes: Mapping[UnitKey, Change]) -> Moves:
-    """Add each change to its unit's sums (``store.upsert_adding``). Returns the keys and each
-    one's (n, total, control_total) before and after."""
-    if not changes:
-        return [], np.zeros((0, 3)), np.zeros((0, 3))
-    rows = upsert_adding(
-        MetricUnitTotals._meta.db_table, _COLUMNS[:4], _COLUMNS[4:], _TYPES, changes
-    )
-    found: list[UnitKey] = [(int(row[0]), row[1], row[2], row[3]) for row in rows]
-    after = [(float(row[4]), float(row[5]), float(row[6])) for row in rows]
-    new = np.array(after, dtype=np.float64).reshape(-1, 3)
-    added = np.array([changes[key] for key in found], dtype=np.float64).reshape(-1, 3)
-    return found, new - added, new
+class ArmValues:
+    """Some metric values ``(window key, unit, metric, value)`` of the arms, split the two ways
+    they are rolled up: the values' sums per window and metric (:attr:`windows`), and each
+    unit's change per metric (:attr:`units`, ``{(stage, arm, unit): {metric: [n, sum]}}``,
+    for ``unit_rows.upsert``), whose cluster-sum change :meth:`deltas` books in the window of
+    the unit's first value here (only a stage's sum of windows is ever tested)."""
 
+    def __init__(self, values: Sequence[tuple[WindowKey, str, str, float]]) -> None:
+        per_window: dict[WindowKey, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        per_unit: dict[unit_rows.UnitKey, dict[str, list[float]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
+        self.first: dict[unit_rows.MetricKey, WindowKey] = {}
+        for wkey, unit, metric, value in values:
+            per_window[wkey][metric].append(value)
+            ukey = (wkey[0], wkey[2], unit)
+            per_unit[ukey][metric].append(value)
+            self.first.setdefault((*ukey, metric), wkey)
+        self.windows = per_window
+        self.units = {
+            ukey: {metric: [len(v), math.fsum(v)] for metric, v in named.items()}
+            for ukey, named in per_unit.items()
+        }
 
-def arm_deltas(
-    values: Sequence[tuple[WindowKey, str, str, float]],
-) -> tuple[dict[WindowKey, list[ArmAggregates]], Moves]:
-    """The window deltas of some metric values ``(window key, unit, metric, value)``: the
-    values' sums per window and metric, and each unit's cluster-sum change, booked in the
-    window of its first value here (only a stage's sum of windows is ever tested). Also the
-    units' moves, which the segments' cluster sums are made of (segment_rollup.py)."""
-    out: dict[WindowKey, list[ArmAggregates]] = defaultdict(list)
-    if not values:
-        return out, upsert_units({})
-    per_window: dict[WindowKey, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    changes: dict[UnitKey, list[float]] = defaultdict(list)
-    first: dict[UnitKey, WindowKey] = {}
-    for wkey, unit, metric, value in values:
-        per_window[wkey][metric].append(value)
-        ukey = (wkey[0], wkey[2], unit, metric)
-        changes[ukey].append(value)
-        first.setdefault(ukey, wkey)
-    for wkey, named in per_window.items():
-        out[wkey].append(ArmAggregates(metrics={m: value_sums(v) for m, v in named.items()}))
-    keys, old, new = upsert_units({key: (len(v), math.fsum(v), 0.0) for key, v in changes.items()})
-    groups: dict[tuple[WindowKey, str], list[int]] = defaultdict(list)
-    for i, key in enumerate(keys):
-        groups[(first[key], key[3])].append(i)
-    moved = grouped_cluster_change(old[:, 1], old[:, 0], new[:, 1], new[:, 0], groups)
-    for (wkey, metric), clusters in moved.items():
-        out[wkey].append(ArmAggregates(metrics={metric: MetricSums(clusters=clusters)}))
-    return out, (keys, old, new)
+    def deltas(self, moves: unit_rows.MetricMoves) -> dict[WindowKey, list[ArmAggregates]]:
+        """The window deltas: the values' sums, and the units' cluster-sum changes
+        (``moves``: what ``unit_rows.upsert`` returned for :attr:`units`)."""
+        out: dict[WindowKey, list[ArmAggregates]] = defaultdict(list)
+        for wkey, named in self.windows.items():
+            out[wkey].append(ArmAggregates(metrics={m: value_sums(v) for m, v in named.items()}))
+        keys, old, new = moves
+        groups: dict[tuple[WindowKey, str], list[int]] = defaultdict(list)
+        for i, key in enumerate(keys):
+            groups[(self.first[key], key[3])].append(i)
+        moved = grouped_cluster_change(old[:, 1], old[:, 0], new[:, 1], new[:, 0], groups)
+        for (wkey, metric), clusters in moved.items():
+            out[wkey].append(ArmAggregates(metrics={metric: MetricSums(clusters=clusters)}))
+        return out
 
 
 def paired_deltas(
@@ -92,17 +76,17 @@ def paired_deltas(
     unit's cluster-sum change (its ``paired`` row holds the unit's control and candidate
     sums over its pairs)."""
     values: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    changes: dict[UnitKey, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    changes: dict[unit_rows.UnitKey, dict[str, list[float]]] = defaultdict(dict)
     for unit, checks in pairs:
         for metric, (a, b) in checks.items():
             values[metric].append((a, b))
-            change = changes[(stage_id, "paired", unit, metric)]
+            change = changes[(stage_id, "paired", unit)].setdefault(metric, [0, 0.0, 0.0])
             change[0] += 1
             change[1] += b
             change[2] += a
     if not values:
         return {}
-    keys, old, new = upsert_units({k: (int(v[0]), v[1], v[2]) for k, v in changes.items()})
+    _, (keys, old, new) = unit_rows.upsert({}, changes)
     rows_of: dict[str, list[int]] = defaultdict(list)
     for i, key in enumerate(keys):
         rows_of[key[3]].append(i)

@@ -12,17 +12,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
-import numpy as np
-import numpy.typing as npt
-
 from migrations_app.guardrails.stats import ArmAggregates
-from migrations_app.models import UnitTotals as UnitTotalsRow
-from migrations_app.outcomes import aggregation, metric_rollup, segment_rollup
+from migrations_app.outcomes import aggregation, metric_rollup, segment_rollup, unit_rows
 from migrations_app.outcomes.aggregation import OutcomeFacts, UnitTotals
-from migrations_app.outcomes.store import upsert_adding
 
 
 def aggregate(
@@ -72,26 +67,30 @@ def aggregate(
         changes[ukey] = changes.get(ukey, UnitTotals()) + UnitTotals(
             feedback_n=len(values), feedback_sum=math.fsum(values)
         )
-    unit_moves: segment_rollup.UnitMoves = ([], _NO_TOTALS, _NO_TOTALS)
-    if changes:  # late metric values alone change no unit totals
-        unit_moves = keys, old, new = _upsert_unit_totals(changes)
+    # The metric values the outcomes carry, and late ones now counted on their outcomes.
+    arm_values = metric_rollup.ArmValues(
+        [
+            ((stage_id, facts.window, facts.arm), facts.unit, name, value)
+            for stage_id, facts in outcomes
+            for name, value in facts.metrics
+        ]
+        + [
+            ((stage_id, facts.window, facts.arm), facts.unit, name, value)
+            for stage_id, facts, name, value in metric_values
+        ]
+    )
+    # One row per unit holds its built-in totals and its metric sums: one upsert.
+    unit_moves, metric_units = unit_rows.upsert(
+        {key: change.values() for key, change in changes.items()}, arm_values.units
+    )
+    keys = unit_moves[0]
+    if keys:
         moves: dict[tuple[int, datetime, str], list[int]] = defaultdict(list)
         for i, ukey in enumerate(keys):
             moves[unit_window[ukey]].append(i)
-        for wkey, moved in aggregation.grouped_cluster_deltas(old, new, moves).items():
+        for wkey, moved in aggregation.grouped_cluster_deltas(*unit_moves[1:], moves).items():
             deltas[wkey].append(moved)
-    # Metric sums per unit after the unit totals: one lock order in every transaction.
-    values = [
-        ((stage_id, facts.window, facts.arm), facts.unit, name, value)
-        for stage_id, facts in outcomes
-        for name, value in facts.metrics
-    ]
-    values += [
-        ((stage_id, facts.window, facts.arm), facts.unit, name, value)
-        for stage_id, facts, name, value in metric_values
-    ]
-    metric_windows, metric_units = metric_rollup.arm_deltas(values)
-    for wkey, items in metric_windows.items():
+    for wkey, items in arm_values.deltas(metric_units).items():
         deltas[wkey].extend(items)
     window_deltas = {key: ArmAggregates.merge(items) for key, items in deltas.items()}
     # The windows', stages' and segments' parts wait for a fold (segment_rollup.py,
@@ -104,25 +103,3 @@ def aggregate(
         metric_units=metric_units,
         windows=window_deltas,
     )
-
-
-_UNIT_FIELDS = tuple(name for name, _ in aggregation.UNIT_COLUMNS)
-_NO_TOTALS = np.zeros((0, len(_UNIT_FIELDS)))
-
-
-_UNIT_TYPES = ("bigint", "text", "text", *(kind for _, kind in aggregation.UNIT_COLUMNS))
-
-
-def _upsert_unit_totals(
-    changes: Mapping[tuple[int, str, str], UnitTotals],
-) -> tuple[list[tuple[int, str, str]], npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Add each change to its unit's totals (``store.upsert_adding``). Returns the units and
-    their totals before and after (one row each, columns as ``UnitTotals.values()``)."""
-    deltas = {key: change.values() for key, change in changes.items()}
-    rows = upsert_adding(
-        UnitTotalsRow._meta.db_table, ("stage_id", "arm", "unit"), _UNIT_FIELDS, _UNIT_TYPES, deltas
-    )
-    found: list[tuple[int, str, str]] = [(row[0], row[1], row[2]) for row in rows]
-    new = np.array([row[3:] for row in rows], dtype=np.float64).reshape(-1, len(_UNIT_FIELDS))
-    added = np.array([deltas[key] for key in found], dtype=np.float64)
-    return found, new - added.reshape(new.shape), new

@@ -48,7 +48,7 @@ from django.db.models import Max
 from migrations_app.guardrails.segments import MAX_TOP_K, OTHER
 from migrations_app.guardrails.stats import ArmAggregates, MetricSums
 from migrations_app.models import PendingRollup, PendingSegments, SegmentAggregate
-from migrations_app.outcomes import aggregation, metric_rollup, segment_rows, window_rollup
+from migrations_app.outcomes import aggregation, segment_rows, unit_rows, window_rollup
 from migrations_app.outcomes.aggregation import OutcomeFacts
 from migrations_app.outcomes.collector import collector_paused
 from migrations_app.outcomes.event_checks import Invalid, unstorable_char
@@ -156,11 +156,6 @@ def _members(keys: npt.NDArray[np.int64], count: int) -> tuple[npt.NDArray[np.in
     return items[order], [0, *np.cumsum(sizes).tolist()]
 
 
-# The units' totals a batch moved: their keys (stage, arm, unit), and the totals before and
-# after (one row each, columns as ``aggregation.UnitTotals.values()``).
-UnitMoves = tuple[Sequence[tuple[int, str, str]], npt.NDArray[np.float64], npt.NDArray[np.float64]]
-
-
 # The cluster sums a unit's move adds (aggregation.cluster_deltas sets these and no other).
 _CLUSTERS = tuple(f.name for f in fields(ArmAggregates) if f.name.endswith("_clusters"))
 # What feedback adds besides its units' cluster sums (aggregation.feedback_delta).
@@ -204,8 +199,8 @@ def queue(
     feedback: Sequence[tuple[int, OutcomeFacts, float]] = (),
     metric_values: Sequence[tuple[int, OutcomeFacts, str, float]] = (),
     *,
-    units: UnitMoves,
-    metric_units: metric_rollup.Moves | None = None,
+    units: unit_rows.UnitMoves,
+    metric_units: unit_rows.MetricMoves | None = None,
     windows: Mapping[window_rollup.WindowKey, ArmAggregates] | None = None,
 ) -> None:
     """Add the segmented outcomes, feedback and metric values and their units' moves

@@ -33,7 +33,7 @@ from migrations_app.outcomes.aggregation import UNIT_COLUMNS, OutcomeFacts
 MAGIC = b"SEG\x02"
 SLOTS = 3  # segment values per event at most (segment_rollup.parse_segments)
 _UNIT_WIDTH = len(UNIT_COLUMNS)  # a unit's totals, as the unit totals' upsert returns them
-_METRIC_WIDTH = 3  # a unit's metric sums: n, total, control_total (metric_rollup.Moves)
+_METRIC_WIDTH = 3  # a unit's metric sums: n, total, control_total (unit_rows.MetricMoves)
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]

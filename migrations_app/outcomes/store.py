@@ -101,15 +101,24 @@ def upsert_adding(
 ) -> list[tuple[Any, ...]]:
     """Add each change (``key -> values``) to its row's ``value_columns``, creating the rows
     that are missing: ``INSERT ... ON CONFLICT DO UPDATE SET c = c + EXCLUDED.c RETURNING``
-    every column. Returns the rows as they are after. Rows are written in key order, so
-    concurrent batches lock in the same order; one statement on PostgreSQL, chunks of 2000
-    rows elsewhere."""
+    every column; a ``jsonb`` column's objects of sums are added key by key
+    (``turnout_add_sums``, outcomes/unit_rows.py). Returns the rows as they are after. Rows
+    are written in key order, so concurrent batches lock in the same order; one statement on
+    PostgreSQL, chunks of 2000 rows elsewhere."""
     if not changes:
         return []
     qn = connection.ops.quote_name
     name = qn(table)
     columns = [*key_columns, *value_columns]
-    updates = ", ".join(f"{qn(c)} = {name}.{qn(c)} + EXCLUDED.{qn(c)}" for c in value_columns)
+    kinds = dict(zip(columns, pg_types, strict=True))
+    updates = ", ".join(
+        f"{qn(c)} = turnout_add_sums({name}.{qn(c)}, EXCLUDED.{qn(c)})"
+        if kinds[c] == "jsonb"
+        else f"{qn(c)} = {name}.{qn(c)} + EXCLUDED.{qn(c)}"
+        for c in value_columns
+    )
+    # The portable path binds a jsonb column's value as JSON text.
+    as_json = {i for i, c in enumerate(columns) if kinds[c] == "jsonb"}
     statement = (
         f"INSERT INTO {name} ({', '.join(qn(c) for c in columns)}) {{source}} "
         f"ON CONFLICT ({', '.join(qn(c) for c in key_columns)}) DO UPDATE SET {updates} "
@@ -128,7 +137,11 @@ def upsert_adding(
                 source, params = json_rows(pg_types), [json_param(rows)]
             else:
                 source = f"VALUES {', '.join([one] * len(part))}"
-                params = [value for row in rows for value in row]
+                params = [
+                    json_param(value) if i in as_json else value
+                    for row in rows
+                    for i, value in enumerate(row)
+                ]
             cursor.execute(statement.format(source=source), params)
             found.extend(tuple(row) for row in cursor.fetchall())
     return found

@@ -17,10 +17,10 @@ from django.utils import timezone
 from migrations_app.guardrails.stats import MetricSums
 from migrations_app.models import (
     MetricDefinition,
-    MetricUnitTotals,
     MetricValue,
     Outcome,
     StageAggregate,
+    UnitTotals,
 )
 from migrations_app.outcomes import aggregation, ingest, metric_values
 from migrations_app.outcomes.segment_rollup import catch_up
@@ -136,13 +136,13 @@ def test_a_late_value_is_held_then_counted_when_its_outcome_arrives():
     assert sent.stored == 1 and not sent.rejected
     held = MetricValue.objects.get()
     assert held.outcome_id is None
-    assert not MetricUnitTotals.objects.exists()
+    assert not UnitTotals.objects.exists()
     ingest.outcomes_ingest(identity=Everyone(), payload={"events": [event]})
     held.refresh_from_db()
     assert held.outcome_id == event["id"]
     sums = metric_sums(plan, "candidate", "task_completed")
     assert (sums.n, sums.total, sums.clusters.units) == (1, 1.0, 1)
-    assert MetricUnitTotals.objects.get(unit="late-user").n == 1
+    assert UnitTotals.objects.get(unit="late-user").metrics == {"task_completed": [1, 1.0]}
 
 
 def test_a_value_for_a_stored_outcome_counts_at_once_and_once():

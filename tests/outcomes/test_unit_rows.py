@@ -1,0 +1,144 @@
+"""A unit's totals row holds its built-in totals and its per-request metric sums, upserted in one
+statement (outcomes/unit_rows.py): the database's ``turnout_add_sums`` adds as Python does, the
+moves it returns are the sums before and after, migration 0027 moved the legacy per-metric
+rows, and SQLite (the embedded mode) merges the same way."""
+
+from __future__ import annotations
+
+import importlib
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import orjson
+import pytest
+from django.db import connection
+
+from migrations_app.models import MetricUnitTotals, UnitTotals
+from migrations_app.outcomes import unit_rows
+from tests.outcomes.conftest import split_plan
+
+pytestmark = pytest.mark.django_db
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pg_add(stored: dict, delta: dict) -> dict:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT turnout_add_sums(%s::jsonb, %s::jsonb)::text",
+            [orjson.dumps(stored).decode(), orjson.dumps(delta).decode()],
+        )
+        return orjson.loads(cursor.fetchone()[0])
+
+
+def test_the_database_adds_sums_bit_for_bit_as_python_does():
+    rng = random.Random(3)
+    for _ in range(200):
+        names = rng.sample(["a", "b", "c", "d"], rng.randrange(0, 4))
+        width = rng.choice([2, 3])
+        stored = {
+            n: [rng.randrange(0, 10**6), *(rng.uniform(-1e9, 1e9) for _ in range(width - 1))]
+            for n in names
+        }
+        delta = {
+            n: [rng.randrange(1, 100), *(rng.choice([0.1, 1e-300, rng.random()]) for _ in range(width - 1))]
+            for n in rng.sample(["a", "b", "e"], rng.randrange(1, 3))
+        }  # fmt: skip
+        expected = unit_rows.add_sums(stored, delta)
+        got = pg_add(stored, delta)
+        assert got.keys() == expected.keys()
+        for name in got:
+            assert [repr(float(v)) for v in got[name]] == [repr(float(v)) for v in expected[name]]
+
+
+def test_a_paired_delta_pads_a_two_number_sum():
+    assert unit_rows.add_sums({"m": [1, 2.0]}, {"m": [1, 1.0, 0.5]}) == {"m": [2.0, 3.0, 0.5]}
+    assert pg_add({"m": [1, 2.0]}, {"m": [1, 1.0, 0.5]}) == {"m": [2, 3.0, 0.5]}
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["json-parameter", "portable"])
+def test_one_upsert_returns_built_in_and_metric_moves(fast, monkeypatch):
+    from migrations_app.outcomes import store
+
+    monkeypatch.setattr(store, "FAST_PATH", fast)
+    stage = split_plan().current_stage_id
+    builtin = {(stage, "control", "u1"): (1, 0, 1, 0.5, 0, 0.0, 1, 6.0, 0, 0.0)}
+    first, moved = unit_rows.upsert(builtin, {(stage, "control", "u1"): {"m": [2, 1.5]}})
+    assert first[0] == [(stage, "control", "u1")] and first[1].sum() == 0
+    assert moved[0] == [(stage, "control", "u1", "m")]
+    assert moved[1].tolist() == [[0.0, 0.0, 0.0]] and moved[2].tolist() == [[2.0, 1.5, 0.0]]
+    # A late value alone: its unit's row gains the sum; no built-in move is reported.
+    first, moved = unit_rows.upsert({}, {(stage, "control", "u1"): {"m": [1, 0.25], "k": [1, 1]}})
+    assert first[0] == []
+    assert dict(zip(moved[0], moved[2].tolist(), strict=True)) == {
+        (stage, "control", "u1", "m"): [3.0, 1.75, 0.0],
+        (stage, "control", "u1", "k"): [1.0, 1.0, 0.0],
+    }
+    assert moved[1].tolist()[0] == [2.0, 1.5, 0.0]
+    row = UnitTotals.objects.get(unit="u1")
+    assert (row.requests, row.metrics) == (1, {"m": [3, 1.75], "k": [1, 1]})
+
+
+def test_migration_0027_moves_the_legacy_rows_into_the_units_rows():
+    stage = split_plan().current_stage_id
+    UnitTotals.objects.create(stage_id=stage, arm="control", unit="u1", requests=4)
+    MetricUnitTotals.objects.bulk_create([
+        MetricUnitTotals(stage_id=stage, arm="control", unit="u1", metric="m", n=3, total=0.1),
+        MetricUnitTotals(stage_id=stage, arm="control", unit="u1", metric="k", n=1, total=2.0),
+        MetricUnitTotals(stage_id=stage, arm="paired", unit="u2", metric="m", n=2, total=1.0,
+                         control_total=0.5),
+    ])  # fmt: skip
+    migration = importlib.import_module("migrations_app.migrations.0027_unit_metric_sums")
+
+    class Editor:
+        pass
+
+    editor = Editor()
+    editor.connection = connection
+    migration.move_unit_sums(None, editor)
+    assert not MetricUnitTotals.objects.exists()
+    rows = {(r.arm, r.unit): (r.requests, r.metrics) for r in UnitTotals.objects.all()}
+    assert rows == {
+        ("control", "u1"): (4, {"m": [3, 0.1], "k": [1, 2.0]}),
+        ("paired", "u2"): (0, {"m": [2, 1.0, 0.5]}),
+    }
+
+
+@pytest.mark.live
+def test_sqlite_merges_a_unit_s_metric_sums_as_postgresql_does(tmp_path):
+    """The embedded mode (SQLite, no PostgreSQL): migrate, then three batches of one unit."""
+    script = textwrap.dedent(f"""
+        import json, os, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        os.environ.update(DATABASE_URL="sqlite:///{tmp_path}/t.sqlite3", DEBUG="1",
+                          DJANGO_SETTINGS_MODULE="controlplane.settings")
+        import django
+        django.setup()
+        from django.core.management import call_command
+        call_command("migrate", verbosity=0)
+        from migrations_app.models import MetricDefinition, UnitTotals
+        from migrations_app.outcomes import ingest
+        from tests.outcomes.conftest import Everyone, outcome, split_plan
+        plan = split_plan()
+        MetricDefinition.objects.create(plan=plan, name="task_completed", kind="rate")
+        MetricDefinition.objects.create(plan=plan, name="rating", kind="mean",
+                                        lower_bound=0, upper_bound=5)
+        for value in (0.1, 0.2, 0.7):
+            event = outcome(plan, unit="u1", metrics={{"task_completed": 1, "rating": value}})
+            ingest.outcomes_ingest(identity=Everyone(), payload={{"events": [event]}})
+        row = UnitTotals.objects.get(unit="u1")
+        print(row.requests, json.dumps(row.metrics))
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    requests, metrics = done.stdout.strip().split(" ", 1)
+    assert requests == "3"
+    assert orjson.loads(metrics) == {
+        "task_completed": [3.0, 3.0],
+        "rating": [3.0, (0.1 + 0.2) + 0.7],
+    }
