@@ -9,8 +9,8 @@ class MigrationsAppConfig(AppConfig):
     def ready(self) -> None:
         from django.db.backends.signals import connection_created
 
-        from migrations_app.outcomes import unit_rows
+        from migrations_app.outcomes import store
         from migrations_app.routing import changes
 
         changes.connect_catalog_edits()
-        connection_created.connect(unit_rows.connect_sqlite)
+        connection_created.connect(store.connect_sqlite)

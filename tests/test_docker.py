@@ -11,10 +11,16 @@ pytestmark = pytest.mark.live  # runs docker-compose
 
 def test_compose_file_validates() -> None:
     result = subprocess.run(
-        ["docker-compose", "-f", "docker/compose.yml", "config", "-q"], cwd=ROOT, capture_output=True, text=True
+        ["docker-compose", "-f", "docker/compose.yml", "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     services = subprocess.run(
-        ["docker-compose", "-f", "docker/compose.yml", "config", "--services"], cwd=ROOT, capture_output=True, text=True
+        ["docker-compose", "-f", "docker/compose.yml", "config", "--services"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     ).stdout.split()
     assert {"web", "worker", "beat", "postgres", "redis"} <= set(services)

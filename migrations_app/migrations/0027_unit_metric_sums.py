@@ -1,6 +1,6 @@
 """A unit's per-request metric sums move into its ``UnitTotals`` row (``metrics``: {metric: [n,
-sum]}, the ``paired`` arm [n, candidate's sum, control's sum]), added key by key by
-``turnout_add_sums``: ingest then upserts one row per unit, not one more per unit and metric.
+sum]}, the ``paired`` arm [n, candidate's sum, control's sum]), added key by key
+(outcomes/store.py): ingest then upserts one row per unit, not one more per unit and metric.
 
 The rows of ``MetricUnitTotals`` are moved. The table stays one release, read by nothing: a
 process of the release before, serving during a rolling deploy, still writes there (those
@@ -11,8 +11,6 @@ count and sum of the windows and stages is whole). The next release drops it.
 import orjson
 from django.db import migrations, models
 
-from migrations_app.outcomes.unit_rows import ADD_SUMS_SQL
-
 _BUILTIN = (
     "requests, errors, cost_n, cost_sum, feedback_n, feedback_sum,"
     " latency_n, latency_log1p, ttft_n, ttft_log1p"
@@ -20,8 +18,8 @@ _BUILTIN = (
 _ZEROS = "0, 0, 0, 0.0, 0, 0.0, 0, 0.0, 0, 0.0"
 _UPSERT = (
     f"INSERT INTO migrations_app_unittotals (stage_id, arm, unit, {_BUILTIN}, metrics) {{source}}"
-    " ON CONFLICT (stage_id, arm, unit) DO UPDATE"
-    " SET metrics = turnout_add_sums(migrations_app_unittotals.metrics, EXCLUDED.metrics)"
+    # Every row's metrics are the {} the column was just added with.
+    " ON CONFLICT (stage_id, arm, unit) DO UPDATE SET metrics = EXCLUDED.metrics"
 )
 
 
@@ -29,7 +27,6 @@ def move_unit_sums(apps, schema_editor):
     connection = schema_editor.connection
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute(ADD_SUMS_SQL)
             cursor.execute(
                 _UPSERT.format(
                     source=f"SELECT stage_id, arm, unit, {_ZEROS}, jsonb_object_agg(metric,"

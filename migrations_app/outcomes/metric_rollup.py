@@ -36,28 +36,31 @@ class ArmValues:
     the unit's first value here (only a stage's sum of windows is ever tested)."""
 
     def __init__(self, values: Sequence[tuple[WindowKey, str, str, float]]) -> None:
-        per_window: dict[WindowKey, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        per_unit: dict[unit_rows.UnitKey, dict[str, list[float]]] = defaultdict(
-            lambda: defaultdict(list)
-        )
-        self.first: dict[unit_rows.MetricKey, WindowKey] = {}
+        # Flat keys and plain dicts: this runs per value of every batch.
+        per_window: dict[tuple[WindowKey, str], list[float]] = defaultdict(list)
+        per_key: dict[unit_rows.MetricKey, list[float]] = {}
+        first: dict[unit_rows.MetricKey, WindowKey] = {}
         for wkey, unit, metric, value in values:
-            per_window[wkey][metric].append(value)
-            ukey = (wkey[0], wkey[2], unit)
-            per_unit[ukey][metric].append(value)
-            self.first.setdefault((*ukey, metric), wkey)
+            per_window[(wkey, metric)].append(value)
+            key = (wkey[0], wkey[2], unit, metric)
+            seen = per_key.get(key)
+            if seen is None:
+                per_key[key] = [value]
+                first[key] = wkey
+            else:
+                seen.append(value)
+        self.first = first
         self.windows = per_window
-        self.units = {
-            ukey: {metric: [len(v), math.fsum(v)] for metric, v in named.items()}
-            for ukey, named in per_unit.items()
-        }
+        self.units: dict[unit_rows.UnitKey, dict[str, list[float]]] = defaultdict(dict)
+        for key, seen in per_key.items():
+            self.units[key[:3]][key[3]] = [len(seen), math.fsum(seen)]
 
     def deltas(self, moves: unit_rows.MetricMoves) -> dict[WindowKey, list[ArmAggregates]]:
         """The window deltas: the values' sums, and the units' cluster-sum changes
         (``moves``: what ``unit_rows.upsert`` returned for :attr:`units`)."""
         out: dict[WindowKey, list[ArmAggregates]] = defaultdict(list)
-        for wkey, named in self.windows.items():
-            out[wkey].append(ArmAggregates(metrics={m: value_sums(v) for m, v in named.items()}))
+        for (wkey, metric), values in self.windows.items():
+            out[wkey].append(ArmAggregates(metrics={metric: value_sums(values)}))
         keys, old, new = moves
         groups: dict[tuple[WindowKey, str], list[int]] = defaultdict(list)
         for i, key in enumerate(keys):

@@ -8,6 +8,7 @@ order, so that concurrent batches wait for each other instead of deadlocking.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -101,24 +102,25 @@ def upsert_adding(
 ) -> list[tuple[Any, ...]]:
     """Add each change (``key -> values``) to its row's ``value_columns``, creating the rows
     that are missing: ``INSERT ... ON CONFLICT DO UPDATE SET c = c + EXCLUDED.c RETURNING``
-    every column; a ``jsonb`` column's objects of sums are added key by key
-    (``turnout_add_sums``, outcomes/unit_rows.py). Returns the rows as they are after. Rows
-    are written in key order, so concurrent batches lock in the same order; one statement on
-    PostgreSQL, chunks of 2000 rows elsewhere."""
+    every column; a ``jsonb`` column holds an object of sums, added key by key
+    (:func:`add_sums`). Returns the rows as they are after. Rows are written in key order,
+    so concurrent batches lock in the same order; one statement on PostgreSQL, chunks of
+    2000 rows elsewhere."""
     if not changes:
         return []
     qn = connection.ops.quote_name
     name = qn(table)
     columns = [*key_columns, *value_columns]
     kinds = dict(zip(columns, pg_types, strict=True))
-    updates = ", ".join(
-        f"{qn(c)} = turnout_add_sums({name}.{qn(c)}, EXCLUDED.{qn(c)})"
-        if kinds[c] == "jsonb"
-        else f"{qn(c)} = {name}.{qn(c)} + EXCLUDED.{qn(c)}"
-        for c in value_columns
-    )
     # The portable path binds a jsonb column's value as JSON text.
     as_json = {i for i, c in enumerate(columns) if kinds[c] == "jsonb"}
+    updates = ", ".join(
+        _sums_added(name, qn(c), [v[i - len(key_columns)] for v in changes.values()])
+        if i in as_json
+        else f"{qn(c)} = {name}.{qn(c)} + EXCLUDED.{qn(c)}"
+        for i, c in enumerate(columns)
+        if i >= len(key_columns)
+    )
     statement = (
         f"INSERT INTO {name} ({', '.join(qn(c) for c in columns)}) {{source}} "
         f"ON CONFLICT ({', '.join(qn(c) for c in key_columns)}) DO UPDATE SET {updates} "
@@ -219,3 +221,86 @@ def update_rows(
             f"FROM ({json_rows(('bigint', *pg_types))}) AS v(id, {names}) WHERE t.id = v.id",
             [json_param(values)],
         )
+
+
+# --- objects of sums ---------------------------------------------------------------------
+
+# A sum's name goes into the statement's text (PostgreSQL's jsonb_build_object takes keys as
+# values, but a parameter per key and row would cost more than the merge): only names of this
+# shape, which every declared metric and answer check has (turnout.contract), ever do.
+_SUM_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# jsonb_build_object takes at most 100 arguments: 50 names, in groups of 40.
+_NAMES_PER_OBJECT = 40
+
+
+def add_sums(stored: Mapping[str, Sequence[float]], delta: Mapping[str, Sequence[float]]) -> dict:
+    """Objects of sums (``{name: [numbers]}``) added: a name of ``delta`` absent from
+    ``stored`` comes as it is, a name of both gets the elementwise sum (the shorter padded
+    with zeros). What the upsert's SQL does, in Python: SQLite calls it as
+    ``turnout_add_sums`` (:func:`connect_sqlite`)."""
+    out = {name: list(sums) for name, sums in stored.items()}
+    for name, more in delta.items():
+        had = out.get(name)
+        if had is None:
+            out[name] = list(more)
+            continue
+        width = max(len(had), len(more))
+        had, more = [*had, 0.0][:width], [*more, 0.0][:width]
+        out[name] = [float(a) + float(b) for a, b in zip(had, more, strict=True)]
+    return out
+
+
+def connect_sqlite(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """``connection_created``: give an SQLite connection ``turnout_add_sums`` over JSON text."""
+    if connection.vendor == "sqlite":
+        connection.connection.create_function(
+            "turnout_add_sums",
+            2,
+            lambda stored, delta: orjson.dumps(
+                add_sums(loads(stored) or {}, loads(delta) or {})
+            ).decode(),
+            deterministic=True,
+        )
+
+
+def loads(value: Any) -> Any:
+    """A jsonb value as a query returned it: psycopg hands Django's connections jsonb as text
+    (Django parses JSONField itself), SQLite stores it as text."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _sums_added(table: str, column: str, deltas: Sequence[Mapping[str, Sequence[float]]]) -> str:
+    """The SET clause adding the batch's objects of sums (``deltas``) to the stored ones in
+    ``column`` (:func:`add_sums`); both names quoted.
+
+    On PostgreSQL, an expression of the batch's names: for each, when the row's delta has it,
+    the elementwise sum as a jsonb array, merged over the stored object (a plpgsql function
+    looping over each row's keys measured twice the CPU). Widths: as wide as the widest delta
+    of the batch (a unit's sums under one name always have one width: [n, sum] for an arm,
+    [n, sum, control's sum] for a shadow stage's pairs)."""
+    stored, delta = f"{table}.{column}", f"EXCLUDED.{column}"
+    if connection.vendor != "postgresql":
+        return f"{column} = turnout_add_sums({stored}, {delta})"
+    names = sorted({name for sums in deltas for name in sums})
+    if not names:
+        return f"{column} = {stored}"
+    bad = [name for name in names if not _SUM_NAME.fullmatch(name)]
+    if bad:
+        raise ValueError(f"not a name of sums: {bad[0]!r}")
+    widths = {len(numbers) for sums in deltas for numbers in sums.values()}
+    narrowest, widest = min(widths), max(widths)
+
+    def added(name: str) -> str:
+        terms = ", ".join(
+            f"coalesce(({stored}->'{name}'->>{i})::float8, 0) + "
+            + (f"({delta}->'{name}'->>{i})::float8" if i < narrowest
+               else f"coalesce(({delta}->'{name}'->>{i})::float8, 0)")
+            for i in range(widest)
+        )  # fmt: skip
+        return f"'{name}', CASE WHEN {delta} ? '{name}' THEN jsonb_build_array({terms}) END"
+
+    objects = " || ".join(
+        f"jsonb_build_object({', '.join(added(n) for n in names[i : i + _NAMES_PER_OBJECT])})"
+        for i in range(0, len(names), _NAMES_PER_OBJECT)
+    )
+    return f"{column} = {stored} || jsonb_strip_nulls({objects})"

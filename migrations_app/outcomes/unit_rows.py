@@ -1,7 +1,7 @@
 """Each unit's running totals in a stage and arm (``UnitTotals`` rows), upserted by addition in
 one statement per batch: the built-in sums (``aggregation.UnitTotals``) and the per-request
 metrics' (``{metric: [n, sum]}``; a shadow stage's ``paired`` arm ``[n, candidate's sum,
-control's sum]``), which the database adds key by key with ``turnout_add_sums``. Returns the
+control's sum]``), which the upsert adds key by key (``store.upsert_adding``). Returns the
 units' totals before and after, which their cluster sums are made of.
 
 One row per unit holds both, so a batch with metrics writes as many rows as one without: a
@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 
 from migrations_app.models import UnitTotals as UnitTotalsRow
 from migrations_app.outcomes import aggregation
-from migrations_app.outcomes.store import upsert_adding
+from migrations_app.outcomes.store import loads, upsert_adding
 
 UnitKey = tuple[int, str, str]  # stage, arm, unit
 MetricKey = tuple[int, str, str, str]  # stage, arm, unit, metric
@@ -32,65 +31,6 @@ MetricMoves = tuple[list[MetricKey], npt.NDArray[np.float64], npt.NDArray[np.flo
 _FIELDS = tuple(name for name, _ in aggregation.UNIT_COLUMNS)
 _TYPES = ("bigint", "text", "text", *(kind for _, kind in aggregation.UNIT_COLUMNS))
 _ZERO = (0,) * len(_FIELDS)
-
-# PostgreSQL's merge of two metric objects (migration 0027 creates it): a key of ``delta``
-# absent from ``stored`` is added as it is, a key of both gets the elementwise sum (two or
-# three numbers: [n, sum] or [n, sum, control's sum]). Sums go through float8 both ways, and
-# jsonb keeps a float8's shortest exact text, so they add as Python adds them.
-ADD_SUMS_SQL = """
-CREATE OR REPLACE FUNCTION turnout_add_sums(stored jsonb, delta jsonb) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
-DECLARE
-    name text;
-    more jsonb;
-    had jsonb;
-BEGIN
-    FOR name, more IN SELECT * FROM jsonb_each(delta) LOOP
-        had := stored -> name;
-        IF had IS NOT NULL THEN
-            IF jsonb_array_length(more) = 3 OR jsonb_array_length(had) = 3 THEN
-                more := jsonb_build_array(
-                    (had ->> 0)::float8 + (more ->> 0)::float8,
-                    (had ->> 1)::float8 + (more ->> 1)::float8,
-                    coalesce((had ->> 2)::float8, 0) + coalesce((more ->> 2)::float8, 0));
-            ELSE
-                more := jsonb_build_array(
-                    (had ->> 0)::float8 + (more ->> 0)::float8,
-                    (had ->> 1)::float8 + (more ->> 1)::float8);
-            END IF;
-        END IF;
-        stored := stored || jsonb_build_object(name, more);
-    END LOOP;
-    RETURN stored;
-END $$
-"""
-
-
-def add_sums(stored: Mapping[str, Sequence[float]], delta: Mapping[str, Sequence[float]]) -> dict:
-    """What ``turnout_add_sums`` does, in Python: SQLite's (the embedded mode) and the tests'."""
-    out = {name: list(sums) for name, sums in stored.items()}
-    for name, more in delta.items():
-        had = out.get(name)
-        if had is None:
-            out[name] = list(more)
-            continue
-        width = max(len(had), len(more))
-        had, more = [*had, 0.0][:width], [*more, 0.0][:width]
-        out[name] = [float(a) + float(b) for a, b in zip(had, more, strict=True)]
-    return out
-
-
-def add_sums_json(stored: str | None, delta: str | None) -> str:
-    """:func:`add_sums` over JSON text, as SQLite calls it."""
-    return orjson.dumps(add_sums(_loads(stored) or {}, _loads(delta) or {})).decode()
-
-
-def connect_sqlite(sender: Any, connection: Any, **kwargs: Any) -> None:
-    """``connection_created``: give an SQLite connection ``turnout_add_sums``."""
-    if connection.vendor == "sqlite":
-        connection.connection.create_function(
-            "turnout_add_sums", 2, add_sums_json, deterministic=True
-        )
 
 
 def upsert(
@@ -133,7 +73,7 @@ def upsert(
             after.append(row[3 : 3 + width])
         moved = metrics.get(key)
         if moved:
-            stored = _loads(row[3 + width])
+            stored = loads(row[3 + width])
             metric_keys += [(*key, name) for name in moved]
             metric_after += [stored[name] for name in moved]
             metric_added += moved.values()
@@ -155,11 +95,6 @@ def _three_columns(sums: list[Any]) -> npt.NDArray[np.float64]:
         for i, s in enumerate(sums):
             out[i, : len(s)] = s
     return out
-
-
-def _loads(value: Any) -> Any:
-    # psycopg hands Django's connections jsonb as text (Django parses JSONField itself).
-    return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
 def _no_moves(width: int) -> npt.NDArray[np.float64]:

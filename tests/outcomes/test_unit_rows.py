@@ -1,5 +1,5 @@
 """A unit's totals row holds its built-in totals and its per-request metric sums, upserted in one
-statement (outcomes/unit_rows.py): the database's ``turnout_add_sums`` adds as Python does, the
+statement (outcomes/unit_rows.py): the database adds the sums as Python does, the
 moves it returns are the sums before and after, migration 0027 moved the legacy per-metric
 rows, and SQLite (the embedded mode) merges the same way."""
 
@@ -17,7 +17,7 @@ import pytest
 from django.db import connection
 
 from migrations_app.models import MetricUnitTotals, UnitTotals
-from migrations_app.outcomes import unit_rows
+from migrations_app.outcomes import store, unit_rows
 from tests.outcomes.conftest import split_plan
 
 pytestmark = pytest.mark.django_db
@@ -25,44 +25,56 @@ pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def pg_add(stored: dict, delta: dict) -> dict:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT turnout_add_sums(%s::jsonb, %s::jsonb)::text",
-            [orjson.dumps(stored).decode(), orjson.dumps(delta).decode()],
-        )
-        return orjson.loads(cursor.fetchone()[0])
+def random_sums(rng: random.Random, names: list[str], width: int, first: bool) -> dict:
+    return {
+        name: [rng.randrange(0 if first else 1, 10**6),
+               *(rng.choice([0.1, 1e-300, -1e9 * rng.random(), rng.random()])
+                 for _ in range(width - 1))]
+        for name in names
+    }  # fmt: skip
 
 
-def test_the_database_adds_sums_bit_for_bit_as_python_does():
+@pytest.mark.parametrize("fast", [True, False], ids=["json-parameter", "portable"])
+def test_the_upsert_adds_sums_bit_for_bit_as_python_does(fast, monkeypatch):
+    monkeypatch.setattr(store, "FAST_PATH", fast)
+    stage = split_plan().current_stage_id
     rng = random.Random(3)
-    for _ in range(200):
-        names = rng.sample(["a", "b", "c", "d"], rng.randrange(0, 4))
-        width = rng.choice([2, 3])
+    for case in range(60):
+        width = rng.choice([2, 3])  # an arm's [n, sum], a pair's [n, sum, control's sum]
+        # Some units have sums stored, each batch moves some of their names and new ones.
         stored = {
-            n: [rng.randrange(0, 10**6), *(rng.uniform(-1e9, 1e9) for _ in range(width - 1))]
-            for n in names
-        }
-        delta = {
-            n: [rng.randrange(1, 100), *(rng.choice([0.1, 1e-300, rng.random()]) for _ in range(width - 1))]
-            for n in rng.sample(["a", "b", "e"], rng.randrange(1, 3))
+            f"u{case}-{u}": random_sums(rng, rng.sample(["a", "b", "c"], rng.randrange(0, 4)), width, True)
+            for u in range(rng.randrange(1, 6))
         }  # fmt: skip
-        expected = unit_rows.add_sums(stored, delta)
-        got = pg_add(stored, delta)
-        assert got.keys() == expected.keys()
-        for name in got:
-            assert [repr(float(v)) for v in got[name]] == [repr(float(v)) for v in expected[name]]
+        if any(stored.values()):
+            unit_rows.upsert({}, {(stage, "paired", u): sums for u, sums in stored.items()})
+        delta = {
+            u: random_sums(rng, rng.sample(["a", "b", "e"], rng.randrange(1, 4)), width, False)
+            for u in stored
+        }
+        unit_rows.upsert({}, {(stage, "paired", u): sums for u, sums in delta.items()})
+        for unit, sums in stored.items():
+            got = UnitTotals.objects.get(stage_id=stage, arm="paired", unit=unit).metrics
+            expected = store.add_sums(sums, delta[unit])
+            assert got.keys() == expected.keys()
+            for name in got:
+                assert [repr(float(v)) for v in got[name]] == [
+                    repr(float(v)) for v in expected[name]
+                ]
 
 
-def test_a_paired_delta_pads_a_two_number_sum():
-    assert unit_rows.add_sums({"m": [1, 2.0]}, {"m": [1, 1.0, 0.5]}) == {"m": [2.0, 3.0, 0.5]}
-    assert pg_add({"m": [1, 2.0]}, {"m": [1, 1.0, 0.5]}) == {"m": [2, 3.0, 0.5]}
+def test_a_name_of_sums_outside_the_allowlist_never_reaches_the_sql():
+    stage = split_plan().current_stage_id
+    with pytest.raises(ValueError, match="not a name of sums"):
+        unit_rows.upsert({}, {(stage, "control", "u"): {"a'); DROP TABLE x; --": [1, 1.0]}})
+
+
+def test_python_pads_a_shorter_sum():
+    assert store.add_sums({"m": [1, 2.0]}, {"m": [1, 1.0, 0.5]}) == {"m": [2.0, 3.0, 0.5]}
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["json-parameter", "portable"])
 def test_one_upsert_returns_built_in_and_metric_moves(fast, monkeypatch):
-    from migrations_app.outcomes import store
-
     monkeypatch.setattr(store, "FAST_PATH", fast)
     stage = split_plan().current_stage_id
     builtin = {(stage, "control", "u1"): (1, 0, 1, 0.5, 0, 0.0, 1, 6.0, 0, 0.0)}
