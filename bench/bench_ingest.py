@@ -16,7 +16,8 @@ table, so a column added later is in the baseline too (a hand-written list once 
 
 ``--metrics N`` (issue 15): the plan declares N per-request metrics (a 0/1 rate and means
 bounded 0-5) and every event carries a value of each, stored on the outcome and rolled up per
-unit beside the rest; the run checks each metric's count in the stage's aggregates too.
+unit beside the rest; the run checks each metric's count in the stage's aggregates and in the
+units' sums too.
 
 Also printed: CPU time per batch in the web workers and in the PostgreSQL backends (from /proc),
 which moves less than the rate when other work shares the machine.
@@ -269,7 +270,13 @@ def fold_pending(plan: Any) -> float:
 
 
 def check_exact(plan: Any, total: int, metrics: list[str] | None = None, segments: int = 0) -> None:
-    from migrations_app.models import Outcome, SegmentAggregate, StageAggregate, WindowAggregate
+    from migrations_app.models import (
+        Outcome,
+        SegmentAggregate,
+        StageAggregate,
+        UnitTotals,
+        WindowAggregate,
+    )
     from migrations_app.outcomes import aggregation
 
     stored = Outcome.objects.filter(plan=plan).count()
@@ -287,6 +294,9 @@ def check_exact(plan: Any, total: int, metrics: list[str] | None = None, segment
             for d in StageAggregate.objects.filter(stage__plan=plan).values_list("data", flat=True)
         )
         assert counted == total, (name, counted, total)
+        sums = UnitTotals.objects.filter(stage__plan=plan).values_list("metrics", flat=True)
+        in_units = sum(unit[name][0] for unit in sums if name in unit)
+        assert in_units == total, (name, in_units, total)
     for dimension in SEGMENT_DIMENSIONS[:segments]:
         rows = SegmentAggregate.objects.filter(stage__plan=plan, dimension=dimension)
         counted = sum(rows.values_list("requests", flat=True))
