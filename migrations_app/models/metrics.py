@@ -26,7 +26,8 @@ from migrations_app.models.outcomes import Outcome
 from migrations_app.models.plans import GuardrailMetric, MigrationPlan, PlanStage
 
 METRIC_NAME = RegexValidator(
-    METRIC_NAME_PATTERN,
+    # The contract's pattern ends in $, which also matches before a final newline.
+    METRIC_NAME_PATTERN.removesuffix("$") + r"\Z",
     "Lowercase letters, digits and underscores, starting with a letter (at most 48).",
 )
 

@@ -70,12 +70,13 @@ def check_value(
     """One metric value, checked: (name, value as a float), or :class:`Invalid` naming
     ``metrics.<name>`` and why (an undeclared name, a value that is not a finite number or
     outside the metric's bounds)."""
-    # A declared name is a valid one: the pattern is matched only when the name is not.
-    spec = specs.get(name) if isinstance(name, str) else None
-    if spec is None and (not isinstance(name, str) or not _NAME.match(name)):
+    # Whole-string match, declared or not: a name stored past the declaration's checks (the
+    # ORM, SQL) is refused here, never written into the upsert's text (store._sums_added).
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         shown = name if isinstance(name, str) and is_text(name, 48) else "?"
         raise Invalid(f"metrics.{shown}", "invalid", "A metric name is lowercase letters, "
                       "digits and underscores, starting with a letter (at most 48).")  # fmt: skip
+    spec = specs.get(name)
     if spec is None or (not checks_allowed and name in ANSWER_CHECKS):
         why = (
             f"{name!r} is an answer check: Turnout computes it from the answer."

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from django.core.exceptions import ValidationError
 from django.db import connection
 
 from migrations_app.models import MetricUnitTotals, UnitTotals
@@ -103,6 +104,9 @@ def test_migration_0027_moves_the_legacy_rows_into_the_units_rows():
         MetricUnitTotals(stage_id=stage, arm="paired", unit="u2", metric="m", n=2, total=1.0,
                          control_total=0.5),
     ])  # fmt: skip
+    legacy = set(
+        MetricUnitTotals.objects.values_list("arm", "unit", "metric", "n", "total", "control_total")
+    )
     migration = importlib.import_module("migrations_app.migrations.0027_unit_metric_sums")
 
     class Editor:
@@ -116,6 +120,17 @@ def test_migration_0027_moves_the_legacy_rows_into_the_units_rows():
     assert rows == {
         ("control", "u1"): (4, {"m": [3, 0.1], "k": [1, 2.0]}),
         ("paired", "u2"): (0, {"m": [2, 1.0, 0.5]}),
+    }
+    # Back to 0026: the same rows again, added to one the release before wrote meanwhile.
+    MetricUnitTotals.objects.create(
+        stage_id=stage, arm="control", unit="u1", metric="m", n=1, total=1.0
+    )
+    migration.move_back(None, editor)
+    back = set(
+        MetricUnitTotals.objects.values_list("arm", "unit", "metric", "n", "total", "control_total")
+    )
+    assert back == (legacy - {("control", "u1", "m", 3, 0.1, 0.0)}) | {
+        ("control", "u1", "m", 4, 1.1, 0.0)
     }
 
 
@@ -154,3 +169,28 @@ def test_sqlite_merges_a_unit_s_metric_sums_as_postgresql_does(tmp_path):
         "task_completed": [3.0, 3.0],
         "rating": [3.0, (0.1 + 0.2) + 0.7],
     }
+
+
+def test_a_declared_name_the_pattern_refuses_is_refused_per_event():
+    """Declared past the checks (the ORM, SQL): the event is refused by index, the rest of
+    its batch stored, and the name never reaches the upsert's text."""
+    from migrations_app.models import MetricDefinition, Outcome
+    from migrations_app.outcomes import ingest
+    from tests.outcomes.conftest import Everyone, outcome
+
+    plan = split_plan()
+    MetricDefinition.objects.create(plan=plan, name="task_completed", kind="rate")
+    for name in ("ends_nl\n", "Bad_Upper"):
+        MetricDefinition.objects.create(plan=plan, name=name, kind="rate")
+    events = [
+        outcome(plan, metrics={"ends_nl\n": 1}),
+        outcome(plan, metrics={"Bad_Upper": 1}),
+        outcome(plan, metrics={"task_completed": 1}),
+    ]
+    result = ingest.outcomes_ingest(identity=Everyone(), payload={"events": events})
+    assert result.stored == 1
+    assert [(r.index, r.code) for r in result.rejected] == [(0, "invalid"), (1, "invalid")]
+    assert Outcome.objects.get().event_id == events[2]["id"]
+    with pytest.raises(ValidationError) as refused:
+        MetricDefinition(plan=plan, name="ends_nl\n", kind="rate").full_clean()
+    assert "name" in refused.value.message_dict
