@@ -79,7 +79,7 @@ def build(outcomes: int, minutes: int = MINUTES, audit_events: int = 500) -> str
         StageAggregate,
         WindowAggregate,
     )  # fmt: skip
-    from migrations_app.outcomes import aggregation
+    from migrations_app.outcomes import aggregate_json, aggregation
     from migrations_app.outcomes.aggregation import OutcomeFacts
     from migrations_app.plans import edits, lifecycle
     from migrations_app.plans.catalog import seed_catalog
@@ -141,7 +141,7 @@ def build(outcomes: int, minutes: int = MINUTES, audit_events: int = 500) -> str
                     cost_sum=delta.cost_sum,
                     feedback_n=delta.feedback_n,
                     feedback_sum=delta.feedback_sum,
-                    data=aggregation.to_json(delta),
+                    data=aggregate_json.to_json(delta),
                 )  # fmt: skip
             )
     with transaction.atomic():
@@ -149,7 +149,7 @@ def build(outcomes: int, minutes: int = MINUTES, audit_events: int = 500) -> str
         for arm, parts in totals.items():
             merged = ArmAggregates.merge(parts)
             StageAggregate.objects.create(
-                stage=stage, arm=arm, requests=merged.requests, data=aggregation.to_json(merged)
+                stage=stage, arm=arm, requests=merged.requests, data=aggregate_json.to_json(merged)
             )
     print(
         f"windows: {len(rows)} rows ({per_window * len(rows):,} outcomes) "

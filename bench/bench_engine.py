@@ -82,14 +82,14 @@ def make_plans(count: int) -> list[int]:
     from django.contrib.auth import get_user_model
 
     from migrations_app.models import MigrationPlan, StageAggregate
-    from migrations_app.outcomes import aggregation
+    from migrations_app.outcomes import aggregate_json
     from migrations_app.plans import edits, lifecycle
 
     user = get_user_model().objects.create_superuser("bench", "", "bench-password")
     actor = lifecycle.Actor.for_user(user)
     rng = np.random.default_rng(1)
-    control = aggregation.to_json(arm(rng, 100_000, 0.02))
-    candidate = aggregation.to_json(arm(rng, 100_000, 0.021))
+    control = aggregate_json.to_json(arm(rng, 100_000, 0.02))
+    candidate = aggregate_json.to_json(arm(rng, 100_000, 0.021))
     for i in range(count):
         key = f"bench-{i:04d}"
         edits.plan_create(

@@ -277,11 +277,11 @@ def check_exact(plan: Any, total: int, metrics: list[str] | None = None, segment
         UnitTotals,
         WindowAggregate,
     )
-    from migrations_app.outcomes import aggregation
+    from migrations_app.outcomes import aggregate_json
 
     stored = Outcome.objects.filter(plan=plan).count()
     stage = sum(
-        aggregation.from_json(d).requests
+        aggregate_json.from_json(d).requests
         for d in StageAggregate.objects.filter(stage__plan=plan).values_list("data", flat=True)
     )
     windows = sum(
@@ -290,7 +290,7 @@ def check_exact(plan: Any, total: int, metrics: list[str] | None = None, segment
     assert stored == stage == windows == total, (stored, stage, windows, total)
     for name in metrics or []:
         counted = sum(
-            aggregation.from_json(d).metrics[name].n
+            aggregate_json.from_json(d).metrics[name].n
             for d in StageAggregate.objects.filter(stage__plan=plan).values_list("data", flat=True)
         )
         assert counted == total, (name, counted, total)

@@ -37,7 +37,7 @@ def cost_per_request(agg: ArmAggregates) -> float | None:
 
 def arm_totals(stage_ids: Iterable[int]) -> dict[str, ArmAggregates]:
     """Each arm's aggregates summed over several stages (two rows per stage)."""
-    from migrations_app.outcomes.aggregation import from_json
+    from migrations_app.outcomes.aggregate_json import from_json
     from migrations_app.outcomes.segment_rollup import catch_up
 
     stage_ids = list(stage_ids)

@@ -26,7 +26,7 @@ from migrations_app.models import (
     PlanStage,
     StageAggregate,
 )
-from migrations_app.outcomes.aggregation import from_json
+from migrations_app.outcomes.aggregate_json import from_json
 from migrations_app.outcomes.segment_rollup import catch_up
 from migrations_app.plans.metrics import plan_metric_specs
 from migrations_app.replay import selectors as replay_selectors

@@ -48,7 +48,13 @@ from django.db.models import Max
 from migrations_app.guardrails.segments import MAX_TOP_K, OTHER
 from migrations_app.guardrails.stats import ArmAggregates, MetricSums
 from migrations_app.models import PendingRollup, PendingSegments, SegmentAggregate
-from migrations_app.outcomes import aggregation, segment_rows, unit_rows, window_rollup
+from migrations_app.outcomes import (
+    aggregate_json,
+    aggregation,
+    segment_rows,
+    unit_rows,
+    window_rollup,
+)
 from migrations_app.outcomes.aggregation import OutcomeFacts
 from migrations_app.outcomes.collector import collector_paused
 from migrations_app.outcomes.event_checks import Invalid, unstorable_char
@@ -443,7 +449,7 @@ def merge_segments(deltas: Mapping[Key, ArmAggregates]) -> None:
         }
     for key in keys:
         row = rows[key]
-        row.data = aggregation.merge_json(row.data, merged[key])
+        row.data = aggregate_json.merge_json(row.data, merged[key])
         row.requests = row.data["requests"]
     update_rows(
         SegmentAggregate, [rows[k] for k in keys], ["data", "requests"], ("jsonb", "integer")
@@ -490,7 +496,7 @@ def stage_segments(stage_id: int) -> dict[tuple[str, str], dict[str, ArmAggregat
     for arm, dimension, value, data in SegmentAggregate.objects.filter(
         stage_id=stage_id
     ).values_list("arm", "dimension", "value", "data"):
-        out[(dimension, value)][arm] = aggregation.from_json(data)
+        out[(dimension, value)][arm] = aggregate_json.from_json(data)
     return dict(out)
 
 

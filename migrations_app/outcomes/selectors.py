@@ -11,7 +11,7 @@ from migrations_app.models import (
     StageAggregate,
     WindowAggregate,
 )
-from migrations_app.outcomes import aggregation
+from migrations_app.outcomes import aggregate_json
 from migrations_app.outcomes.segment_rollup import catch_up
 
 
@@ -24,7 +24,7 @@ def stage_totals(stage: PlanStage | int) -> dict[str, ArmAggregates]:
     catch_up([_pk(stage)])
     rows = StageAggregate.objects.filter(stage=stage).values_list("arm", "data")
     totals = {"control": ArmAggregates(), "candidate": ArmAggregates()}
-    totals.update({arm: aggregation.from_json(data) for arm, data in rows})
+    totals.update({arm: aggregate_json.from_json(data) for arm, data in rows})
     return totals
 
 
@@ -32,7 +32,7 @@ def window_totals(stage: PlanStage | int, arm: str, *, since: datetime) -> ArmAg
     """One arm's aggregates over a stage's windows from ``since`` on."""
     catch_up([_pk(stage)])
     return ArmAggregates.merge(
-        aggregation.from_json(data)
+        aggregate_json.from_json(data)
         for data in WindowAggregate.objects.filter(
             stage=stage, arm=arm, window__gte=since
         ).values_list("data", flat=True)
@@ -49,6 +49,6 @@ def stage_windows(
     if since is not None:
         rows = rows.filter(window__gte=since)
     return [
-        (window, arm, aggregation.from_json(data))
+        (window, arm, aggregate_json.from_json(data))
         for window, arm, data in rows.order_by("window", "arm").values_list("window", "arm", "data")
     ]

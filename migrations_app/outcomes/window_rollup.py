@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from migrations_app.guardrails.stats import ArmAggregates
 from migrations_app.models import StageAggregate, WindowAggregate
-from migrations_app.outcomes import aggregation
+from migrations_app.outcomes import aggregate_json
 from migrations_app.outcomes.store import fast_path, lock_or_create, update_rows
 
 WindowKey = tuple[int, datetime, str]  # stage, window, arm
@@ -33,7 +33,7 @@ def pack(deltas: Mapping[WindowKey, ArmAggregates]) -> dict[int, list[Any]]:
     """Per stage, its windows' deltas in the pending row's form: [epoch seconds, arm, delta]."""
     out: dict[int, list[Any]] = defaultdict(list)
     for (stage_id, window, arm), delta in deltas.items():
-        out[stage_id].append([int(window.timestamp()), arm, aggregation.to_json(delta)])
+        out[stage_id].append([int(window.timestamp()), arm, aggregate_json.to_json(delta)])
     return out
 
 
@@ -42,7 +42,7 @@ def unpack(stage_id: int, packed: Iterable[Any]) -> list[tuple[WindowKey, ArmAgg
     return [
         (
             (stage_id, datetime.fromtimestamp(int(seconds), UTC), str(arm)),
-            aggregation.from_json(data),
+            aggregate_json.from_json(data),
         )
         for seconds, arm, data in packed
     ]
@@ -85,7 +85,7 @@ def _merge_windows(deltas: Mapping[WindowKey, ArmAggregates]) -> None:
     changed = []
     for key in keys:
         row = rows[key]
-        row.data = data = aggregation.merge_json(row.data, deltas[key])
+        row.data = data = aggregate_json.merge_json(row.data, deltas[key])
         for column in _WINDOW_COLUMNS:  # the columns charts group by copy the data
             setattr(row, column, data[column])
         changed.append(row)
@@ -132,7 +132,7 @@ def _merge_stages(deltas: Mapping[tuple[int, str], ArmAggregates]) -> None:
     now = timezone.now()
     for key in keys:
         row = rows[key]
-        row.data = aggregation.merge_json(row.data, deltas[key])
+        row.data = aggregate_json.merge_json(row.data, deltas[key])
         row.requests = row.data["requests"]
         row.updated_at = now  # neither path's write applies auto_now
     update_rows(

@@ -15,7 +15,8 @@ from migrations_app.dashboard import chart_series, charts, figures, window_cache
 from migrations_app.guardrails.stats import ArmAggregates, Buckets
 from migrations_app.models import WindowAggregate
 from migrations_app.outcomes import rollup
-from migrations_app.outcomes.aggregation import OutcomeFacts, from_json, window_start
+from migrations_app.outcomes.aggregate_json import from_json
+from migrations_app.outcomes.aggregation import OutcomeFacts, window_start
 from migrations_app.outcomes.segment_rollup import catch_up
 from migrations_app.outcomes.selectors import stage_totals
 from tests.dashboard.data import running_plan

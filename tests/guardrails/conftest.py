@@ -8,7 +8,7 @@ import numpy as np
 from migrations_app.guardrails import engine
 from migrations_app.guardrails.stats import ArmAggregates, Buckets, ClusterSums, MetricSums
 from migrations_app.models import MigrationPlan, StageAggregate
-from migrations_app.outcomes import aggregation
+from migrations_app.outcomes import aggregate_json
 from tests.factories import started_plan
 
 FAST_PHASES = [
@@ -76,7 +76,7 @@ def put_totals(plan: MigrationPlan, **arms: ArmAggregates) -> None:
         StageAggregate.objects.update_or_create(
             stage=plan.current_stage,
             arm=arm,
-            defaults={"requests": agg.requests, "data": aggregation.to_json(agg)},
+            defaults={"requests": agg.requests, "data": aggregate_json.to_json(agg)},
         )
 
 

@@ -23,7 +23,7 @@ from migrations_app.models import (
     PlanStatus,
     WindowAggregate,
 )
-from migrations_app.outcomes import aggregation, selectors
+from migrations_app.outcomes import aggregate_json, selectors
 from tests.guardrails.conftest import put_totals, running_plan
 
 START = datetime(2025, 6, 2, 4, 0, tzinfo=UTC)
@@ -57,12 +57,13 @@ def put_windows(plan, rng, minutes: range, *, regressed_from: int | None = None)
         for name, agg in (("control", arm(rng, 1500, 0.02)), ("candidate", arm(rng, 1500, 0.06 if bad else 0.02))):  # fmt: skip
             WindowAggregate.objects.create(
                 stage=plan.current_stage, arm=name, window=START + timedelta(minutes=m),
-                requests=agg.requests, errors=agg.errors, data=aggregation.to_json(agg),
+                requests=agg.requests, errors=agg.errors, data=aggregate_json.to_json(agg),
             )  # fmt: skip
     rows = WindowAggregate.objects.filter(stage=plan.current_stage)
     totals = {
         name: ArmAggregates.merge(
-            aggregation.from_json(d) for d in rows.filter(arm=name).values_list("data", flat=True)
+            aggregate_json.from_json(d)
+            for d in rows.filter(arm=name).values_list("data", flat=True)
         )  # fmt: skip
         for name in ("control", "candidate")
     }

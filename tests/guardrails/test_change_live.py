@@ -26,7 +26,7 @@ from migrations_app.models import (
     StageAggregate,
     WindowAggregate,
 )
-from migrations_app.outcomes import aggregation
+from migrations_app.outcomes import aggregate_json, aggregation
 from tests.guardrails.live_traffic import (
     ERROR_RATE_ROLLBACK,
     PATIENCE_SECONDS,
@@ -71,7 +71,7 @@ def healthy_history(plan: MigrationPlan, minutes: int) -> None:
                     window=began + timedelta(minutes=m),
                     requests=1500,
                     errors=e,
-                    data=aggregation.to_json(agg),
+                    data=aggregate_json.to_json(agg),
                 )  # fmt: skip
             )
     WindowAggregate.objects.bulk_create(rows)
@@ -79,7 +79,7 @@ def healthy_history(plan: MigrationPlan, minutes: int) -> None:
         total = ArmAggregates.merge(windows)
         StageAggregate.objects.create(
             stage_id=plan.current_stage_id, arm=arm, requests=total.requests,
-            data=aggregation.to_json(total),
+            data=aggregate_json.to_json(total),
         )  # fmt: skip
 
 

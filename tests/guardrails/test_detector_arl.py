@@ -15,7 +15,7 @@ import pytest
 from migrations_app.guardrails import engine
 from migrations_app.guardrails.stats import ArmAggregates, ClusterSums
 from migrations_app.models import Evaluation, PlanStage, WindowAggregate
-from migrations_app.outcomes import aggregation
+from migrations_app.outcomes import aggregate_json
 from tests.guardrails.conftest import put_totals, running_plan
 
 START = datetime(2025, 6, 2, 4, 0, tzinfo=UTC)
@@ -46,7 +46,7 @@ def _windows(plan, minutes: int, *, bad_from: int, bad_rate: float) -> None:
             totals[name].append(agg)
             WindowAggregate.objects.create(
                 stage=plan.current_stage, arm=name, window=START + timedelta(minutes=m),
-                requests=n, errors=e, data=aggregation.to_json(agg),
+                requests=n, errors=e, data=aggregate_json.to_json(agg),
             )  # fmt: skip
     put_totals(plan, **{name: ArmAggregates.merge(aggs) for name, aggs in totals.items()})
 

@@ -29,7 +29,7 @@ from migrations_app.models import (
     MigrationPlan,
     SegmentAggregate,
 )
-from migrations_app.outcomes import aggregation, feedback, ingest, metric_values
+from migrations_app.outcomes import aggregate_json, feedback, ingest, metric_values
 from migrations_app.routing.snapshots import plan_entry
 from tests.factories import make_user
 from tests.guardrails.conftest import put_totals, running_plan, synthetic_arm
@@ -48,7 +48,7 @@ def put_segments(
         for arm, agg in (("control", control), ("candidate", candidate)):
             SegmentAggregate.objects.create(
                 stage=stage, arm=arm, dimension=dimension, value=value,
-                requests=agg.requests, data=aggregation.to_json(agg),
+                requests=agg.requests, data=aggregate_json.to_json(agg),
             )  # fmt: skip
     put_totals(
         plan,

@@ -29,7 +29,7 @@ from migrations_app.models import (
     PlanStatus,
     StageAggregate,
 )
-from migrations_app.outcomes import aggregation
+from migrations_app.outcomes import aggregate_json
 from migrations_app.outcomes.segment_rollup import catch_up
 from migrations_app.plans import targeting as plan_targeting
 from tests.alerts.conftest import Receiver
@@ -309,7 +309,7 @@ def test_overrides_and_exclusions_are_served_and_counted_in_neither_arm(
     plan = MigrationPlan.objects.get(key="live-qa")
     catch_up()
     arms = {
-        r.arm: aggregation.from_json(r.data)
+        r.arm: aggregate_json.from_json(r.data)
         for r in StageAggregate.objects.filter(stage_id=plan.current_stage_id)
     }
     for arm in ("control", "candidate"):

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from migrations_app.guardrails.stats import CLUSTER_MOMENTS, ArmAggregates, Buckets, ClusterSums
 from migrations_app.models import Feedback, Outcome, StageAggregate, UnitTotals, WindowAggregate
-from migrations_app.outcomes import aggregation, feedback, ingest, store
+from migrations_app.outcomes import aggregate_json, feedback, ingest, store
 from migrations_app.outcomes.segment_rollup import catch_up
 from tests.outcomes.conftest import Everyone, outcome, split_plan
 
@@ -187,7 +187,7 @@ def check(plan: Any) -> None:
     assert set(stored_windows) == set(per_window)
     for key, expected in per_window.items():
         row = stored_windows[key]
-        agg = aggregation.from_json(row.data)
+        agg = aggregate_json.from_json(row.data)
         for name in ("requests", "errors", "cost_n", "feedback_n", "latency_log1p_n",
                      "ttft_log1p_n"):  # fmt: skip
             assert getattr(agg, name) == expected[name], (key, name)
@@ -210,9 +210,11 @@ def check(plan: Any) -> None:
     stages = {(s.stage_id, s.arm): s for s in StageAggregate.objects.filter(stage__plan=plan)}
     assert set(stages) == set(per_stage)
     for key, expected in per_stage.items():
-        stage = aggregation.from_json(stages[key].data)
+        stage = aggregate_json.from_json(stages[key].data)
         windows = ArmAggregates.merge(
-            aggregation.from_json(w.data) for k, w in stored_windows.items() if (k[0], k[2]) == key
+            aggregate_json.from_json(w.data)
+            for k, w in stored_windows.items()
+            if (k[0], k[2]) == key
         )
         # the stage row is the running sum of its windows
         assert stage.requests == windows.requests == stages[key].requests

@@ -7,7 +7,7 @@ import random
 from datetime import UTC, datetime
 
 from migrations_app.guardrails.stats import CLUSTER_MOMENTS, ArmAggregates, ClusterSums
-from migrations_app.outcomes import aggregation
+from migrations_app.outcomes import aggregate_json, aggregation
 from migrations_app.outcomes.aggregation import OutcomeFacts, UnitTotals
 
 
@@ -42,10 +42,10 @@ def test_merge_json_equals_the_round_trip_through_arm_aggregates() -> None:
     reference = ArmAggregates()
     for _ in range(60):
         delta = _random_delta(rng)
-        stored = aggregation.merge_json(stored, delta)
+        stored = aggregate_json.merge_json(stored, delta)
         reference = reference + delta
-        assert stored == aggregation.to_json(reference)
-        assert aggregation.from_json(stored) == reference
+        assert stored == aggregate_json.to_json(reference)
+        assert aggregate_json.from_json(stored) == reference
 
 
 def test_cluster_deltas_of_many_units_equal_the_sum_of_each_units_change() -> None:
@@ -158,7 +158,7 @@ def test_merge_json_of_metrics_and_of_an_empty_delta() -> None:
         )  # fmt: skip
         delta = delta + ArmAggregates(metrics={rng.choice(["a", "b"]): sums})
         for step in (delta, ArmAggregates()):
-            stored = aggregation.merge_json(stored, step)
+            stored = aggregate_json.merge_json(stored, step)
             reference = reference + step
-            assert stored == aggregation.to_json(reference)
-            assert aggregation.from_json(stored) == reference
+            assert stored == aggregate_json.to_json(reference)
+            assert aggregate_json.from_json(stored) == reference

@@ -11,7 +11,7 @@ from ddsketch import DDSketch
 
 from migrations_app.guardrails import stats
 from migrations_app.models import StageAggregate
-from migrations_app.outcomes import aggregation, ingest
+from migrations_app.outcomes import aggregate_json, ingest
 from migrations_app.outcomes.segment_rollup import catch_up
 from tests.outcomes.conftest import Everyone, outcome, split_plan
 
@@ -35,7 +35,7 @@ def test_stored_quantiles_are_within_one_percent_of_the_exact_quantiles(seed: in
 
     catch_up()
     row = StageAggregate.objects.get(stage=plan.current_stage, arm="control")
-    stored = aggregation.from_json(row.data)
+    stored = aggregate_json.from_json(row.data)
     assert stored.latency.total == len(latencies)
     for values, buckets in ((latencies, stored.latency), (ttfts, stored.ttft)):
         exact_sorted = np.sort(values)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from migrations_app.models import Feedback, MigrationPlan, Outcome, StageAggregate, UnitTotals
-from migrations_app.outcomes import aggregation, feedback, ingest, store
+from migrations_app.outcomes import aggregate_json, feedback, ingest, store
 from migrations_app.outcomes.segment_rollup import catch_up
 from tests.outcomes.conftest import Everyone, outcome, split_plan
 
@@ -28,7 +28,7 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
 def stage_totals(plan: MigrationPlan, arm: str) -> Any:
     catch_up()
     row = StageAggregate.objects.filter(stage=plan.current_stage, arm=arm).first()
-    return aggregation.from_json(row.data) if row is not None else None
+    return aggregate_json.from_json(row.data) if row is not None else None
 
 
 def fallback_pair(plan: MigrationPlan, unit: str = "u-fb") -> tuple[dict[str, Any], dict[str, Any]]:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from migrations_app.guardrails.stats import ArmAggregates, Buckets
-from migrations_app.outcomes import aggregation
+from migrations_app.outcomes import aggregate_json, aggregation
 from migrations_app.outcomes.aggregation import OutcomeFacts
 
 
@@ -84,7 +84,7 @@ def test_every_group_gets_what_its_outcomes_alone_give() -> None:
         for g, indices in groups.items():
             expected = reference_delta([facts[i] for i in indices])
             assert grouped[g] == expected
-            assert aggregation.to_json(grouped[g]) == aggregation.to_json(expected)
+            assert aggregate_json.to_json(grouped[g]) == aggregate_json.to_json(expected)
         assert aggregation.outcome_delta(facts) == reference_delta(facts)
 
 
@@ -95,4 +95,4 @@ def test_a_group_of_one_outcome_gets_what_it_alone_gives() -> None:
     grouped = aggregation.grouped_outcome_deltas(facts, {i: [i] for i in range(len(facts))})
     for i, fact in enumerate(facts):
         assert grouped[i] == reference_delta([fact])
-        assert aggregation.to_json(grouped[i]) == aggregation.to_json(reference_delta([fact]))
+        assert aggregate_json.to_json(grouped[i]) == aggregate_json.to_json(reference_delta([fact]))

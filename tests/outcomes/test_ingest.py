@@ -15,7 +15,7 @@ from migrations_app.models import (
     UnitTotals,
     WindowAggregate,
 )
-from migrations_app.outcomes import aggregation, feedback, ingest, retention
+from migrations_app.outcomes import aggregate_json, aggregation, feedback, ingest, retention
 from migrations_app.outcomes.segment_rollup import catch_up
 from migrations_app.plans import lifecycle
 from tests.factories import make_plan, person
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.django_db
 def totals(plan, arm: str):
     catch_up()
     row = StageAggregate.objects.get(stage=plan.current_stage, arm=arm)
-    return aggregation.from_json(row.data)
+    return aggregate_json.from_json(row.data)
 
 
 def snapshot_of_tables():

@@ -22,7 +22,7 @@ from migrations_app.models import (
     StageAggregate,
     UnitTotals,
 )
-from migrations_app.outcomes import aggregation, ingest, metric_values
+from migrations_app.outcomes import aggregate_json, ingest, metric_values
 from migrations_app.outcomes.segment_rollup import catch_up
 from tests.outcomes.conftest import Everyone, outcome, split_plan
 
@@ -46,7 +46,7 @@ def declare(plan, name="task_completed", **fields):
 def metric_sums(plan, arm: str, name: str) -> MetricSums:
     catch_up()
     row = StageAggregate.objects.get(stage=plan.current_stage, arm=arm)
-    return aggregation.from_json(row.data).metrics.get(name, MetricSums())
+    return aggregate_json.from_json(row.data).metrics.get(name, MetricSums())
 
 
 def value(decision_id: str, name="task_completed", v=1, **fields):

@@ -11,7 +11,7 @@ from django.apps import apps
 
 from migrations_app.guardrails.stats import CLUSTER_MOMENTS, ClusterSums
 from migrations_app.models import StageAggregate, UnitTotals
-from migrations_app.outcomes import aggregation, ingest
+from migrations_app.outcomes import aggregate_json, ingest
 from migrations_app.outcomes.segment_rollup import catch_up
 from tests.outcomes.conftest import Everyone, outcome, split_plan
 
@@ -28,16 +28,16 @@ def test_third_moments_of_old_stage_totals_are_rebuilt_from_unit_totals() -> Non
     assert not ingest.outcomes_ingest(identity=Everyone(), payload={"events": events}).rejected
     catch_up()
     row = StageAggregate.objects.get(stage=plan.current_run.stages.last(), arm="control")
-    fresh = aggregation.from_json(row.data)
+    fresh = aggregate_json.from_json(row.data)
     # As a row written before the moments existed: four values per cluster sum.
     row.data = {k: v[:4] if k.endswith("_clusters") else v for k, v in row.data.items()}
     row.save(update_fields=["data"])
-    assert aggregation.from_json(row.data).error_clusters.sum_nnn == 0.0
+    assert aggregate_json.from_json(row.data).error_clusters.sum_nnn == 0.0
 
     migration.third_moments(apps, None)
 
     row.refresh_from_db()
-    rebuilt = aggregation.from_json(row.data)
+    rebuilt = aggregate_json.from_json(row.data)
     units = UnitTotals.objects.filter(stage=row.stage, arm="control")
     y, n = (np.array(units.values_list(c, flat=True), dtype=float) for c in ("errors", "requests"))
     expected = ClusterSums.from_units(y, n)
@@ -50,4 +50,4 @@ def test_third_moments_of_old_stage_totals_are_rebuilt_from_unit_totals() -> Non
     # A second run changes nothing (rows already at full length are left alone).
     migration.third_moments(apps, None)
     row.refresh_from_db()
-    assert aggregation.from_json(row.data) == rebuilt
+    assert aggregate_json.from_json(row.data) == rebuilt

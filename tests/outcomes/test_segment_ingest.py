@@ -28,7 +28,7 @@ from migrations_app.models import (
     StageAggregate,
 )
 from migrations_app.outcomes import (
-    aggregation,
+    aggregate_json,
     feedback,
     ingest,
     metric_values,
@@ -126,7 +126,7 @@ def test_many_distinct_tenants_stay_bounded(tenants: int) -> None:
     assert other.requests == tenants - CAPACITY
     catch_up()
     population = StageAggregate.objects.get(stage=plan.current_stage, arm="control")
-    summed = ArmAggregates.merge(aggregation.from_json(r.data) for r in rows)
+    summed = ArmAggregates.merge(aggregate_json.from_json(r.data) for r in rows)
     assert summed.requests == population.requests == tenants
     assert summed.error_clusters.units == tenants
 
@@ -188,7 +188,7 @@ def test_one_fold_of_many_batches_is_the_sum_of_a_fold_per_batch(path: None) -> 
     assert a.keys() == b.keys() and len(a) == 7
     for key in a:
         for arm in a[key]:
-            x, y = aggregation.to_json(a[key][arm]), aggregation.to_json(b[key][arm])
+            x, y = aggregate_json.to_json(a[key][arm]), aggregate_json.to_json(b[key][arm])
             assert flat(x) == pytest.approx(flat(y), rel=1e-12), key
             assert x["requests"] == y["requests"] and x["latency"] == y["latency"]
             assert x["error_clusters"][0] == y["error_clusters"][0]  # units
@@ -245,7 +245,7 @@ def send_values(*events: dict[str, Any]) -> Any:
 
 def population(plan: MigrationPlan, arm: str) -> ArmAggregates:
     catch_up()
-    return aggregation.from_json(
+    return aggregate_json.from_json(
         StageAggregate.objects.get(stage_id=plan.current_stage_id, arm=arm).data
     )
 
@@ -358,10 +358,10 @@ def test_feedback_and_metrics_beyond_the_capacity_go_to_other(path: None) -> Non
     fold([plan.current_stage_id])
     rows = SegmentAggregate.objects.filter(stage=plan.current_stage, dimension="tenant")
     assert rows.count() == CAPACITY + 1
-    other = aggregation.from_json(rows.get(value=OTHER).data)
+    other = aggregate_json.from_json(rows.get(value=OTHER).data)
     assert other.requests == other.feedback_n == other.metrics["task_completed"].n == 50
     assert other.feedback_clusters.units == other.metrics["task_completed"].clusters.units == 50
-    own = [aggregation.from_json(r.data) for r in rows.exclude(value=OTHER)]
+    own = [aggregate_json.from_json(r.data) for r in rows.exclude(value=OTHER)]
     assert {(a.feedback_n, a.metrics["task_completed"].n) for a in own} == {(1, 1)}
     summed = ArmAggregates.merge([other, *own])
     whole = population(plan, "control")

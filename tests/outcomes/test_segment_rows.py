@@ -18,6 +18,7 @@ import pytest
 
 from migrations_app.models import MetricDefinition, PendingRollup, PendingSegments
 from migrations_app.outcomes import (
+    aggregate_json,
     aggregation,
     feedback,
     ingest,
@@ -186,7 +187,7 @@ def test_rows_of_the_format_before_are_folded_as_the_same_rows_in_columns(
         assert a[key].keys() == b[key].keys()
         for arm in a[key]:
             assert a[key][arm] == b[key][arm]
-            assert aggregation.to_json(a[key][arm]) == aggregation.to_json(b[key][arm])
+            assert aggregate_json.to_json(a[key][arm]) == aggregate_json.to_json(b[key][arm])
     acme = a[("tenant", "t0")]["control"]
     assert acme.requests and acme.metrics["task_completed"].n and acme.feedback_n is not None
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from migrations_app.models import Feedback, MigrationPlan, Outcome, StageAggregate, UnitTotals
-from migrations_app.outcomes import aggregation, feedback, ingest, store
+from migrations_app.outcomes import aggregate_json, feedback, ingest, store
 from migrations_app.outcomes.segment_rollup import catch_up
 from migrations_app.plans import lifecycle
 from migrations_app.plans import targeting as plan_targeting
@@ -33,7 +33,7 @@ def requests(plan: MigrationPlan, arm: str) -> int:
     plan = MigrationPlan.objects.select_related("current_stage").get(pk=plan.pk)
     catch_up()
     row = StageAggregate.objects.filter(stage=plan.current_stage, arm=arm).first()
-    return aggregation.from_json(row.data).requests if row is not None else 0
+    return aggregate_json.from_json(row.data).requests if row is not None else 0
 
 
 def ingest_events(*events: dict[str, Any]) -> Any:
@@ -88,7 +88,7 @@ def test_feedback_on_an_uncounted_decision_is_linked_not_counted() -> None:
     for arm in ("control", "candidate"):
         catch_up()
         row = StageAggregate.objects.filter(arm=arm).first()
-        assert row is None or aggregation.from_json(row.data).feedback_n == 0
+        assert row is None or aggregate_json.from_json(row.data).feedback_n == 0
 
 
 def test_a_cohort_first_stage_counts_its_cohort_only(path: None) -> None:

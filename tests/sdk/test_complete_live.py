@@ -21,7 +21,7 @@ from migrations_app.models import (
     ShadowSample,
     StageAggregate,
 )
-from migrations_app.outcomes import aggregation
+from migrations_app.outcomes import aggregate_json
 from migrations_app.outcomes.segment_rollup import catch_up
 from migrations_app.plans import lifecycle
 from migrations_app.simulator import Simulator
@@ -49,7 +49,7 @@ def sim() -> Iterator[Simulator]:
 def _totals(stage: Any, arm: str) -> Any:
     catch_up()
     row = StageAggregate.objects.filter(stage=stage, arm=arm).first()
-    return aggregation.from_json(row.data) if row is not None else None
+    return aggregate_json.from_json(row.data) if row is not None else None
 
 
 def test_complete_end_to_end_shadow_fallback_and_context_window(
