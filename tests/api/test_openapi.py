@@ -77,8 +77,8 @@ def test_the_docs_page_serves_its_own_assets(db: None) -> None:
 
 @pytest.mark.live
 def test_the_live_api_answers_only_what_the_schema_says(gunicorn_factory: Any) -> None:
-    """schemathesis over every operation, fixed seed and a time budget: no 5xx, no status,
-    content type or body the schema does not describe."""
+    """schemathesis over every operation, every phase once with a fixed seed and number of
+    examples: no 5xx, no status, content type or body the schema does not describe."""
     started_plan("running-chat")
     make_plan("support-chat")  # the schema's example key: examples reach the plan's answers
     _, key = apikey_create(name="fuzz", scopes=["decide", "report", "admin", "plans"])
@@ -95,9 +95,13 @@ def test_the_live_api_answers_only_what_the_schema_says(gunicorn_factory: Any) -
         "-H", f"Authorization: Bearer {key}",
         "--checks", "not_a_server_error,status_code_conformance,"
         "response_schema_conformance,content_type_conformance",
-        "--seed", "18", "--max-examples", "15", "--max-time", "90", "--workers", "1",
+        "--seed", "18", "--max-examples", "45", "--workers", "1",
         "--generation-database", "none", "--no-color", "--max-failures", "20",
     ]  # fmt: skip
+    # No --max-time: with a budget schemathesis repeats fuzzing and stateful testing until it
+    # is spent (it always took the whole 90 s), so how many cases ran depended on the machine.
+    # 45 examples an operation, in one pass of each phase, send about as many (~4,000) as the
+    # budget did in the suite on this 2-core machine, the same ones every run, in half the time.
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     (ARTIFACTS / "schemathesis.txt").write_text(run.stdout + run.stderr)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]

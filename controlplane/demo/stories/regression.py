@@ -28,7 +28,7 @@ the embedded SQLite and filesystem broker):
 
 ``--fast`` (tests/test_demo.py) runs the shadow with no minimum duration, regresses the
 candidate 3 s into a split that cannot advance (its minimum sample is out of reach), evaluates
-every 2 s, and is done once the rollback's page has arrived.
+every 2 s, sends 40 requests a second, and is done once the rollback's page has arrived.
 """
 
 from __future__ import annotations
@@ -126,11 +126,13 @@ DEFAULT_TIMINGS = Timings(
     filtered=0.012, evaluation_interval=5.0, rate=20.0,
 )  # fmt: skip
 # The test's: the same shadow with no minimum duration, then the regression 3 s into a split
-# that cannot advance (its minimum sample is out of reach): shadow -> split -> rollback.
+# that cannot advance (its minimum sample is out of reach): shadow -> split -> rollback. At 40
+# requests a second: what the shadow and the rollback wait for is a sample (the paired error
+# test's pairs, the p95 bounds' samples per arm), sent twice as fast as at the demo's 20.
 FAST_TIMINGS = Timings(
     shadow_minutes=0, shadow_samples=60, split_minutes=0, split_samples=1_000_000,
     rollout_minutes=0, rollout_samples=1_000_000, regress_in="ab_split", regress_after=3.0,
-    filtered=0.012, evaluation_interval=2.0, rate=20.0,
+    filtered=0.012, evaluation_interval=2.0, rate=40.0,
 )  # fmt: skip
 
 
