@@ -58,9 +58,12 @@ class ArmValues:
     def deltas(self, moves: unit_rows.MetricMoves) -> dict[WindowKey, list[ArmAggregates]]:
         """The window deltas: the values' sums, and the units' cluster-sum changes
         (``moves``: what ``unit_rows.upsert`` returned for :attr:`units`)."""
-        out: dict[WindowKey, list[ArmAggregates]] = defaultdict(list)
+        sums: dict[WindowKey, dict[str, MetricSums]] = defaultdict(dict)
         for (wkey, metric), values in self.windows.items():
-            out[wkey].append(ArmAggregates(metrics={metric: value_sums(values)}))
+            sums[wkey][metric] = value_sums(values)
+        out: dict[WindowKey, list[ArmAggregates]] = defaultdict(list)
+        for wkey, named in sums.items():
+            out[wkey].append(ArmAggregates(metrics=named))
         keys, old, new = moves
         groups: dict[tuple[WindowKey, str], list[int]] = defaultdict(list)
         for i, key in enumerate(keys):

@@ -83,12 +83,12 @@ def aggregate(
     unit_moves, metric_units = unit_rows.upsert(
         {key: change.values() for key, change in changes.items()}, arm_values.units
     )
-    keys = unit_moves[0]
+    keys, old, new = unit_moves
     if keys:
         moves: dict[tuple[int, datetime, str], list[int]] = defaultdict(list)
         for i, ukey in enumerate(keys):
             moves[unit_window[ukey]].append(i)
-        for wkey, moved in aggregation.grouped_cluster_deltas(*unit_moves[1:], moves).items():
+        for wkey, moved in aggregation.grouped_cluster_deltas(old, new, moves).items():
             deltas[wkey].append(moved)
     for wkey, items in arm_values.deltas(metric_units).items():
         deltas[wkey].extend(items)

@@ -42,12 +42,6 @@ def upsert(
     ``builtin`` and the moves of every (unit, metric) in ``metrics``: (n, sum, control's sum)
     before and after."""
     keys = builtin.keys() | metrics.keys()
-    if not keys:
-        return ([], _no_moves(len(_FIELDS)), _no_moves(len(_FIELDS))), (
-            [],
-            _no_moves(3),
-            _no_moves(3),
-        )
     # The metrics column only when some unit moves a metric: a batch without costs no merge.
     with_metrics = any(metrics.values())
     columns, types = _FIELDS, _TYPES
@@ -95,7 +89,3 @@ def _three_columns(sums: list[Any]) -> npt.NDArray[np.float64]:
         for i, s in enumerate(sums):
             out[i, : len(s)] = s
     return out
-
-
-def _no_moves(width: int) -> npt.NDArray[np.float64]:
-    return np.zeros((0, width))
