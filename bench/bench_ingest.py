@@ -288,14 +288,14 @@ def check_exact(plan: Any, total: int, metrics: list[str] | None = None, segment
         WindowAggregate.objects.filter(stage__plan=plan).values_list("requests", flat=True)
     )
     assert stored == stage == windows == total, (stored, stage, windows, total)
+    unit_sums = list(UnitTotals.objects.filter(stage__plan=plan).values_list("metrics", flat=True))
     for name in metrics or []:
         counted = sum(
             aggregate_json.from_json(d).metrics[name].n
             for d in StageAggregate.objects.filter(stage__plan=plan).values_list("data", flat=True)
         )
         assert counted == total, (name, counted, total)
-        sums = UnitTotals.objects.filter(stage__plan=plan).values_list("metrics", flat=True)
-        in_units = sum(unit[name][0] for unit in sums if name in unit)
+        in_units = sum(unit[name][0] for unit in unit_sums if name in unit)
         assert in_units == total, (name, in_units, total)
     for dimension in SEGMENT_DIMENSIONS[:segments]:
         rows = SegmentAggregate.objects.filter(stage__plan=plan, dimension=dimension)

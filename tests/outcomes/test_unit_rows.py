@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.db import connection
 
@@ -109,12 +110,8 @@ def test_migration_0027_moves_the_legacy_rows_into_the_units_rows():
     )
     migration = importlib.import_module("migrations_app.migrations.0027_unit_metric_sums")
 
-    class Editor:
-        pass
-
-    editor = Editor()
-    editor.connection = connection
-    migration.move_unit_sums(None, editor)
+    with connection.schema_editor() as editor:
+        migration.move_unit_sums(apps, editor)
     assert not MetricUnitTotals.objects.exists()
     rows = {(r.arm, r.unit): (r.requests, r.metrics) for r in UnitTotals.objects.all()}
     assert rows == {
@@ -125,7 +122,8 @@ def test_migration_0027_moves_the_legacy_rows_into_the_units_rows():
     MetricUnitTotals.objects.create(
         stage_id=stage, arm="control", unit="u1", metric="m", n=1, total=1.0
     )
-    migration.move_back(None, editor)
+    with connection.schema_editor() as editor:
+        migration.move_back(apps, editor)
     back = set(
         MetricUnitTotals.objects.values_list("arm", "unit", "metric", "n", "total", "control_total")
     )
