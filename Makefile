@@ -49,8 +49,8 @@ bench-deps: install
 
 # The suite runs on three pytest-xdist workers on the machine's two cores (the live tests spend
 # much of their time waiting on servers and workers: 750 s against 786-837 s with two), a file
-# per worker at a time (the simulations' module fixtures are computed once), the files with the longest tests
-# first (tests/conftest.py orders them; --no-loadscope-reorder keeps that order instead of
+# per worker at a time (the simulations' module fixtures are computed once), the files with the
+# longest tests first (tests/conftest.py orders them; --no-loadscope-reorder keeps that order instead of
 # xdist's by number of tests); each worker has its own test database, Redis database and ports
 # (tests/conftest.py). WORKERS=1 runs it in one process.
 WORKERS ?= 3
