@@ -11,7 +11,7 @@ there. Those units' sums then start again from zero in the new row, so their clu
 understated for the rest of the stage (every count and sum of the windows and stages stays
 whole); the next release drops the table. Going back moves the sums back.
 
-Also: a metric's name is matched as a whole (``\Z``): ``$`` matched before a final newline.
+Also: a metric's name is matched as a whole (``\\Z``): ``$`` matched before a final newline.
 """
 
 import django.core.validators

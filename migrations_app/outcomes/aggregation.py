@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
@@ -52,15 +51,15 @@ class OutcomeFacts(NamedTuple):
     segments: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class UnitTotals:
+class UnitTotals(NamedTuple):
     """A unit's running totals in one stage and arm (mirrors the UnitTotals model, whose
     columns have these names and :data:`UNIT_COLUMNS` types). ``latency_log1p`` and
     ``ttft_log1p`` are sums of log(1 + ms) over ``latency_n`` and ``ttft_n`` requests: the
     latency tests read how much a unit's latencies cluster from them
     (``stats.design_effect``). They have their own counts, not ``requests``: a stage that
     began before they were recorded has them for its later requests only, and its
-    clustering is then measured on those."""
+    clustering is then measured on those. A named tuple, made once per unit of every batch:
+    a frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``."""
 
     requests: int = 0
     errors: int = 0
@@ -73,29 +72,23 @@ class UnitTotals:
     ttft_n: int = 0
     ttft_log1p: float = 0.0
 
-    def __add__(self, other: UnitTotals) -> UnitTotals:
-        sums: list[Any] = [a + b for a, b in zip(self.values(), other.values(), strict=True)]
-        return UnitTotals(*sums)
+    def __add__(self, other: tuple[Any, ...]) -> UnitTotals:  # type: ignore[override]
+        """Field by field (not the tuples joined)."""
+        return UnitTotals(*(a + b for a, b in zip(self, other, strict=True)))
 
     def values(self) -> tuple[float, ...]:
-        """The fields in order (``dataclasses.astuple`` deep-copies, and this is per unit)."""
-        return (
-            self.requests,
-            self.errors,
-            self.cost_n,
-            self.cost_sum,
-            self.feedback_n,
-            self.feedback_sum,
-            self.latency_n,
-            self.latency_log1p,
-            self.ttft_n,
-            self.ttft_log1p,
-        )
+        """The fields in order."""
+        return tuple(self)
 
 
 #: (column, PostgreSQL type) of each UnitTotals field, in :meth:`UnitTotals.values` order.
 UNIT_COLUMNS = tuple(
-    (f.name, "integer" if f.type == "int" else "float8") for f in fields(UnitTotals)
+    (name, "integer" if kind is int else "float8")
+    for name, kind in zip(
+        UnitTotals._fields,
+        (type(UnitTotals._field_defaults[name]) for name in UnitTotals._fields),
+        strict=True,
+    )
 )
 
 

@@ -92,9 +92,10 @@ def unstorable_field(value: Any, top: str = "sample") -> str | None:
 def is_text(value: Any, max_length: int) -> bool:
     """A string the database can store and compare: 1 to ``max_length`` characters, no NUL,
     no lone surrogate. (Check before a value goes into any query, even a lookup.)"""
-    return (
-        isinstance(value, str) and 0 < len(value) <= max_length and UNSTORABLE.search(value) is None
-    )
+    if not isinstance(value, str) or not 0 < len(value) <= max_length:
+        return False
+    # ASCII (every id and unit an SDK makes) has no surrogate: only a NUL to look for.
+    return "\x00" not in value if value.isascii() else UNSTORABLE.search(value) is None
 
 
 def storable(value: str) -> str:

@@ -110,12 +110,15 @@ def _parse_outcome(
 ) -> _Outcome:
     """One event, checked field by field (the first bad field is the one named). ``routes``
     remembers, within the batch, the run and stage each (plan, version) was routed in."""
-    if not isinstance(event, Mapping):
+    if type(event) is not dict and not isinstance(event, Mapping):  # JSON's are dicts
         raise Invalid("event", "invalid", "Each event must be an object.")
     event_id = text(event, "id", MAX_ID_LENGTH)
     decision_id = text(event, "decision_id", MAX_ID_LENGTH)
-    key = text(event, "plan", MAX_PLAN_KEY_LENGTH)
-    info = plans.get(key)
+    key = event.get("plan")
+    # A key found among the batch's plans is a stored key: checked as text when it was saved.
+    info = plans.get(key) if type(key) is str else None
+    if info is None:
+        key = text(event, "plan", MAX_PLAN_KEY_LENGTH)
     plan_id = info.plan.pk if info is not None else None
     if plan_id is None or not identity.may_see(plan_id):
         raise Invalid("plan", "plan_not_found", f"No plan with key {key!r}.")
@@ -145,18 +148,12 @@ def _parse_outcome(
     error = event.get("error")
     if error is not None and (not isinstance(error, str) or error not in ERROR_KINDS):
         raise Invalid("error", "invalid", f"error must be null or one of {sorted(ERROR_KINDS)}.")
-    model = info.plan.control_model if arm == "control" else info.plan.candidate_model
+    limits = info.limits[arm]
     input_tokens = tokens(
-        event,
-        "input_tokens",
-        limit=model.context_window,
-        what=f"{model.model_id}'s context window",
+        event, "input_tokens", limit=limits.context_window, what=limits.context_window_what
     )
     output_tokens = tokens(
-        event,
-        "output_tokens",
-        limit=model.max_output_tokens,
-        what=f"{model.model_id}'s maximum output",
+        event, "output_tokens", limit=limits.max_output, what=limits.max_output_what
     )
     fallback = event.get("fallback")
     if fallback is None:

@@ -100,7 +100,7 @@ def parse_metrics(raw: Any, specs: Mapping[str, MetricSpec]) -> tuple[tuple[str,
         raise Invalid(
             "metrics", "out_of_range", f"At most {MAX_METRICS_PER_EVENT} metrics per event."
         )
-    return tuple(check_value(name, value, specs) for name, value in raw.items())
+    return tuple([check_value(name, value, specs) for name, value in raw.items()])
 
 
 def metrics_json(values: tuple[tuple[str, float], ...]) -> str | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from migrations_app.models import (
     AuditEvent,
@@ -27,6 +27,8 @@ class PlanInfo:
     prices: Mapping[str, tuple[float, float]]  # arm -> $ per million input, output tokens
     # stage id -> the population it compares ("" the general split, else a cohort)
     stage_cohorts: Mapping[int, str] = field(default_factory=dict)
+    # arm -> its model's token limits, as ingest checks each event's counts against them
+    limits: Mapping[str, TokenLimits] = field(default_factory=dict)
 
     def at(self, version: int) -> tuple[int | None, int | None, int | None]:
         found: tuple[int | None, int | None, int | None] = (None, None, None)
@@ -37,8 +39,27 @@ class PlanInfo:
         return found
 
     def cost(self, arm: str, input_tokens: int | None, output_tokens: int | None) -> float | None:
-        per_in, per_out = self.prices[arm]
-        return cost_usd(_Prices(per_in, per_out), input_tokens, output_tokens)
+        if input_tokens is None or output_tokens is None:
+            return None  # cost_usd's answer, without its arguments made per event
+        return cost_usd(_Prices(*self.prices[arm]), input_tokens, output_tokens)
+
+
+class TokenLimits(NamedTuple):
+    """An arm's model's limits on an outcome's token counts, and how an error names them."""
+
+    context_window: int
+    context_window_what: str
+    max_output: int
+    max_output_what: str
+
+    @classmethod
+    def of(cls, model: Any) -> TokenLimits:
+        return cls(
+            model.context_window,
+            f"{model.model_id}'s context window",
+            model.max_output_tokens,
+            f"{model.model_id}'s maximum output",
+        )
 
 
 class _Prices(NamedTuple):
@@ -83,6 +104,10 @@ def plan_infos(keys: Iterable[str]) -> dict[str, PlanInfo]:
                 ),
             },
             cohorts[plan.pk],
+            {
+                "control": TokenLimits.of(plan.control_model),
+                "candidate": TokenLimits.of(plan.candidate_model),
+            },
         )
         for key, plan in plans.items()
     }

@@ -145,7 +145,7 @@ def upsert_adding(
                     for i, value in enumerate(row)
                 ]
             cursor.execute(statement.format(source=source), params)
-            found.extend(tuple(row) for row in cursor.fetchall())
+            found.extend(cursor.fetchall())  # tuples, on both paths
     return found
 
 

@@ -55,19 +55,20 @@ def upsert(
         UnitTotalsRow._meta.db_table, ("stage_id", "arm", "unit"), columns, types, changes
     )
     width = len(_FIELDS)
+    end = 3 + width
     found: list[UnitKey] = []
     after: list[Any] = []
     metric_keys: list[MetricKey] = []
     metric_after: list[Any] = []
     metric_added: list[Any] = []
-    for row in rows:
-        key = (int(row[0]), row[1], row[2])
+    for row in rows:  # hundreds of rows a batch: plain tuples, one lookup each
+        key = row[:3]
         if key in builtin:
             found.append(key)
-            after.append(row[3 : 3 + width])
+            after.append(row[3:end])
         moved = metrics.get(key)
         if moved:
-            stored = loads(row[3 + width])
+            stored = loads(row[end])
             metric_keys += [(*key, name) for name in moved]
             metric_after += [stored[name] for name in moved]
             metric_added += moved.values()

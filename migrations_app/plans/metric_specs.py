@@ -64,7 +64,7 @@ class MetricSpec:
 
     def value_problem(self, value: Any) -> tuple[str, str] | None:
         """(code, message) when ``value`` cannot be this metric's, else None."""
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):  # a tuple: faster
             return "invalid", f"{self.name} must be a number."
         if isinstance(value, float) and not math.isfinite(value):
             return "invalid", f"{self.name} must be a finite number (not NaN or infinite)."
