@@ -94,7 +94,7 @@ def parse_metrics(raw: Any, specs: Mapping[str, MetricSpec]) -> tuple[tuple[str,
     """An outcome event's ``metrics`` object, every value checked (the first bad one named)."""
     if raw is None:
         return ()
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):  # JSON's are dicts
         raise Invalid("metrics", "invalid", "metrics must be an object {name: value}.")
     if len(raw) > MAX_METRICS_PER_EVENT:
         raise Invalid(

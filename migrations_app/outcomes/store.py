@@ -266,7 +266,7 @@ def connect_sqlite(sender: Any, connection: Any, **kwargs: Any) -> None:
 def loads(value: Any) -> Any:
     """A jsonb value as a query returned it: psycopg hands Django's connections jsonb as text
     (Django parses JSONField itself), SQLite stores it as text."""
-    return orjson.loads(value) if isinstance(value, str | bytes) else value
+    return orjson.loads(value) if isinstance(value, (str, bytes)) else value  # a tuple: faster
 
 
 def _sums_added(table: str, column: str, deltas: Sequence[Mapping[str, Sequence[float]]]) -> str:

@@ -12,6 +12,7 @@ row of its own per unit and metric cost about as much again as the unit's row
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -72,8 +73,8 @@ def upsert(
             metric_keys += [(*key, name) for name in moved]
             metric_after += [stored[name] for name in moved]
             metric_added += moved.values()
-    new_totals = np.array(after, dtype=np.float64).reshape(-1, width)
-    added_totals = np.array([builtin[key] for key in found], dtype=np.float64).reshape(-1, width)
+    new_totals = _array(after, width)
+    added_totals = _array([builtin[key] for key in found], width)
     new_sums = _three_columns(metric_after)
     return (
         (found, new_totals - added_totals, new_totals),
@@ -85,8 +86,15 @@ def _three_columns(sums: list[Any]) -> npt.NDArray[np.float64]:
     """Sums of two numbers ([n, sum]) or three ([n, sum, control's sum]) as rows of three."""
     out = np.zeros((len(sums), 3))
     if len({len(s) for s in sums}) == 1:
-        out[:, : len(sums[0])] = np.array(sums, dtype=np.float64)
+        out[:, : len(sums[0])] = _array(sums, len(sums[0]))
     else:
         for i, s in enumerate(sums):
             out[i, : len(s)] = s
     return out
+
+
+def _array(rows: Sequence[Sequence[float]], width: int) -> npt.NDArray[np.float64]:
+    """Rows of ``width`` numbers as a 2-D array: read flat, about twice as fast as
+    ``np.array`` of the rows, which checks each row's length and type."""
+    flat = np.fromiter(chain.from_iterable(rows), dtype=np.float64, count=len(rows) * width)
+    return flat.reshape(-1, width)
