@@ -24,7 +24,7 @@ class PlanInfo:
     plan: MigrationPlan
     versions: tuple[tuple[int, int | None, int | None, int | None], ...]
     # (version, run id, run number, stage id), ascending; the latest event per version wins
-    prices: Mapping[str, tuple[float, float]]  # arm -> $ per million input, output tokens
+    prices: Mapping[str, Prices]  # arm -> $ per million input, output tokens
     # stage id -> the population it compares ("" the general split, else a cohort)
     stage_cohorts: Mapping[int, str] = field(default_factory=dict)
     # arm -> its model's token limits, as ingest checks each event's counts against them
@@ -39,9 +39,7 @@ class PlanInfo:
         return found
 
     def cost(self, arm: str, input_tokens: int | None, output_tokens: int | None) -> float | None:
-        if input_tokens is None or output_tokens is None:
-            return None  # cost_usd's answer, without its arguments made per event
-        return cost_usd(_Prices(*self.prices[arm]), input_tokens, output_tokens)
+        return cost_usd(self.prices[arm], input_tokens, output_tokens)
 
 
 class TokenLimits(NamedTuple):
@@ -62,8 +60,9 @@ class TokenLimits(NamedTuple):
         )
 
 
-class _Prices(NamedTuple):
-    """An arm's prices as read once per plan (floats), in the catalog's names."""
+class Prices(NamedTuple):
+    """An arm's prices as read once per plan (floats), in the catalog's names: what
+    ``cost_usd`` reads, made once per plan rather than once per event."""
 
     input_price_per_mtok: float
     output_price_per_mtok: float
@@ -94,11 +93,11 @@ def plan_infos(keys: Iterable[str]) -> dict[str, PlanInfo]:
             plan,
             tuple(rows[plan.pk]),
             {
-                "control": (
+                "control": Prices(
                     float(plan.control_model.input_price_per_mtok),
                     float(plan.control_model.output_price_per_mtok),
                 ),
-                "candidate": (
+                "candidate": Prices(
                     float(plan.candidate_model.input_price_per_mtok),
                     float(plan.candidate_model.output_price_per_mtok),
                 ),

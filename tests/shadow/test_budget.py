@@ -9,7 +9,7 @@ import pytest
 import turnout
 
 from migrations_app.models import ModelSpec, ShadowSample
-from migrations_app.outcomes.plan_info import PlanInfo
+from migrations_app.outcomes.plan_info import PlanInfo, Prices
 from migrations_app.plans.catalog import cost_usd
 from migrations_app.shadow.budget import estimate_cost
 
@@ -21,7 +21,8 @@ MODEL = ModelSpec(
 def test_the_cost_of_a_call_at_catalog_prices() -> None:
     assert cost_usd(MODEL, 1_000_000, 100_000) == pytest.approx(2.5 + 1.0)
     assert cost_usd(MODEL, None, 10) is None  # unknown, never zero
-    info = PlanInfo(None, (), {"control": (2.5, 10.0), "candidate": (0.8, 4.0)})  # type: ignore[arg-type]
+    prices = {"control": Prices(2.5, 10.0), "candidate": Prices(0.8, 4.0)}
+    info = PlanInfo(None, (), prices)  # type: ignore[arg-type]
     assert info.cost("control", 1_000_000, 100_000) == cost_usd(MODEL, 1_000_000, 100_000)
 
 
