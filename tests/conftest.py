@@ -128,6 +128,13 @@ def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+# How long an SDK client in a live test waits for its first snapshot (the SDK's own default is
+# 2 s). Under the suite's load a live server can take longer than that to answer the first
+# config request, and a client that starts without a snapshot serves every decision from
+# control: a shadow test then saw no shadow decision at all (a fresh-clone run, 2026-12-05).
+START_WAIT = 30.0
+
+
 def eventually(check: Callable[[], bool], timeout: float = 10.0, every: float = 0.02) -> bool:
     """Whether ``check`` holds within ``timeout`` seconds: a bounded wait for something that
     must happen, so that a broken path fails the test instead of hanging it (no speed is

@@ -27,6 +27,7 @@ from migrations_app.models import (
     WindowAggregate,
 )
 from migrations_app.outcomes import aggregate_json, aggregation
+from tests.conftest import START_WAIT
 from tests.guardrails.live_traffic import (
     ERROR_RATE_ROLLBACK,
     PATIENCE_SECONDS,
@@ -94,7 +95,7 @@ def test_a_regression_after_six_healthy_hours_rolls_back_within_a_fresh_stages_b
     plan = MigrationPlan.objects.get(key="live-change")
     healthy_history(plan, HOURS * 60)
     regressed_at = timezone.now()
-    client = turnout.Client(live_server_process, key, flush_interval=0.2)
+    client = turnout.Client(live_server_process, key, flush_interval=0.2, start_wait=START_WAIT)
     rng = np.random.default_rng(3)
     sent = 0
     try:

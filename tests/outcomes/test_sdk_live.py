@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from migrations_app.api.keys import apikey_create
 from migrations_app.models import Outcome, StageAggregate
 from migrations_app.outcomes.segment_rollup import catch_up
-from tests.conftest import eventually, free_port
+from tests.conftest import START_WAIT, eventually, free_port
 from tests.outcomes.conftest import split_plan
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -155,7 +155,7 @@ def stage_requests(plan: Any) -> int:
 
 def client_for(proxy: Proxy, key: str, **options: Any) -> turnout.Client:
     settings = {"stream": False, "poll_interval": 3600, "flush_interval": 0.05,
-                "max_backoff": 0.2, "close_timeout": 10}  # fmt: skip
+                "max_backoff": 0.2, "close_timeout": 10, "start_wait": START_WAIT}  # fmt: skip
     settings.update(options)
     client = turnout.Client(proxy.url, key, **settings)
     assert client.snapshot_version, "the client got no snapshot through the proxy"
