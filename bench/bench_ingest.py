@@ -24,7 +24,7 @@ which moves less than the rate when other work shares the machine.
 
 Needs PostgreSQL and Redis as in `make test`.
 Run: .venv/bin/python bench/bench_ingest.py [--events 200000] [--loaders 4] [--workers 2 --threads 2]
-     [--metrics 2] [--smoke]
+     [--metrics 2] [--segments 3] [--units 20000] [--smoke]
 """
 
 from __future__ import annotations
@@ -128,7 +128,12 @@ def unit_segments(unit: int, dimensions: int) -> dict[str, str]:
 
 
 def make_events(
-    plan: Any, n: int, rng: random.Random, metrics: list[str] | None = None, segments: int = 0
+    plan: Any,
+    n: int,
+    rng: random.Random,
+    metrics: list[str] | None = None,
+    segments: int = 0,
+    units: int = UNITS,
 ) -> list[dict[str, Any]]:
     now = time.time()
     events = []
@@ -143,7 +148,7 @@ def make_events(
                 "run": plan.current_run.number,
                 "plan_version": plan.version,
                 "arm": arm,
-                "unit": f"user-{(unit := rng.randrange(UNITS))}",
+                "unit": f"user-{(unit := rng.randrange(units))}",
                 "ts": now - rng.uniform(1, 180),
                 "latency_ms": rng.lognormvariate(6.5, 0.5),
                 "ttft_ms": None if rng.random() < 0.2 else rng.lognormvariate(5, 0.4),
@@ -316,6 +321,10 @@ def main() -> None:
         "--segments", type=int, default=0, choices=range(4),
         help="segment dimensions on the plan and every event (issue 16): tenant, lang, tier",
     )  # fmt: skip
+    parser.add_argument(
+        "--units", type=int, default=UNITS,
+        help="distinct units the events come from (10,000,000: batches share almost none)",
+    )  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     opts = parser.parse_args()
     if opts.smoke:
@@ -329,8 +338,10 @@ def main() -> None:
     plan, key = make_plan_and_key(opts.metrics, opts.segments)
     names = metric_names(opts.metrics)
     rng = random.Random(7)
-    warmup = make_events(plan, (1 if opts.smoke else 4) * BATCH, rng, names, opts.segments)
-    events = make_events(plan, opts.events, rng, names, opts.segments)
+    warmup = make_events(
+        plan, (1 if opts.smoke else 4) * BATCH, rng, names, opts.segments, opts.units
+    )
+    events = make_events(plan, opts.events, rng, names, opts.segments, opts.units)
     bodies = gzip_batches(events)
     connection.close()
 
