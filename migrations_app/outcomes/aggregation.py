@@ -83,13 +83,9 @@ class UnitTotals(NamedTuple):
 
 #: (column, PostgreSQL type) of each UnitTotals field, in :meth:`UnitTotals.values` order.
 UNIT_COLUMNS = tuple(
-    (name, "integer" if kind is int else "float8")
-    for name, kind in zip(
-        UnitTotals._fields,
-        (type(UnitTotals._field_defaults[name]) for name in UnitTotals._fields),
-        strict=True,
-    )
-)
+    (name, "integer" if UnitTotals.__annotations__[name] == "int" else "float8")
+    for name in UnitTotals._fields
+)  # the annotations are strings here (from __future__ import annotations)
 
 
 def unit_totals(outcomes: Iterable[OutcomeFacts]) -> UnitTotals:

@@ -115,7 +115,8 @@ def _parse_outcome(
     event_id = text(event, "id", MAX_ID_LENGTH)
     decision_id = text(event, "decision_id", MAX_ID_LENGTH)
     key = event.get("plan")
-    # A key found among the batch's plans is a stored key: checked as text when it was saved.
+    # A key found among the batch's plans passed is_text already: the batch's plans are read
+    # only for keys that did (event_checks.plan_keys), matched exactly by the database.
     info = plans.get(key) if type(key) is str else None
     if info is None:
         key = text(event, "plan", MAX_PLAN_KEY_LENGTH)

@@ -25,10 +25,10 @@ class PlanInfo:
     versions: tuple[tuple[int, int | None, int | None, int | None], ...]
     # (version, run id, run number, stage id), ascending; the latest event per version wins
     prices: Mapping[str, Prices]  # arm -> $ per million input, output tokens
+    # arm -> its model's token limits, as ingest checks each event's counts against them
+    limits: Mapping[str, TokenLimits]
     # stage id -> the population it compares ("" the general split, else a cohort)
     stage_cohorts: Mapping[int, str] = field(default_factory=dict)
-    # arm -> its model's token limits, as ingest checks each event's counts against them
-    limits: Mapping[str, TokenLimits] = field(default_factory=dict)
 
     def at(self, version: int) -> tuple[int | None, int | None, int | None]:
         found: tuple[int | None, int | None, int | None] = (None, None, None)
@@ -102,11 +102,11 @@ def plan_infos(keys: Iterable[str]) -> dict[str, PlanInfo]:
                     float(plan.candidate_model.output_price_per_mtok),
                 ),
             },
-            cohorts[plan.pk],
             {
                 "control": TokenLimits.of(plan.control_model),
                 "candidate": TokenLimits.of(plan.candidate_model),
             },
+            cohorts[plan.pk],
         )
         for key, plan in plans.items()
     }

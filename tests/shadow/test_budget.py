@@ -22,7 +22,7 @@ def test_the_cost_of_a_call_at_catalog_prices() -> None:
     assert cost_usd(MODEL, 1_000_000, 100_000) == pytest.approx(2.5 + 1.0)
     assert cost_usd(MODEL, None, 10) is None  # unknown, never zero
     prices = {"control": Prices(2.5, 10.0), "candidate": Prices(0.8, 4.0)}
-    info = PlanInfo(None, (), prices)  # type: ignore[arg-type]
+    info = PlanInfo(None, (), prices, {})  # type: ignore[arg-type]
     assert info.cost("control", 1_000_000, 100_000) == cost_usd(MODEL, 1_000_000, 100_000)
 
 
