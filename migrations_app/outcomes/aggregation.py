@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, get_type_hints
 
 import numpy as np
 import numpy.typing as npt
@@ -83,9 +83,9 @@ class UnitTotals(NamedTuple):
 
 #: (column, PostgreSQL type) of each UnitTotals field, in :meth:`UnitTotals.values` order.
 UNIT_COLUMNS = tuple(
-    (name, "integer" if UnitTotals.__annotations__[name] == "int" else "float8")
-    for name in UnitTotals._fields
-)  # the annotations are strings here (from __future__ import annotations)
+    (name, "integer" if kind is int else "float8")
+    for name, kind in get_type_hints(UnitTotals).items()  # resolved: ForwardRefs otherwise
+)
 
 
 def unit_totals(outcomes: Iterable[OutcomeFacts]) -> UnitTotals:

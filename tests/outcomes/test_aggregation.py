@@ -162,3 +162,18 @@ def test_merge_json_of_metrics_and_of_an_empty_delta() -> None:
             reference = reference + step
             assert stored == aggregate_json.to_json(reference)
             assert aggregate_json.from_json(stored) == reference
+
+
+def test_unit_columns_are_the_models_columns_with_their_types() -> None:
+    """The upsert casts each column to its UNIT_COLUMNS type: counts must go as integers (a
+    float8 cast into an integer column rounds silently), sums as float8."""
+    from migrations_app.models import UnitTotals as Row
+
+    kinds = {"IntegerField": "integer", "PositiveIntegerField": "integer",
+             "BigIntegerField": "integer", "FloatField": "float8"}  # fmt: skip
+    expected = tuple(
+        (name, kinds[Row._meta.get_field(name).get_internal_type()]) for name in UnitTotals._fields
+    )
+    assert aggregation.UNIT_COLUMNS == expected
+    assert dict(aggregation.UNIT_COLUMNS)["requests"] == "integer"
+    assert dict(aggregation.UNIT_COLUMNS)["cost_sum"] == "float8"
