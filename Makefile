@@ -29,6 +29,7 @@ demo: install
 # ruff everywhere (its banned imports keep the SDK Django-free); mypy strict on the SDK.
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy sdk/src/turnout
 
 # System packages the suite needs: Debian's docker-compose (validates docker/compose.yml) and
