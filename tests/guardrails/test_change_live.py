@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import turnout
 from django.utils import timezone
 
 from migrations_app.guardrails.stats import ArmAggregates, ClusterSums
@@ -27,7 +26,7 @@ from migrations_app.models import (
     WindowAggregate,
 )
 from migrations_app.outcomes import aggregate_json, aggregation
-from tests.conftest import START_WAIT
+from tests.conftest import sdk_client
 from tests.guardrails.live_traffic import (
     ERROR_RATE_ROLLBACK,
     PATIENCE_SECONDS,
@@ -95,7 +94,7 @@ def test_a_regression_after_six_healthy_hours_rolls_back_within_a_fresh_stages_b
     plan = MigrationPlan.objects.get(key="live-change")
     healthy_history(plan, HOURS * 60)
     regressed_at = timezone.now()
-    client = turnout.Client(live_server_process, key, flush_interval=0.2, start_wait=START_WAIT)
+    client = sdk_client(live_server_process, key, "live-change", flush_interval=0.2)
     rng = np.random.default_rng(3)
     sent = 0
     try:

@@ -10,7 +10,7 @@ import pytest
 import turnout
 
 from migrations_app.models import AuditEvent, PlanStatus
-from tests.conftest import START_WAIT
+from tests.conftest import sdk_client
 from tests.guardrails.live_traffic import (
     ERROR_RATE_ROLLBACK,
     PATIENCE_SECONDS,
@@ -31,7 +31,7 @@ def test_a_tripled_error_rate_is_rolled_back_and_every_sdk_switches_to_control(
         phases=[held_ab_split(min_duration_minutes=0)],
         guardrails=[ERROR_RATE_ROLLBACK],
     )
-    client = turnout.Client(live_server_process, key, flush_interval=0.2, start_wait=START_WAIT)
+    client = sdk_client(live_server_process, key, "live-rollback", flush_interval=0.2)
     try:
         regress_at = 2_000
 
@@ -100,7 +100,7 @@ def test_a_healthy_candidate_advances_through_its_steps_and_completes(
             },
         ],  # fmt: skip
     )
-    client = turnout.Client(live_server_process, key, flush_interval=0.2, start_wait=START_WAIT)
+    client = sdk_client(live_server_process, key, "live-advance", flush_interval=0.2)
     try:
         drive(
             client,

@@ -33,7 +33,7 @@ from migrations_app.outcomes import aggregate_json
 from migrations_app.outcomes.segment_rollup import catch_up
 from migrations_app.plans import targeting as plan_targeting
 from tests.alerts.conftest import Receiver
-from tests.conftest import START_WAIT
+from tests.conftest import sdk_client
 from tests.factories import person, started_plan
 from tests.guardrails.live_traffic import app_key, drive, status_of, wait_until
 
@@ -82,9 +82,7 @@ def test_a_cohort_first_plan_walks_internal_beta_everyone_with_sdk_traffic(
         ],
         actor=person(),
     )  # fmt: skip
-    client = turnout.Client(
-        live_server_process, app_key(), flush_interval=0.2, start_wait=START_WAIT
-    )
+    client = sdk_client(live_server_process, app_key(), "live-cohorts", flush_interval=0.2)
     try:
         drive(
             client,
@@ -195,9 +193,7 @@ def test_a_regressed_tenant_is_excluded_and_the_rest_of_the_split_goes_on(
             plan__key="live-segments", action="targeting", actor_kind="engine"
         ).exists()
 
-    client = turnout.Client(
-        live_server_process, app_key(), flush_interval=0.2, start_wait=START_WAIT
-    )
+    client = sdk_client(live_server_process, app_key(), "live-segments", flush_interval=0.2)
     try:
         drive(
             client,
@@ -273,9 +269,7 @@ def test_overrides_and_exclusions_are_served_and_counted_in_neither_arm(
         plan_targeting.override_set(
             plan_key="live-qa", unit=unit, arm=arm, expires_at=expires, actor=person()
         )
-    client = turnout.Client(
-        live_server_process, app_key(), flush_interval=0.2, start_wait=START_WAIT
-    )
+    client = sdk_client(live_server_process, app_key(), "live-qa", flush_interval=0.2)
     rng = np.random.default_rng(6)
     served: Counter[tuple[str, str, str]] = Counter()  # (who, arm, reason)
     try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import turnout
 from turnout.providers import Adapters
 
 from migrations_app.api.keys import apikey_create
@@ -18,7 +17,7 @@ from migrations_app.outcomes.selectors import stage_totals
 from migrations_app.plans import lifecycle
 from migrations_app.shadow import calls
 from migrations_app.simulator import Simulator
-from tests.conftest import eventually
+from tests.conftest import eventually, sdk_client
 from tests.factories import make_plan, person
 from tests.providers.conftest import FAST
 from tests.sdk.test_complete import RETRY
@@ -53,8 +52,8 @@ def test_complete_sends_a_splits_answers_to_the_judge(
     lifecycle.plan_start(plan_key=plan.key, actor=person())
     key = apikey_create(name="app", scopes=["decide", "report"])[1]
 
-    with turnout.Client(
-        live_server_process, key, flush_interval=0.05, provider_retry=RETRY
+    with sdk_client(
+        live_server_process, key, "chat", flush_interval=0.05, provider_retry=RETRY
     ) as client:
         # Shadow: the pairs are judged there, and the snapshot names no share.
         assert client.snapshot.plans["chat"].judge_bp == 0

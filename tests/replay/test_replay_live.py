@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-import turnout
 
 from migrations_app.api.keys import apikey_create
 from migrations_app.datasets import services as dataset_services
@@ -33,7 +32,7 @@ from migrations_app.plans import lifecycle
 from migrations_app.replay import decide, services
 from migrations_app.replay.tasks import sweep_replays
 from migrations_app.simulator import Simulator
-from tests.conftest import START_WAIT, celery_process, eventually
+from tests.conftest import celery_process, eventually, sdk_client
 from tests.factories import make_plan, person
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -162,9 +161,7 @@ def test_a_set_drawn_from_shadow_samples_gates_the_plans_next_run(
     PlanPhase.objects.filter(plan=plan, kind="shadow").update(percent=100.0)
     lifecycle.plan_start(plan_key=plan.key, actor=person())
     app = apikey_create(name="app", scopes=["decide", "report"])[1]
-    with turnout.Client(
-        live_server_process, app, flush_interval=0.05, start_wait=START_WAIT
-    ) as client:
+    with sdk_client(live_server_process, app, "support-chat", flush_interval=0.05) as client:
         served = [
             client.complete(
                 plan.key,

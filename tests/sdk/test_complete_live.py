@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import turnout
 from turnout.providers import RetryPolicy
 
 from migrations_app.api.keys import apikey_create
@@ -25,7 +24,7 @@ from migrations_app.outcomes import aggregate_json
 from migrations_app.outcomes.segment_rollup import catch_up
 from migrations_app.plans import lifecycle
 from migrations_app.simulator import Simulator
-from tests.conftest import eventually
+from tests.conftest import eventually, sdk_client
 from tests.factories import make_plan, person
 from tests.providers.conftest import FAST
 
@@ -66,8 +65,8 @@ def test_complete_end_to_end_shadow_fallback_and_context_window(
     lifecycle.plan_start(plan_key=plan.key, actor=person())
     key = apikey_create(name="app", scopes=["decide", "report"])[1]
 
-    with turnout.Client(
-        live_server_process, key, flush_interval=0.05, provider_retry=RETRY
+    with sdk_client(
+        live_server_process, key, "chat", flush_interval=0.05, provider_retry=RETRY
     ) as client:
         entry = client.snapshot.plans["chat"]
         assert entry.fallback_to_control and entry.candidate.context_window == 1000

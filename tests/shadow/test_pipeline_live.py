@@ -10,7 +10,6 @@ from collections import Counter
 from typing import Any
 
 import pytest
-import turnout
 
 from migrations_app.api.keys import apikey_create
 from migrations_app.models import (
@@ -27,7 +26,7 @@ from migrations_app.plans import lifecycle
 from migrations_app.shadow.pipeline import SCORE_KEYS
 from migrations_app.shadow.tasks import sweep_shadow
 from migrations_app.simulator import Simulator
-from tests.conftest import START_WAIT, celery_process, eventually
+from tests.conftest import celery_process, eventually, sdk_client
 from tests.factories import make_plan, person
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -60,7 +59,7 @@ def test_500_samples_compared_once_each_through_a_worker_killed_mid_run(
     stage = plan.current_stage
     key = apikey_create(name="app", scopes=["decide", "report"])[1]
 
-    client = turnout.Client(live_server_process, key, flush_interval=0.05, start_wait=START_WAIT)
+    client = sdk_client(live_server_process, key, "support-chat", flush_interval=0.05)
     try:
         with worker("shadow-worker-1.log") as first:
             for i in range(SAMPLES):

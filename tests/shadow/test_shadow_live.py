@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import turnout
 
 from migrations_app.api.keys import apikey_create
 from migrations_app.models import MigrationPlan, ShadowSample
-from tests.conftest import START_WAIT
+from tests.conftest import sdk_client
 from tests.factories import started_plan
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -18,7 +17,7 @@ pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
 def test_the_sdk_sends_only_shadow_decisions_and_each_sample_once(live_server_process: str) -> None:
     started_plan("chat")  # shadow 10 %
     key = apikey_create(name="app", scopes=["decide", "report"])[1]
-    client = turnout.Client(live_server_process, key, flush_interval=0.1, start_wait=START_WAIT)
+    client = sdk_client(live_server_process, key, "chat", flush_interval=0.1)
     shadowed: list[Any] = []
     try:
         for i in range(400):
