@@ -129,7 +129,7 @@ def _parse(event: Any, infos: Mapping[str, Any], identity: Any, now: datetime) -
             f"control.error must be null or one of {sorted(ERROR_KINDS)}.",
         )
     redact = redactor(info.plan.redaction_patterns or [])
-    control_model = info.plan.control_model
+    limits = info.limits["control"]
     return {
         "sample_id": sample_id,
         "plan_id": info.plan.pk,
@@ -151,15 +151,15 @@ def _parse(event: Any, infos: Mapping[str, Any], identity: Any, now: datetime) -
             "input_tokens": tokens(
                 control,
                 "input_tokens",
-                limit=control_model.context_window,
-                what=f"{control_model.model_id}'s context window",
+                limit=limits.context_window,
+                what=limits.context_window_what,
                 field_name="control.input_tokens",
             ),
             "output_tokens": tokens(
                 control,
                 "output_tokens",
-                limit=control_model.max_output_tokens,
-                what=f"{control_model.model_id}'s maximum output",
+                limit=limits.max_output,
+                what=limits.max_output_what,
                 field_name="control.output_tokens",
             ),
         },
