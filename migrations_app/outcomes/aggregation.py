@@ -76,12 +76,8 @@ class UnitTotals(NamedTuple):
         """Field by field (not the tuples joined)."""
         return UnitTotals(*(a + b for a, b in zip(self, other, strict=True)))
 
-    def values(self) -> tuple[float, ...]:
-        """The fields in order."""
-        return tuple(self)
 
-
-#: (column, PostgreSQL type) of each UnitTotals field, in :meth:`UnitTotals.values` order.
+#: (column, PostgreSQL type) of each UnitTotals field, in order.
 UNIT_COLUMNS = tuple(
     (name, "integer" if kind is int else "float8")
     for name, kind in get_type_hints(UnitTotals).items()  # resolved: ForwardRefs otherwise
@@ -431,7 +427,7 @@ _CLUSTER_COLUMNS = {name: (_COLUMN[y], _COLUMN[n]) for name, (y, n) in _CLUSTER_
 
 def cluster_deltas(old: npt.ArrayLike, new: npt.ArrayLike) -> ArmAggregates:
     """The cluster-sum change when units' totals move from ``old`` to ``new`` (one row per
-    unit, columns as :meth:`UnitTotals.values`): per cluster sum, (Y+y)**2 - Y**2 and so on
+    unit, columns as :class:`UnitTotals`' fields): per cluster sum, (Y+y)**2 - Y**2 and so on
     for every moment of ``stats.CLUSTER_MOMENTS``, summed over the units exactly rounded,
     and the units seen for the first time."""
     units = np.asarray(old, dtype=np.float64).reshape(-1, len(UNIT_COLUMNS)).shape[0]
@@ -537,4 +533,4 @@ def _moments(y: npt.NDArray[np.float64], n: npt.NDArray[np.float64]) -> tuple[An
 
 def cluster_delta(old: UnitTotals, new: UnitTotals) -> ArmAggregates:
     """The cluster-sum change when one unit's totals move from ``old`` to ``new``."""
-    return cluster_deltas([old.values()], [new.values()])
+    return cluster_deltas([old], [new])

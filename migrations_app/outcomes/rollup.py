@@ -80,9 +80,7 @@ def aggregate(
         ]
     )
     # One row per unit holds its built-in totals and its metric sums: one upsert.
-    unit_moves, metric_units = unit_rows.upsert(
-        {key: change.values() for key, change in changes.items()}, arm_values.units
-    )
+    unit_moves, metric_units = unit_rows.upsert(changes, arm_values.units)
     keys, old, new = unit_moves
     if keys:
         moves: dict[tuple[int, datetime, str], list[int]] = defaultdict(list)

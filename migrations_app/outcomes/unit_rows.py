@@ -25,7 +25,7 @@ from migrations_app.outcomes.store import loads, upsert_adding
 UnitKey = tuple[int, str, str]  # stage, arm, unit
 MetricKey = tuple[int, str, str, str]  # stage, arm, unit, metric
 # Some rows' keys and their totals before and after: the built-in ones (columns as
-# ``aggregation.UnitTotals.values()``), or one metric's (n, sum, control's sum).
+# ``aggregation.UnitTotals``), or one metric's (n, sum, control's sum).
 UnitMoves = tuple[list[UnitKey], npt.NDArray[np.float64], npt.NDArray[np.float64]]
 MetricMoves = tuple[list[MetricKey], npt.NDArray[np.float64], npt.NDArray[np.float64]]
 
@@ -38,7 +38,7 @@ def upsert(
     builtin: Mapping[UnitKey, Sequence[float]],
     metrics: Mapping[UnitKey, Mapping[str, Sequence[float]]],
 ) -> tuple[UnitMoves, MetricMoves]:
-    """Add each unit's built-in change (``aggregation.UnitTotals.values()``) and metric sums to
+    """Add each unit's built-in change (``aggregation.UnitTotals``) and metric sums to
     its row, creating the rows that are missing. Returns the built-in moves of the units in
     ``builtin`` and the moves of every (unit, metric) in ``metrics``: (n, sum, control's sum)
     before and after."""

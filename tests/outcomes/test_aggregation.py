@@ -25,7 +25,7 @@ def _random_delta(rng: random.Random) -> ArmAggregates:
         )  # fmt: skip
         for _ in range(rng.randrange(1, 30))
     ]
-    # Columns as UnitTotals.values(): requests, errors, cost_n, cost_sum, feedback_n,
+    # Columns as UnitTotals' fields: requests, errors, cost_n, cost_sum, feedback_n,
     # feedback_sum, latency_n, latency_log1p, ttft_n, ttft_log1p.
     old = [[rng.randrange(3), 0, 1, rng.random(), 0, 0.0, 1, 6.0, 0, 0.0] for _ in range(3)]
     new = [[o[0] + 2, 1, 2, o[3] + rng.random(), 1, 0.5, 3, 19.0, 1, 4.5] for o in old]
@@ -57,9 +57,7 @@ def test_cluster_deltas_of_many_units_equal_the_sum_of_each_units_change() -> No
         change = UnitTotals(rng.randrange(3), rng.randrange(2), 1, rng.random(),
                             rng.randrange(2), rng.random())  # fmt: skip
         moves.append((old, old + change))
-    together = aggregation.cluster_deltas(
-        [o.values() for o, _ in moves], [n.values() for _, n in moves]
-    )
+    together = aggregation.cluster_deltas([o for o, _ in moves], [n for _, n in moves])
     one_by_one = ArmAggregates.merge(aggregation.cluster_delta(o, n) for o, n in moves)
     assert together == one_by_one
     # (Y, N) = (errors, requests) for one unit going from (0, 0) to (1, 2): a new unit
