@@ -139,13 +139,28 @@ START_WAIT = 30.0
 
 
 def sdk_client(url: str, api_key: str, *plan_keys: str, **options: Any) -> Any:
-    """A ``turnout.Client`` whose snapshot holds ``plan_keys`` at their current versions."""
+    """A ``turnout.Client`` whose snapshot holds ``plan_keys`` at their current versions. The
+    server is asked first (a polling client, ``stream=False``, would not ask again for a
+    while), then the client's own snapshot is waited for (another server process may still
+    serve the one before)."""
+    import httpx
     import turnout
 
     from migrations_app.models import MigrationPlan
 
     versions = dict(MigrationPlan.objects.filter(key__in=plan_keys).values_list("key", "version"))
     assert set(versions) == set(plan_keys), f"no plan {set(plan_keys) - set(versions)}"
+
+    def served() -> bool:
+        answer = httpx.get(
+            f"{url}/api/v1/sdk/config", headers={"Authorization": f"Bearer {api_key}"}, timeout=5
+        )
+        plans = (
+            {p["key"]: p["version"] for p in answer.json()["plans"]} if answer.is_success else {}
+        )
+        return versions.items() <= plans.items()
+
+    assert eventually(served, timeout=START_WAIT), f"the server never served {versions}"
     client = turnout.Client(url, api_key, **{"start_wait": START_WAIT, **options})
 
     def current() -> bool:

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from migrations_app.api.keys import apikey_create
 from migrations_app.models import Outcome, StageAggregate
 from migrations_app.outcomes.segment_rollup import catch_up
-from tests.conftest import START_WAIT, eventually, free_port
+from tests.conftest import eventually, free_port, sdk_client
 from tests.outcomes.conftest import split_plan
 
 pytestmark = [pytest.mark.live, pytest.mark.django_db(transaction=True)]
@@ -153,20 +153,18 @@ def stage_requests(plan: Any) -> int:
     return sum(StageAggregate.objects.filter(stage__plan=plan).values_list("requests", flat=True))
 
 
-def client_for(proxy: Proxy, key: str, **options: Any) -> turnout.Client:
+def client_for(proxy: Proxy, key: str, plan_key: str, **options: Any) -> turnout.Client:
+    """A client through the proxy whose snapshot already holds ``plan_key``."""
     settings = {"stream": False, "poll_interval": 3600, "flush_interval": 0.05,
-                "max_backoff": 0.2, "close_timeout": 10, "start_wait": START_WAIT}  # fmt: skip
-    settings.update(options)
-    client = turnout.Client(proxy.url, key, **settings)
-    assert client.snapshot_version, "the client got no snapshot through the proxy"
-    return client
+                "max_backoff": 0.2, "close_timeout": 10}  # fmt: skip
+    return sdk_client(proxy.url, key, plan_key, **{**settings, **options})
 
 
 def test_503s_then_lost_answers_then_recovery_every_event_arrives_exactly_once(
     server: str, proxy: Proxy, key: str
 ) -> None:
     plan = split_plan()
-    client = client_for(proxy, key, batch_size=100)
+    client = client_for(proxy, key, plan.key, batch_size=100)
     decisions = [client.decide(plan.key, f"user-{i}") for i in range(50)]
     duplicates_before = counter(
         server, "turnout_ingest_events_total", kind="outcomes", result="duplicate"
@@ -203,7 +201,7 @@ def test_server_gone_buffer_full_drops_are_counted_report_never_blocks_and_the_c
     server: str, proxy: Proxy, key: str
 ) -> None:
     plan = split_plan()
-    client = client_for(proxy, key, batch_size=10, buffer_size=50)
+    client = client_for(proxy, key, plan.key, batch_size=10, buffer_size=50)
     decision = client.decide(plan.key, "user-1")
     dropped_before = counter(server, "turnout_sdk_dropped_events_total")
     total = 600
