@@ -75,7 +75,13 @@ def test_the_docs_page_serves_its_own_assets(db: None) -> None:
     assert "https://" not in page.replace("https://swagger.io", "")
 
 
+# Hang guards, not speed limits: ~4,000 requests take 41 s alone on a quiet machine, and
+# took 192 s in the full suite on a slow CI machine (stop 27), near the suite's 300 s default.
+SCHEMATHESIS_TIMEOUT = 600
+
+
 @pytest.mark.live
+@pytest.mark.timeout(SCHEMATHESIS_TIMEOUT + 180)
 def test_the_live_api_answers_only_what_the_schema_says(gunicorn_factory: Any) -> None:
     """schemathesis over every operation, every phase once with a fixed seed and number of
     examples: no 5xx, no status, content type or body the schema does not describe."""
@@ -102,7 +108,9 @@ def test_the_live_api_answers_only_what_the_schema_says(gunicorn_factory: Any) -
     # is spent (it always took the whole 90 s), so how many cases ran depended on the machine.
     # 45 examples an operation, in one pass of each phase, send about as many (~4,000) as the
     # budget did in the suite on this 2-core machine, the same ones every run, in half the time.
-    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=SCHEMATHESIS_TIMEOUT
+    )
     (ARTIFACTS / "schemathesis.txt").write_text(run.stdout + run.stderr)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert re.search(r"\b\d+ passed\b", run.stdout), run.stdout[-2000:]
