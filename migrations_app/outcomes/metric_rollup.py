@@ -18,7 +18,11 @@ from typing import Any
 
 from migrations_app.guardrails.stats import ArmAggregates, ClusterSums, MetricSums, PairedSums
 from migrations_app.outcomes import unit_rows
-from migrations_app.outcomes.aggregation import cluster_change, grouped_cluster_change
+from migrations_app.outcomes.aggregation import (
+    OutcomeFacts,
+    cluster_change,
+    grouped_cluster_change,
+)
 
 WindowKey = tuple[int, datetime, str]  # stage, window, arm
 
@@ -29,31 +33,55 @@ def value_sums(values: Sequence[float]) -> MetricSums:
 
 
 class ArmValues:
-    """Some metric values ``(window key, unit, metric, value)`` of the arms, split the two ways
-    they are rolled up: the values' sums per window and metric (:attr:`windows`), and each
-    unit's change per metric (:attr:`units`, ``{(stage, arm, unit): {metric: [n, sum]}}``,
-    for ``unit_rows.upsert``), whose cluster-sum change :meth:`deltas` books in the window of
-    the unit's first value here (only a stage's sum of windows is ever tested)."""
+    """The metric values of some outcomes and late values, split the two ways they are rolled
+    up: the values' sums per window and metric (:attr:`windows`), and each unit's change per
+    metric (:attr:`units`, ``{(stage, arm, unit): {metric: [n, sum]}}``, for
+    ``unit_rows.upsert``), whose cluster-sum change :meth:`deltas` books in one window of
+    the unit's here (its first outcome's, as for the built-in totals: only a stage's sum of
+    windows is ever tested).
 
-    def __init__(self, values: Sequence[tuple[WindowKey, str, str, float]]) -> None:
-        # Flat keys and plain dicts: this runs per value of every batch.
-        per_window: dict[tuple[WindowKey, str], list[float]] = defaultdict(list)
-        per_key: dict[unit_rows.MetricKey, list[float]] = {}
-        first: dict[unit_rows.MetricKey, WindowKey] = {}
-        for wkey, unit, metric, value in values:
-            per_window[(wkey, metric)].append(value)
-            key = (wkey[0], wkey[2], unit, metric)
-            seen = per_key.get(key)
-            if seen is None:
-                per_key[key] = [value]
-                first[key] = wkey
+    The outcomes come grouped as rollup.aggregate groups them, by window and by unit (with the
+    unit's window): each value costs a lookup by its metric's name, and a unit with one
+    outcome in the batch (most of them) its values as they are. ``late``: values counted on
+    outcomes stored before, ``(window key, unit, metric, value)``."""
+
+    def __init__(
+        self,
+        by_window: Mapping[WindowKey, Sequence[OutcomeFacts]],
+        by_unit: Mapping[unit_rows.UnitKey, tuple[Sequence[OutcomeFacts], WindowKey]],
+        late: Sequence[tuple[WindowKey, str, str, float]] = (),
+    ) -> None:
+        windows: dict[tuple[WindowKey, str], list[float]] = {}
+        for wkey, rows in by_window.items():
+            for metric, values in _by_name(rows).items():
+                windows[(wkey, metric)] = values
+        units: dict[unit_rows.UnitKey, dict[str, list[float]]] = {}
+        several: dict[unit_rows.UnitKey, dict[str, list[float]]] = {}
+        first: dict[unit_rows.UnitKey, WindowKey] = {}
+        for ukey, (rows, wkey) in by_unit.items():
+            if len(rows) == 1:
+                if rows[0].metrics:  # checked values are floats: the sum of one is itself
+                    units[ukey] = {metric: [1, value] for metric, value in rows[0].metrics}
+                    first[ukey] = wkey
             else:
-                seen.append(value)
+                named = _by_name(rows)
+                if named:
+                    several[ukey] = named
+                    first[ukey] = wkey
+        for wkey, unit, metric, value in late:
+            windows.setdefault((wkey, metric), []).append(value)
+            ukey = (wkey[0], wkey[2], unit)
+            named = several.setdefault(ukey, {})
+            # A unit of one outcome here has its sums as [1, value]: back to its values.
+            for moved, (_, one) in units.pop(ukey, {}).items():
+                named.setdefault(moved, []).append(one)
+            named.setdefault(metric, []).append(value)
+            first.setdefault(ukey, wkey)
+        for ukey, named in several.items():
+            units[ukey] = {metric: [len(seen), math.fsum(seen)] for metric, seen in named.items()}
         self.first = first
-        self.windows = per_window
-        self.units: dict[unit_rows.UnitKey, dict[str, list[float]]] = defaultdict(dict)
-        for key, seen in per_key.items():
-            self.units[key[:3]][key[3]] = [len(seen), math.fsum(seen)]
+        self.windows = windows
+        self.units = units
 
     def deltas(self, moves: unit_rows.MetricMoves) -> dict[WindowKey, list[ArmAggregates]]:
         """The window deltas: the values' sums, and the units' cluster-sum changes
@@ -67,11 +95,24 @@ class ArmValues:
         keys, old, new = moves
         groups: dict[tuple[WindowKey, str], list[int]] = defaultdict(list)
         for i, key in enumerate(keys):
-            groups[(self.first[key], key[3])].append(i)
+            groups[(self.first[key[:3]], key[3])].append(i)
         moved = grouped_cluster_change(old[:, 1], old[:, 0], new[:, 1], new[:, 0], groups)
         for (wkey, metric), clusters in moved.items():
             out[wkey].append(ArmAggregates(metrics={metric: MetricSums(clusters=clusters)}))
         return out
+
+
+def _by_name(rows: Sequence[OutcomeFacts]) -> dict[str, list[float]]:
+    """The metric values some outcomes carry, by metric (in the order met)."""
+    named: dict[str, list[float]] = {}
+    for facts in rows:
+        for metric, value in facts.metrics:
+            seen = named.get(metric)
+            if seen is None:
+                named[metric] = [value]
+            else:
+                seen.append(value)
+    return named
 
 
 def paired_deltas(

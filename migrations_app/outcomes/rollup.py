@@ -69,15 +69,12 @@ def aggregate(
         )
     # The metric values the outcomes carry, and late ones now counted on their outcomes.
     arm_values = metric_rollup.ArmValues(
+        by_window,
+        units,
         [
             ((stage_id, facts.window, facts.arm), facts.unit, name, value)
-            for stage_id, facts in outcomes
-            for name, value in facts.metrics
-        ]
-        + [
-            ((stage_id, facts.window, facts.arm), facts.unit, name, value)
             for stage_id, facts, name, value in metric_values
-        ]
+        ],
     )
     # One row per unit holds its built-in totals and its metric sums: one upsert.
     unit_moves, metric_units = unit_rows.upsert(changes, arm_values.units)
