@@ -22,9 +22,10 @@ from tests.conftest import ARTIFACTS, ROOT, free_port, subprocess_env
 # 4.7 times as long as alone (tests/api/test_openapi.py: 192 s in a CI run, 41 s alone).
 PATIENCE_SECONDS = 720
 #: The story tests' own pytest-timeout, above everything run_fast_demo may wait (the demo's
-#: patience, its stop, the terminate below): pytest-timeout's 300 s default killed two demos
-#: in a CI run before they could say where their plan was (stop 27), so nothing was learnt.
-TIMEOUT_SECONDS = PATIENCE_SECONDS + 90 + 60 + 30
+#: patience and its stop, then _stop) with room for the test's setup and its assertions:
+#: pytest-timeout's 300 s default killed two demos in a CI run before they could say where
+#: their plan was (stop 27), so nothing was learnt.
+TIMEOUT_SECONDS = PATIENCE_SECONDS + 90 + 60 + 120
 
 
 def run_fast_demo(data_dir: Path, story: str = "regression") -> str:
@@ -50,20 +51,27 @@ def run_fast_demo(data_dir: Path, story: str = "regression") -> str:
     try:
         out, _ = proc.communicate(timeout=PATIENCE_SECONDS + 90)
     except subprocess.TimeoutExpired:
-        proc.terminate()
-        out, _ = proc.communicate(timeout=60)
+        out = _stop(proc)
         pytest.fail(f"the demo did not stop after {PATIENCE_SECONDS + 90} s:\n{tails(out)}")
     finally:  # whatever ended the wait (pytest-timeout too): no demo, and so no stack, outlives it
         if proc.poll() is None:
-            proc.terminate()  # the demo stops its stack within its STOP_SECONDS
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            _stop(proc)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / f"demo-fast-{story}.log").write_text(out)
     assert proc.returncode == 0, f"the demo exited with {proc.returncode}:\n{tails(out)}"
     return out
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    """Stop the demo (it stops its stack within its STOP_SECONDS), killing it if it does not
+    within 60 s; returns what it printed. Its output is read meanwhile: a full pipe would
+    keep it from exiting."""
+    proc.terminate()
+    try:
+        return proc.communicate(timeout=60)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()[0]
 
 
 def stopped_on_quality(key: str, action: str, stage: str) -> tuple[MigrationPlan, dict]:

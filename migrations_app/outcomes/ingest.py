@@ -329,7 +329,8 @@ def _plan_versions(keys: Sequence[str]) -> list[tuple[str, int, int]]:
     (0.23 ms against the ORM's 0.50 ms to make and run it)."""
     qn = connection.ops.quote_name
     meta = MigrationPlan._meta
-    key, pk, version = (qn(meta.get_field(name).column) for name in ("key", "id", "version"))
+    key, version = (qn(meta.get_field(name).column) for name in ("key", "version"))
+    pk = qn(meta.pk.column)
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT {key}, {pk}, {version} FROM {qn(meta.db_table)} "
