@@ -55,30 +55,32 @@ class ArmValues:
         for wkey, rows in by_window.items():
             for metric, values in _by_name(rows).items():
                 windows[(wkey, metric)] = values
+        # Late values by unit: such a unit's sums are made of its values in the batch and them.
+        late_by_unit: dict[unit_rows.UnitKey, list[tuple[WindowKey, str, float]]] = {}
+        for wkey, unit, metric, value in late:
+            windows.setdefault((wkey, metric), []).append(value)
+            late_by_unit.setdefault((wkey[0], wkey[2], unit), []).append((wkey, metric, value))
         units: dict[unit_rows.UnitKey, dict[str, list[float]]] = {}
-        several: dict[unit_rows.UnitKey, dict[str, list[float]]] = {}
         first: dict[unit_rows.UnitKey, WindowKey] = {}
         for ukey, (rows, wkey) in by_unit.items():
-            if len(rows) == 1:
+            extra = late_by_unit.pop(ukey, ())
+            if len(rows) == 1 and not extra:
                 if rows[0].metrics:  # checked values are floats: the sum of one is itself
                     units[ukey] = {metric: [1, value] for metric, value in rows[0].metrics}
                     first[ukey] = wkey
-            else:
-                named = _by_name(rows)
-                if named:
-                    several[ukey] = named
-                    first[ukey] = wkey
-        for wkey, unit, metric, value in late:
-            windows.setdefault((wkey, metric), []).append(value)
-            ukey = (wkey[0], wkey[2], unit)
-            named = several.setdefault(ukey, {})
-            # A unit of one outcome here has its sums as [1, value]: back to its values.
-            for moved, (_, one) in units.pop(ukey, {}).items():
-                named.setdefault(moved, []).append(one)
-            named.setdefault(metric, []).append(value)
-            first.setdefault(ukey, wkey)
-        for ukey, named in several.items():
-            units[ukey] = {metric: [len(seen), math.fsum(seen)] for metric, seen in named.items()}
+                continue
+            named = _by_name(rows)
+            for _, metric, value in extra:
+                named.setdefault(metric, []).append(value)
+            if named:
+                units[ukey] = _unit_sums(named)
+                first[ukey] = wkey
+        for ukey, extra in late_by_unit.items():  # units with late values only
+            named = {}
+            for _, metric, value in extra:
+                named.setdefault(metric, []).append(value)
+            units[ukey] = _unit_sums(named)
+            first[ukey] = extra[0][0]
         self.first = first
         self.windows = windows
         self.units = units
@@ -113,6 +115,10 @@ def _by_name(rows: Sequence[OutcomeFacts]) -> dict[str, list[float]]:
             else:
                 seen.append(value)
     return named
+
+
+def _unit_sums(named: Mapping[str, list[float]]) -> dict[str, list[float]]:
+    return {metric: [len(values), math.fsum(values)] for metric, values in named.items()}
 
 
 def paired_deltas(
