@@ -27,6 +27,10 @@ PATIENCE_SECONDS = 720
 #: their plan was (stop 27), so nothing was learnt.
 TIMEOUT_SECONDS = PATIENCE_SECONDS + 90 + 60 + 120
 
+#: A story test's marks beside ``live`` (which tests/test_markers.py reads in each file): its
+#: stack writes through connections of its own, and its own timeout.
+STORY_MARKS = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(TIMEOUT_SECONDS)]
+
 
 def run_fast_demo(data_dir: Path, story: str = "regression") -> str:
     env = subprocess_env(

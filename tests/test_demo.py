@@ -19,13 +19,9 @@ from migrations_app.models import (
     ShadowSample,
     ShadowStatus,
 )
-from tests.fast_demo import TIMEOUT_SECONDS, run_fast_demo
+from tests.fast_demo import STORY_MARKS, run_fast_demo
 
-pytestmark = [
-    pytest.mark.live,
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.timeout(TIMEOUT_SECONDS),
-]
+pytestmark = [pytest.mark.live, *STORY_MARKS]
 
 
 def test_the_demo_shadows_splits_and_the_engine_rolls_it_back(tmp_path: Path) -> None:

@@ -7,13 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fast_demo import TIMEOUT_SECONDS, run_fast_demo, stopped_on_quality
+from tests.fast_demo import STORY_MARKS, run_fast_demo, stopped_on_quality
 
-pytestmark = [
-    pytest.mark.live,
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.timeout(TIMEOUT_SECONDS),
-]
+pytestmark = [pytest.mark.live, *STORY_MARKS]
 
 
 def test_the_quality_story_without_shadow_is_rolled_back_on_task_completed(
