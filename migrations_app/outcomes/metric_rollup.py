@@ -86,22 +86,24 @@ class ArmValues:
         self.units = units
 
     def deltas(self, moves: unit_rows.MetricMoves) -> dict[WindowKey, list[ArmAggregates]]:
-        """The window deltas: the values' sums, and the units' cluster-sum changes
-        (``moves``: what ``unit_rows.upsert`` returned for :attr:`units`)."""
+        """The window deltas, one per window: each metric's values' sums there, with the
+        cluster-sum changes of the units booked there (``moves``: what ``unit_rows.upsert``
+        returned for :attr:`units`)."""
         sums: dict[WindowKey, dict[str, MetricSums]] = defaultdict(dict)
         for (wkey, metric), values in self.windows.items():
             sums[wkey][metric] = value_sums(values)
-        out: dict[WindowKey, list[ArmAggregates]] = defaultdict(list)
-        for wkey, named in sums.items():
-            out[wkey].append(ArmAggregates(metrics=named))
         keys, old, new = moves
         groups: dict[tuple[WindowKey, str], list[int]] = defaultdict(list)
+        first = self.first
         for i, key in enumerate(keys):
-            groups[(self.first[key[:3]], key[3])].append(i)
+            groups[(first[key[:3]], key[3])].append(i)
         moved = grouped_cluster_change(old[:, 1], old[:, 0], new[:, 1], new[:, 0], groups)
         for (wkey, metric), clusters in moved.items():
-            out[wkey].append(ArmAggregates(metrics={metric: MetricSums(clusters=clusters)}))
-        return out
+            found = sums[wkey].get(metric)
+            sums[wkey][metric] = (
+                MetricSums(clusters=clusters) if found is None else _with(found, clusters)
+            )
+        return {wkey: [ArmAggregates(metrics=named)] for wkey, named in sums.items()}
 
 
 def _by_name(rows: Sequence[OutcomeFacts]) -> dict[str, list[float]]:

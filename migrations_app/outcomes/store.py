@@ -9,9 +9,9 @@ order, so that concurrent batches wait for each other instead of deadlocking.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import psycopg
@@ -99,13 +99,17 @@ def upsert_adding(
     value_columns: Sequence[str],
     pg_types: Sequence[str],
     changes: Mapping[tuple[Any, ...], Sequence[Any]],
+    sums: SumsLayout | None = None,
 ) -> list[tuple[Any, ...]]:
     """Add each change (``key -> values``) to its row's ``value_columns``, creating the rows
     that are missing: ``INSERT ... ON CONFLICT DO UPDATE SET c = c + EXCLUDED.c RETURNING``
-    every column; a ``jsonb`` column holds an object of sums, added key by key
-    (:func:`add_sums`). Returns the rows as they are after. Rows are written in key order,
-    so concurrent batches lock in the same order; one statement on PostgreSQL, chunks of
-    2000 rows elsewhere."""
+    every column. A ``jsonb`` column (at most one) holds an object of sums, added key by key
+    (:func:`add_sums`); ``sums`` is the layout of the changes' objects (:func:`sums_layout`),
+    and the column comes back as the numbers of those sums, name after name, each as wide as
+    the widest, 0 where the row has none (the caller reads plain numbers, no JSON per row).
+    Returns the rows as they are after. Rows are written in key order, so concurrent
+    batches lock in the same order; one statement on PostgreSQL, chunks of 2000 rows
+    elsewhere."""
     if not changes:
         return []
     qn = connection.ops.quote_name
@@ -114,17 +118,23 @@ def upsert_adding(
     kinds = dict(zip(columns, pg_types, strict=True))
     # The portable path binds a jsonb column's value as JSON text.
     as_json = {i for i, c in enumerate(columns) if kinds[c] == "jsonb"}
+    if as_json and not (sums and sums.names):
+        raise ValueError("a jsonb column of sums needs the changes' names (sums_layout)")
+    layout = sums or SumsLayout((), 0, 0)
     updates = ", ".join(
-        _sums_added(name, qn(c), [v[i - len(key_columns)] for v in changes.values()])
+        _sums_added(name, qn(c), layout)
         if i in as_json
         else f"{qn(c)} = {name}.{qn(c)} + EXCLUDED.{qn(c)}"
         for i, c in enumerate(columns)
         if i >= len(key_columns)
     )
+    returned = ", ".join(
+        _sums_returned(qn(c), layout) if i in as_json else qn(c) for i, c in enumerate(columns)
+    )
     statement = (
         f"INSERT INTO {name} ({', '.join(qn(c) for c in columns)}) {{source}} "
         f"ON CONFLICT ({', '.join(qn(c) for c in key_columns)}) DO UPDATE SET {updates} "
-        f"RETURNING {', '.join(qn(c) for c in columns)}"
+        f"RETURNING {returned}"
     )
     keys = sorted(changes)
     fast = fast_path()
@@ -269,9 +279,31 @@ def loads(value: Any) -> Any:
     return orjson.loads(value) if isinstance(value, (str, bytes)) else value  # a tuple: faster
 
 
-def _sums_added(table: str, column: str, deltas: Sequence[Mapping[str, Sequence[float]]]) -> str:
-    """The SET clause adding the batch's objects of sums (``deltas``) to the stored ones in
-    ``column`` (:func:`add_sums`); both names quoted.
+class SumsLayout(NamedTuple):
+    """The names of a batch's objects of sums (sorted), and their narrowest and widest sums."""
+
+    names: Sequence[str]
+    narrowest: int
+    widest: int
+
+
+def sums_layout(deltas: Iterable[Mapping[str, Sequence[float]]]) -> SumsLayout:
+    """The layout of some objects of sums (a batch's changes). Their names go into the
+    statement's text: only names of :data:`_SUM_NAME`'s shape, else ValueError."""
+    names: set[str] = set()
+    widths: set[int] = set()
+    for sums in deltas:
+        names.update(sums)
+        widths.update(map(len, sums.values()))
+    bad = sorted(name for name in names if not _SUM_NAME.fullmatch(name))
+    if bad:
+        raise ValueError(f"not a name of sums: {bad[0]!r}")
+    return SumsLayout(sorted(names), min(widths, default=0), max(widths, default=0))
+
+
+def _sums_added(table: str, column: str, layout: SumsLayout) -> str:
+    """The SET clause adding the batch's objects of sums (laid out as ``layout``) to the
+    stored ones in ``column`` (:func:`add_sums`); both names quoted.
 
     On PostgreSQL, an expression of the batch's names: for each, when the row's delta has it,
     the elementwise sum as a jsonb array, merged over the stored object (a plpgsql function
@@ -281,14 +313,7 @@ def _sums_added(table: str, column: str, deltas: Sequence[Mapping[str, Sequence[
     stored, delta = f"{table}.{column}", f"EXCLUDED.{column}"
     if connection.vendor != "postgresql":
         return f"{column} = turnout_add_sums({stored}, {delta})"
-    names = sorted({name for sums in deltas for name in sums})
-    if not names:
-        return f"{column} = {stored}"
-    bad = [name for name in names if not _SUM_NAME.fullmatch(name)]
-    if bad:
-        raise ValueError(f"not a name of sums: {bad[0]!r}")
-    widths = {len(numbers) for sums in deltas for numbers in sums.values()}
-    narrowest, widest = min(widths), max(widths)
+    names, narrowest, widest = layout
 
     def added(name: str) -> str:
         terms = ", ".join(
@@ -304,3 +329,17 @@ def _sums_added(table: str, column: str, deltas: Sequence[Mapping[str, Sequence[
         for i in range(0, len(names), _NAMES_PER_OBJECT)
     )
     return f"{column} = {stored} || jsonb_strip_nulls({objects})"
+
+
+def _sums_returned(column: str, layout: SumsLayout) -> str:
+    """The RETURNING list of the laid-out sums' numbers as a row stores them after the
+    upsert: per name, ``widest`` numbers, 0 where the row has none (float8 from the jsonb
+    number's text: the same double PostgreSQL stored; SQLite's JSON holds doubles)."""
+    names, _, widest = layout
+    if connection.vendor == "postgresql":
+        number = "coalesce(({column}->'{name}'->>{i})::float8, 0)"
+    else:
+        number = "coalesce(json_extract({column}, '$.{name}[{i}]'), 0)"
+    return ", ".join(
+        number.format(column=column, name=name, i=i) for name in names for i in range(widest)
+    )

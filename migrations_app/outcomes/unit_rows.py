@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from migrations_app.models import UnitTotals as UnitTotalsRow
 from migrations_app.outcomes import aggregation
-from migrations_app.outcomes.store import loads, upsert_adding
+from migrations_app.outcomes.store import sums_layout, upsert_adding
 
 UnitKey = tuple[int, str, str]  # stage, arm, unit
 MetricKey = tuple[int, str, str, str]  # stage, arm, unit, metric
@@ -44,23 +44,29 @@ def upsert(
     before and after."""
     keys = builtin.keys() | metrics.keys()
     # The metrics column only when some unit moves a metric: a batch without costs no merge.
-    with_metrics = any(metrics.values())
+    layout = sums_layout(metrics.values()) if any(metrics.values()) else None
     columns, types = _FIELDS, _TYPES
-    if with_metrics:
+    if layout:
         columns, types = (*_FIELDS, "metrics"), (*_TYPES, "jsonb")
     changes = {
-        key: (*builtin.get(key, _ZERO), *((metrics.get(key, {}),) if with_metrics else ()))
+        key: (*builtin.get(key, _ZERO), *((metrics.get(key, {}),) if layout else ()))
         for key in keys
     }
     rows = upsert_adding(
-        UnitTotalsRow._meta.db_table, ("stage_id", "arm", "unit"), columns, types, changes
+        UnitTotalsRow._meta.db_table, ("stage_id", "arm", "unit"), columns, types, changes, layout
     )
     width = len(_FIELDS)
     end = 3 + width
     found: list[UnitKey] = []
     after: list[Any] = []
+    # A row's metric sums come back as numbers, ``wide`` per name of the batch (store.py):
+    # each moved (unit, metric) is found at its offset among them.
+    names, _, wide = layout or ((), 0, 0)
+    offset = {name: i * wide for i, name in enumerate(names)}
+    span = len(names) * wide
     metric_keys: list[MetricKey] = []
     metric_after: list[Any] = []
+    at: list[int] = []
     metric_added: list[Any] = []
     for row in rows:  # hundreds of rows a batch: plain tuples, one lookup each
         key = row[:3]
@@ -69,13 +75,18 @@ def upsert(
             after.append(row[3:end])
         moved = metrics.get(key)
         if moved:
-            stored = loads(row[end])
-            metric_keys += [(*key, name) for name in moved]
-            metric_after += [stored[name] for name in moved]
-            metric_added += moved.values()
+            base = len(metric_after) * span
+            metric_after.append(row[end:])
+            for name, sums in moved.items():
+                metric_keys.append((*key, name))
+                at.append(base + offset[name])
+                metric_added.append(sums)
     new_totals = _array(after, width)
     added_totals = _array([builtin[key] for key in found], width)
-    new_sums = _three_columns(metric_after)
+    new_sums = np.zeros((len(at), 3))
+    if at:
+        stored = _array(metric_after, span).reshape(-1)
+        new_sums[:, :wide] = stored[np.add.outer(np.asarray(at, dtype=np.intp), np.arange(wide))]
     return (
         (found, new_totals - added_totals, new_totals),
         (metric_keys, new_sums - _three_columns(metric_added), new_sums),
