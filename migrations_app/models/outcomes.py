@@ -4,6 +4,7 @@ aggregates built from them at ingest: per-unit totals, minute windows, stage run
 
 from __future__ import annotations
 
+from django.contrib.postgres.indexes import HashIndex
 from django.db import models
 from django.db.models.functions import Now
 
@@ -86,8 +87,10 @@ class Outcome(models.Model):
 
     class Meta:
         indexes = [
-            # Feedback joins its outcome by decision id (feedback may come from another service).
-            models.Index(fields=["decision_id"], name="outcome_decision_idx"),
+            # Feedback and metric values join their outcome by decision id (they may come from
+            # another service): equality only, so a hash index, cheaper for each ingested
+            # outcome to add to (migration 0028; SQLite keeps a btree).
+            HashIndex(fields=["decision_id"], name="outcome_decision_idx"),
             # The retention purge: "older than N days", oldest first, in batches.
             models.Index(fields=["ts"], name="outcome_ts_idx"),
         ]
