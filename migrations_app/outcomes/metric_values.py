@@ -73,7 +73,8 @@ def check_value(
     # Whole-string match, declared or not: a name stored past the declaration's checks (the
     # ORM, SQL) is refused here, never written into the upsert's text (store._sums_added).
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        shown = name if isinstance(name, str) and is_text(name, 48) else "?"
+        # A name too long is shown cut short; one with NUL or lone surrogates as "?".
+        shown = name[:48] if isinstance(name, str) and is_text(name[:48], 48) else "?"
         raise Invalid(f"metrics.{shown}", "invalid", "A metric name is lowercase letters, "
                       "digits and underscores, starting with a letter (at most 48).")  # fmt: skip
     spec = specs.get(name)

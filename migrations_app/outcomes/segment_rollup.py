@@ -405,6 +405,7 @@ def _unpack_windows(
         except (ValueError, TypeError, KeyError) as bad:  # orjson's errors are ValueErrors
             log.error("pending window deltas %s of stage %s cannot be read, left out: %r",
                       pk, stage_id, bad)  # fmt: skip
+            count_fold_failure()  # what was left out is seen where folds that fail are
     return out
 
 
@@ -422,6 +423,7 @@ def _unpack(rows: Iterable[tuple[int, int, Any]]) -> segment_rows.Pending:
         except (ValueError, TypeError, KeyError) as bad:  # orjson's errors are ValueErrors
             log.error("pending segment row %s of stage %s cannot be read, left out: %r",
                       pk, stage_id, bad)  # fmt: skip
+            count_fold_failure()
     return segment_rows.gather(found)
 
 

@@ -105,8 +105,9 @@ def upsert_adding(
     that are missing: ``INSERT ... ON CONFLICT DO UPDATE SET c = c + EXCLUDED.c RETURNING``
     every column. A ``jsonb`` column (at most one) holds an object of sums, added key by key
     (:func:`add_sums`); ``sums`` is the layout of the changes' objects (:func:`sums_layout`),
-    and the column comes back as the numbers of those sums, name after name, each as wide as
-    the widest, 0 where the row has none (the caller reads plain numbers, no JSON per row).
+    and the column comes back as an array of those sums' numbers, name after name, each as
+    wide as the widest, 0 where the row has none (:func:`loads` reads SQLite's; no JSON object
+    per row to parse).
     Returns the rows as they are after. Rows are written in key order, so concurrent
     batches lock in the same order; one statement on PostgreSQL, chunks of 2000 rows
     elsewhere."""
@@ -332,14 +333,17 @@ def _sums_added(table: str, column: str, layout: SumsLayout) -> str:
 
 
 def _sums_returned(column: str, layout: SumsLayout) -> str:
-    """The RETURNING list of the laid-out sums' numbers as a row stores them after the
-    upsert: per name, ``widest`` numbers, 0 where the row has none (float8 from the jsonb
-    number's text: the same double PostgreSQL stored; SQLite's JSON holds doubles)."""
+    """The RETURNING item of the laid-out sums' numbers as a row stores them after the upsert:
+    per name, ``widest`` numbers, 0 where the row has none, in one array (a column per number
+    would meet PostgreSQL's 1,664 result columns at ~820 names). float8 from the jsonb
+    number's text: the same double PostgreSQL stored. SQLite returns a JSON array (text)."""
     names, _, widest = layout
     if connection.vendor == "postgresql":
-        number = "coalesce(({column}->'{name}'->>{i})::float8, 0)"
+        number, array = "coalesce(({column}->'{name}'->>{i})::float8, 0)", "ARRAY[{}]::float8[]"
     else:
-        number = "coalesce(json_extract({column}, '$.{name}[{i}]'), 0)"
-    return ", ".join(
-        number.format(column=column, name=name, i=i) for name in names for i in range(widest)
+        number, array = "coalesce(json_extract({column}, '$.{name}[{i}]'), 0)", "json_array({})"
+    return array.format(
+        ", ".join(
+            number.format(column=column, name=name, i=i) for name in names for i in range(widest)
+        )
     )

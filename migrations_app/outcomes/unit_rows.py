@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from migrations_app.models import UnitTotals as UnitTotalsRow
 from migrations_app.outcomes import aggregation
-from migrations_app.outcomes.store import sums_layout, upsert_adding
+from migrations_app.outcomes.store import loads, sums_layout, upsert_adding
 
 UnitKey = tuple[int, str, str]  # stage, arm, unit
 MetricKey = tuple[int, str, str, str]  # stage, arm, unit, metric
@@ -59,7 +59,7 @@ def upsert(
     end = 3 + width
     found: list[UnitKey] = []
     after: list[Any] = []
-    # A row's metric sums come back as numbers, ``wide`` per name of the batch (store.py):
+    # A row's metric sums come back as an array, ``wide`` numbers per name of the batch:
     # each moved (unit, metric) is found at its offset among them.
     names, _, wide = layout or ((), 0, 0)
     offset = {name: i * wide for i, name in enumerate(names)}
@@ -76,7 +76,7 @@ def upsert(
         moved = metrics.get(key)
         if moved:
             base = len(metric_after) * span
-            metric_after.append(row[end:])
+            metric_after.append(loads(row[end]))
             for name, sums in moved.items():
                 metric_keys.append((*key, name))
                 at.append(base + offset[name])

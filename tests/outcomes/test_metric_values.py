@@ -96,7 +96,8 @@ def test_outcomes_carry_declared_metrics_and_checks():
         ({"rating": 6}, "metrics.rating", "out_of_range"),
         ({"rating": -1e308}, "metrics.rating", "out_of_range"),
         ({"Bad-Name": 1}, "metrics.Bad-Name", "invalid"),
-        ({"x" * 5000: 1}, "metrics.?", "invalid"),
+        ({"x" * 5000: 1}, "metrics." + "x" * 48, "invalid"),
+        ({"x" * 47 + "\x00": 1}, "metrics.?", "invalid"),
         ({"refusal": 0.5}, "metrics.refusal", "out_of_range"),
         ([1, 2], "metrics", "invalid"),
         ({f"m{i}": 1 for i in range(40)}, "metrics", "out_of_range"),
@@ -113,6 +114,24 @@ def test_bad_metrics_are_rejected_by_index_and_store_nothing(metrics, field, cod
     assert [(r.index, r.field, r.code) for r in result.rejected] == [(1, field, code)]
     assert not Outcome.objects.filter(event_id=bad["id"]).exists()
     assert metric_sums(plan, "control", "task_completed").n == 1
+
+
+def test_a_value_past_the_global_bound_is_refused_whatever_the_stored_bounds():
+    """Bounds written past the declaration's checks (SQL, the ORM) cannot let a value through
+    whose square overflows the sums: it is refused by index, and the rest counted."""
+    plan = split_plan()
+    MetricDefinition.objects.create(
+        plan=plan, name="big", kind="mean", lower_bound=-1.7e308, upper_bound=1.7e308
+    )
+    events = [outcome(plan, unit="u1", metrics={"big": v}) for v in (1.6e308, 1e12, 1.6e308)]
+    result = ingest.outcomes_ingest(identity=Everyone(), payload={"events": events})
+    assert result.stored == 1
+    assert [(r.index, r.field, r.code) for r in result.rejected] == [
+        (0, "metrics.big", "out_of_range"),
+        (2, "metrics.big", "out_of_range"),
+    ]
+    sums = metric_sums(plan, "control", "big")
+    assert (sums.n, sums.total, sums.sum_sq) == (1, 1e12, 1e24)
 
 
 def test_a_catalog_metric_serves_every_plan_and_a_plan_s_own_wins():

@@ -62,10 +62,12 @@ def test_a_failing_fold_fails_no_ingest_and_loses_nothing(
 
 
 def test_an_unreadable_pending_row_is_left_out_and_the_others_fold(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Only a bug or a damaged database makes one; kept, it would stop every fold of its stage
-    and so its segment tests."""
+    and so its segment tests. Each is counted where failed folds are (/metrics)."""
+    failures: list[None] = []
+    monkeypatch.setattr(segment_rollup, "count_fold_failure", lambda: failures.append(None))
     plan = segmented_plan("tenant")
     stage = plan.current_stage
     assert _ingest(outcome(plan, segments={"tenant": "acme"})).stored == 1
@@ -75,6 +77,7 @@ def test_an_unreadable_pending_row_is_left_out_and_the_others_fold(
     arms = segment_rollup.stage_segments(stage.pk)[("tenant", "acme")]
     assert arms["control"].requests == 2
     assert caplog.text.count("cannot be read, left out") == 2
+    assert len(failures) == 2
     assert not PendingRollup.objects.filter(stage=stage).exists()
 
 

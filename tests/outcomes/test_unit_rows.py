@@ -192,3 +192,20 @@ def test_a_declared_name_the_pattern_refuses_is_refused_per_event():
     with pytest.raises(ValidationError) as refused:
         MetricDefinition(plan=plan, name="ends_nl\n", kind="rate").full_clean()
     assert "name" in refused.value.message_dict
+
+
+def test_a_batch_of_many_names_comes_back_whole():
+    """Each row's sums come back in one array, not a column per number: 900 names (past
+    PostgreSQL's 1,664 result columns at two numbers each) move as a few do."""
+    stage = split_plan().current_stage_id
+    names = [f"m{i:03d}" for i in range(900)]
+    moved = {(stage, "control", f"u{i % 30}"): {} for i in range(30)}
+    for i, name in enumerate(names):
+        moved[(stage, "control", f"u{i % 30}")][name] = [1, i / 4]
+    unit_rows.upsert({}, moved)
+    _, (keys, old, new) = unit_rows.upsert({}, moved)
+    assert len(keys) == 900
+    after = {key[3]: row for key, row in zip(keys, new.tolist(), strict=True)}
+    before = {key[3]: row for key, row in zip(keys, old.tolist(), strict=True)}
+    assert after["m899"] == [2.0, 899 / 2, 0.0] and before["m899"] == [1.0, 899 / 4, 0.0]
+    assert UnitTotals.objects.get(unit="u7").metrics["m037"] == [2, 37 / 2]
