@@ -13,7 +13,7 @@ it has no hash index.
 """
 
 from django.contrib.postgres.indexes import HashIndex
-from django.db import migrations, models
+from django.db import migrations
 
 _TABLE = "migrations_app_outcome"
 _NAME = "outcome_decision_idx"

@@ -14,7 +14,6 @@ from turnout.contract import (
     ANSWER_CHECKS,
     CHECK_LENGTH,
     MAX_ANSWER_CHARS,
-    MAX_METRIC_BOUND,
     METRIC_HIGHER_IS_BETTER,
     METRIC_LOWER_IS_BETTER,
 )
@@ -74,8 +73,6 @@ class MetricSpec:
                 return "out_of_range", f"{self.name} is a rate: 0 or 1."
         elif not self.lower <= value <= self.upper:
             return "out_of_range", f"{self.name} must be between {self.lower:g} and {self.upper:g}."
-        if abs(value) > MAX_METRIC_BOUND:  # bounds stored past the declaration's checks
-            return "out_of_range", f"{self.name} must be within ±{MAX_METRIC_BOUND:g}."
         return None
 
 

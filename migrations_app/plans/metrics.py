@@ -13,6 +13,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.models import Q
+from turnout.contract import MAX_METRIC_BOUND
 
 from migrations_app.models import MetricDefinition
 from migrations_app.plans.metric_specs import CHECK_SPECS, MetricSpec
@@ -40,12 +41,16 @@ def _spec(
     description: str,
 ) -> MetricSpec:
     mean = kind == "mean"
+    # Within the contract's bounds whatever is stored: bounds written past the declaration's
+    # checks (SQL, the ORM) would let in values whose squares overflow the sums.
+    lower = float(lower_bound) if mean and lower_bound is not None else 0.0
+    upper = float(upper_bound) if mean and upper_bound is not None else 1.0
     return MetricSpec(
         name=name,
         kind=kind,
         direction=direction,
-        lower=float(lower_bound) if mean and lower_bound is not None else 0.0,
-        upper=float(upper_bound) if mean and upper_bound is not None else 1.0,
+        lower=min(max(lower, -MAX_METRIC_BOUND), MAX_METRIC_BOUND),
+        upper=min(max(upper, -MAX_METRIC_BOUND), MAX_METRIC_BOUND),
         label=name.replace("_", " "),
         description=description,
         source="catalog" if plan_id is None else "plan",

@@ -24,6 +24,7 @@ from migrations_app.models import (
 )
 from migrations_app.outcomes import aggregate_json, ingest, metric_values
 from migrations_app.outcomes.segment_rollup import catch_up
+from migrations_app.plans.metrics import plan_metric_specs
 from tests.outcomes.conftest import Everyone, outcome, split_plan
 
 pytestmark = pytest.mark.django_db
@@ -123,6 +124,8 @@ def test_a_value_past_the_global_bound_is_refused_whatever_the_stored_bounds():
     MetricDefinition.objects.create(
         plan=plan, name="big", kind="mean", lower_bound=-1.7e308, upper_bound=1.7e308
     )
+    spec = plan_metric_specs(plan.pk)["big"]
+    assert (spec.lower, spec.upper) == (-1e12, 1e12)
     events = [outcome(plan, unit="u1", metrics={"big": v}) for v in (1.6e308, 1e12, 1.6e308)]
     result = ingest.outcomes_ingest(identity=Everyone(), payload={"events": events})
     assert result.stored == 1
